@@ -1,0 +1,38 @@
+//! `mailflow check`: validate the config and compile every script; print each error as
+//! `FILE:LINE:COL: message`.
+
+use crate::config::LoadedConfig;
+use crate::script::ScriptSet;
+
+/// Returns the process exit code.
+pub fn run(config: Option<&std::path::Path>) -> i32 {
+    let loaded = match LoadedConfig::load(config) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    match ScriptSet::compile(&loaded.config.scripts, None) {
+        Ok(set) => {
+            let names = set.file_names();
+            println!(
+                "ok: config {}, {} script(s) in {}{}",
+                loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
+                names.len(),
+                loaded.config.scripts.dir.display(),
+                if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) }
+            );
+            0
+        }
+        Err(errors) => {
+            let dir = &loaded.config.scripts.dir;
+            for e in errors {
+                let path = dir.join(&e.file);
+                let shown = if path.exists() { path.display().to_string() } else { e.file.clone() };
+                eprintln!("{shown}:{}:{}: {}", e.line, e.col, e.message);
+            }
+            1
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The `mailflow` command line (SPEC §2). Exit codes: 0 ok, 1 script or config error, 2 usage.
+
+pub mod check;
+pub mod test;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// mailflow: a mail automation daemon — SMTP receiver, pollers, rhai scripts, outbound sender.
+#[derive(Debug, Parser)]
+#[command(name = "mailflow", version, about)]
+pub struct Cli {
+    /// Config file (default: ./mailflow.toml if present, else built-in defaults).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default command).
+    Run,
+    /// Compile every script and validate the config.
+    Check,
+    /// Dry run: run the scripts of one stage on a message and print the verdict and every
+    /// action, doing none of them.
+    Test(test::TestArgs),
+    /// The outbound queue.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Read a password on stdin, print a hash for `auth_users`.
+    HashPassword,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// List queued messages.
+    List,
+    /// Retry a queued message now.
+    Retry { id: String },
+    /// Delete a queued message.
+    Delete { id: String },
+}

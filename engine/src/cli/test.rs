@@ -1,0 +1,193 @@
+//! `mailflow test`: the dry run. Runs one stage's scripts on a message with the state the
+//! daemon would see and prints the verdict, the deciding file, every action, the log lines and
+//! the resulting recipients and headers — carrying out nothing (like `sieve-test`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::config::LoadedConfig;
+use crate::message::{headers, MessageView};
+use crate::script::{apply, Action, Context, Decision, ScriptCtx, ScriptSet, Stage};
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// connect, helo, mail_from, rcpt_to, data or fetched.
+    #[arg(long, value_parser = parse_stage)]
+    pub stage: Stage,
+    /// Envelope sender (MAIL FROM); empty for the null sender.
+    #[arg(long, default_value = "")]
+    pub from: String,
+    /// Envelope recipient; repeat for several. At `rcpt_to` the stage runs once per recipient.
+    #[arg(long = "to")]
+    pub to: Vec<String>,
+    /// Client address as the scripts see it.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub remote_ip: String,
+    /// HELO name as the scripts see it.
+    #[arg(long, default_value = "localhost")]
+    pub helo: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The message (.eml).
+    pub message: PathBuf,
+}
+
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    Stage::parse(s)
+        .ok_or_else(|| format!("unknown stage {s:?}: use connect, helo, mail_from, rcpt_to, data or fetched"))
+}
+
+/// One stage call's result, as printed.
+#[derive(Debug, Serialize)]
+struct RunReport {
+    /// The recipient checked (rcpt_to only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rcpt: Option<String>,
+    verdict: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply: Option<String>,
+    decided_by: Option<String>,
+    actions: Vec<Action>,
+    logs: Vec<String>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    stage: Stage,
+    runs: Vec<RunReport>,
+    /// Recipients after add_rcpt/remove_rcpt.
+    recipients: Vec<String>,
+    /// Subject and header fields after the header edits.
+    subject: String,
+    headers: Vec<(String, String)>,
+}
+
+/// Returns the exit code: 0, or 1 when the config or a script failed.
+pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
+    let loaded = match LoadedConfig::load(config) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let set = match ScriptSet::compile(&loaded.config.scripts, None) {
+        Ok(set) => set,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return 1;
+        }
+    };
+    let raw = match std::fs::read(&args.message) {
+        Ok(raw) => raw,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", args.message.display());
+            return 1;
+        }
+    };
+    let view = MessageView::new(Arc::new(raw.clone()));
+    let base = Context {
+        remote_ip: args.remote_ip.clone(),
+        helo: if args.stage == Stage::Connect { String::new() } else { args.helo.clone() },
+        sender: args.from.clone(),
+        recipients: args.to.clone(),
+        protocol: if args.stage == Stage::Fetched { "imap".into() } else { String::new() },
+        mailbox: if args.stage == Stage::Fetched { "INBOX".into() } else { String::new() },
+        ..Context::default()
+    };
+    let msg = matches!(args.stage, Stage::Data | Stage::Fetched).then_some(&view);
+    let mut runs = Vec::new();
+    let mut all_actions = Vec::new();
+    if args.stage == Stage::RcptTo {
+        for (i, rcpt) in args.to.iter().enumerate() {
+            let context = Context { rcpt: rcpt.clone(), recipients: args.to[..i].to_vec(), ..base.clone() };
+            let decision = set.call(Stage::RcptTo, &ScriptCtx::new(context), None, "test");
+            all_actions.extend(decision.actions.clone());
+            runs.push(report(Some(rcpt.clone()), decision));
+        }
+    } else {
+        let decision = set.call(args.stage, &ScriptCtx::new(base), msg, "test");
+        all_actions.extend(decision.actions.clone());
+        runs.push(report(None, decision));
+    }
+    let edited = apply::message_edits(&raw, &all_actions);
+    let edited_view = MessageView::new(Arc::new(edited.clone()));
+    let report = Report {
+        stage: args.stage,
+        recipients: apply::recipient_edits(&args.to, &all_actions),
+        subject: edited_view.parsed().subject.clone(),
+        headers: headers::fields(&edited)
+            .into_iter()
+            .map(|(name, start, end)| {
+                let text = String::from_utf8_lossy(&edited[start..end]);
+                let value = text.split_once(':').map(|(_, v)| headers::unfold(v)).unwrap_or_default();
+                (name, value)
+            })
+            .collect(),
+        runs,
+    };
+    let failed = report.runs.iter().any(|r| r.error.is_some());
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("cannot print JSON: {e}");
+                return 1;
+            }
+        }
+    } else {
+        print_text(&report);
+    }
+    i32::from(failed)
+}
+
+fn report(rcpt: Option<String>, decision: Decision) -> RunReport {
+    RunReport {
+        rcpt,
+        verdict: decision.verdict.as_ref().map_or("accept", |v| v.name()).to_string(),
+        reply: decision.refusal().map(|r| r.to_string()),
+        decided_by: decision.decided_by.clone(),
+        actions: decision.actions,
+        logs: decision.logs.iter().map(|l| format!("{}: {}", l.file, l.text)).collect(),
+        error: decision.error.map(|e| e.to_string()),
+    }
+}
+
+fn print_text(report: &Report) {
+    println!("stage: {}", report.stage);
+    for run in &report.runs {
+        if let Some(rcpt) = &run.rcpt {
+            println!("rcpt: {rcpt}");
+        }
+        match (&run.reply, &run.decided_by) {
+            (Some(reply), Some(file)) => println!("verdict: {} {} (by {file})", run.verdict, reply),
+            (None, Some(file)) => println!("verdict: {} (by {file})", run.verdict),
+            (Some(reply), None) => println!("verdict: {} {}", run.verdict, reply),
+            (None, None) => println!("verdict: accept (default: no script decided)"),
+        }
+        if let Some(error) = &run.error {
+            println!("error: {error}");
+        }
+        for action in &run.actions {
+            println!("action: {action}");
+        }
+        for line in &run.logs {
+            println!("log: {line}");
+        }
+    }
+    if !report.recipients.is_empty() {
+        println!("recipients: {}", report.recipients.join(", "));
+    }
+    println!("subject: {}", report.subject);
+    println!("headers:");
+    for (name, value) in &report.headers {
+        println!("  {name}: {value}");
+    }
+}

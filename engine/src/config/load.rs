@@ -1,0 +1,187 @@
+//! Reading and validating the config file, and resolving its relative paths.
+
+use std::path::{Path, PathBuf};
+
+use super::Config;
+
+/// A config that failed to load: what to print, `FILE:LINE:COL: message` where a position is
+/// known.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}:{line}:{col}: {message}")]
+    Syntax { path: String, line: usize, col: usize, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// A config with every relative path made absolute, plus where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    /// The file it was read from; `None` on built-in defaults.
+    pub source: Option<PathBuf>,
+    /// The folder relative paths were resolved against.
+    pub base_dir: PathBuf,
+}
+
+impl LoadedConfig {
+    /// Loads `explicit` if given; else `mailflow.toml` in the current folder if present; else
+    /// the built-in defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => {
+                let default = cwd.join("mailflow.toml");
+                default.exists().then_some(default)
+            }
+        };
+        let Some(path) = path else {
+            let mut config = Config::default();
+            resolve_paths(&mut config, &cwd);
+            return Ok(LoadedConfig { config, source: None, base_dir: cwd });
+        };
+        let shown = path.display().to_string();
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let mut config = parse(&text, &shown)?;
+        validate(&config).map_err(|message| ConfigError::Invalid { path: shown.clone(), message })?;
+        let absolute = if path.is_absolute() { path.clone() } else { cwd.join(&path) };
+        let base_dir = absolute.parent().map(Path::to_path_buf).unwrap_or(cwd);
+        resolve_paths(&mut config, &base_dir);
+        Ok(LoadedConfig { config, source: Some(absolute), base_dir })
+    }
+}
+
+/// Parses TOML text into a [`Config`], reporting the position of the first error.
+pub fn parse(text: &str, shown: &str) -> Result<Config, ConfigError> {
+    toml::from_str::<Config>(text).map_err(|e| {
+        let (line, col) = e.span().map(|span| line_col(text, span.start)).unwrap_or((1, 1));
+        ConfigError::Syntax { path: shown.to_string(), line, col, message: e.message().trim().to_string() }
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, col)
+}
+
+/// Checks that cannot be expressed as types.
+fn validate(config: &Config) -> Result<(), String> {
+    let smtp = &config.smtp;
+    if smtp.listen.is_empty() && smtp.tls_listen.is_empty() {
+        return Err("[smtp] listen and tls_listen are both empty: nothing to listen on".into());
+    }
+    if smtp.hostname.trim().is_empty() {
+        return Err("[smtp] hostname is empty".into());
+    }
+    if smtp.max_connections == 0 || smtp.max_recipients == 0 || smtp.max_message_size == 0 {
+        return Err("[smtp] max_connections, max_recipients and max_message_size must be > 0".into());
+    }
+    if !config.delivery.maildir.contains("{local}") && !config.delivery.maildir.contains("{domain}") {
+        // One shared Maildir for every recipient is allowed, but almost always a mistake.
+        tracing::warn!(maildir = %config.delivery.maildir, "[delivery] maildir has no {{local}} or {{domain}}: every recipient shares one Maildir");
+    }
+    if smtp.tls_cert.is_some() != smtp.tls_key.is_some() {
+        return Err("[smtp] tls_cert and tls_key must be set together".into());
+    }
+    if config.scripts.timeout_ms == 0 || config.scripts.max_operations == 0 {
+        return Err("[scripts] timeout_ms and max_operations must be > 0".into());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for account in &config.accounts {
+        if !names.insert(account.name.as_str()) {
+            return Err(format!("[[accounts]] name {:?} is used twice", account.name));
+        }
+        if account.password.is_some() == account.password_command.is_some() {
+            return Err(format!("[[accounts]] {:?}: set exactly one of password and password_command", account.name));
+        }
+    }
+    Ok(())
+}
+
+fn resolve_paths(config: &mut Config, base: &Path) {
+    let abs = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    abs(&mut config.scripts.dir);
+    abs(&mut config.state.dir);
+    if let Some(p) = config.smtp.tls_cert.as_mut() {
+        abs(p);
+    }
+    if let Some(p) = config.smtp.tls_key.as_mut() {
+        abs(p);
+    }
+    let maildir = PathBuf::from(&config.delivery.maildir);
+    if maildir.is_relative() {
+        config.delivery.maildir = base.join(maildir).to_string_lossy().into_owned();
+    }
+}
+
+impl Config {
+    /// Where the spool (accepted, not yet delivered messages) lives: beside the state store.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.state.dir.parent().map(|p| p.join("spool")).unwrap_or_else(|| PathBuf::from("data/spool"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named_with_position() {
+        let err = parse("[smtp]\nhostname = \"x\"\nlisten_typo = 1\n", "m.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("m.toml:3:1:"), "{text}");
+        assert!(text.contains("listen_typo"), "{text}");
+    }
+
+    #[test]
+    fn spec_example_parses() {
+        let text = r#"
+[smtp]
+listen = ["127.0.0.1:2525"]
+hostname = "mx.example.org"
+local_domains = ["example.org"]
+max_message_size = 1000
+[scripts]
+dir = "scripts"
+on_error = "accept"
+[delivery]
+maildir = "data/mail/{local}@{domain}"
+[outbound]
+mode = "mx"
+retry = ["1m", "5m"]
+max_age = "5d"
+[[accounts]]
+name = "work"
+protocol = "imap"
+host = "imap.example.org"
+port = 993
+tls = "implicit"
+username = "me"
+password = "x"
+[plugins]
+enabled = ["kv"]
+[plugins.http]
+allow = ["https://hooks.example/"]
+"#;
+        let config = parse(text, "m.toml").unwrap();
+        assert_eq!(config.smtp.max_message_size, 1000);
+        assert_eq!(config.accounts.len(), 1);
+        assert_eq!(config.outbound.retry.len(), 2);
+        assert!(validate(&config).is_ok());
+    }
+
+    #[test]
+    fn bad_enum_value_is_an_error() {
+        assert!(parse("[scripts]\non_error = \"explode\"\n", "m.toml").is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! The configuration file (`mailflow.toml`, SPEC §3): typed sections with built-in defaults.
+//!
+//! Every section refuses unknown keys (`deny_unknown_fields`), so a typo is an error naming the
+//! key rather than a silently ignored setting. Relative paths are resolved against the folder
+//! of the config file (the current folder when running on built-in defaults) by [`Config::load`],
+//! so the rest of the daemon only ever sees absolute paths.
+
+pub mod duration;
+mod load;
+
+pub use load::{ConfigError, LoadedConfig};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use duration::{serde_duration, serde_duration_list};
+
+/// The whole file. Every section is optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub smtp: SmtpConfig,
+    pub scripts: ScriptsConfig,
+    pub delivery: DeliveryConfig,
+    pub outbound: OutboundConfig,
+    pub accounts: Vec<AccountConfig>,
+    pub state: StateConfig,
+    pub plugins: PluginsConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[smtp]`: the receiver.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Plain (and, once configured, STARTTLS) listeners.
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (RFC 8314), e.g. port 465.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Name in the greeting and in `Received:` headers.
+    pub hostname: String,
+    /// Mail for these domains is delivered locally; unauthenticated clients may only name
+    /// recipients here (no open relay).
+    pub local_domains: Vec<String>,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    /// More `Received:` headers than this means a mail loop (RFC 5321 §6.3): 554 5.4.6.
+    pub max_received_headers: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub auth_users: BTreeMap<String, String>,
+    pub allow_plain_auth: bool,
+    /// Waiting for a command (RFC 5321 §4.5.3.2: at least 5 minutes).
+    #[serde(with = "serde_duration")]
+    pub command_timeout: Duration,
+    /// Waiting for the next chunk of message data (RFC 5321: 3 minutes).
+    #[serde(with = "serde_duration")]
+    pub data_timeout: Duration,
+    /// On shutdown, how long sessions in flight may take to finish.
+    #[serde(with = "serde_duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        let hostname = system_hostname();
+        let mut local_domains = vec!["localhost".to_string(), "localhost.localdomain".to_string()];
+        if !local_domains.contains(&hostname) {
+            local_domains.push(hostname.clone());
+        }
+        SmtpConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            tls_listen: Vec::new(),
+            hostname,
+            local_domains,
+            max_message_size: 26_214_400,
+            max_recipients: 100,
+            max_connections: 1000,
+            max_received_headers: 100,
+            tls_cert: None,
+            tls_key: None,
+            auth_users: BTreeMap::new(),
+            allow_plain_auth: false,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SmtpConfig {
+    /// Whether `domain` (any case) is one of `local_domains`.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.local_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// What a failing script means (SPEC §3 `on_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    Tempfail,
+    Accept,
+}
+
+/// `[scripts]`: the script host.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptsConfig {
+    pub dir: PathBuf,
+    pub max_operations: u64,
+    pub timeout_ms: u64,
+    pub on_error: OnError,
+}
+
+impl Default for ScriptsConfig {
+    fn default() -> Self {
+        ScriptsConfig {
+            dir: PathBuf::from("scripts"),
+            max_operations: 1_000_000,
+            timeout_ms: 1000,
+            on_error: OnError::Tempfail,
+        }
+    }
+}
+
+/// `[delivery]`: local Maildir++ delivery.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Maildir++ root per local recipient; `{local}` and `{domain}` are lower-cased.
+    pub maildir: String,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig { maildir: "data/mail/{local}@{domain}".to_string() }
+    }
+}
+
+/// `[outbound]`: the sender (forward, redirect, replies). Parsed and validated now; carried out
+/// by the outbound queue.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    pub mode: OutboundMode,
+    pub relay: String,
+    pub relay_user: String,
+    pub relay_password: String,
+    pub starttls: StartTlsPolicy,
+    #[serde(with = "serde_duration_list")]
+    pub retry: Vec<Duration>,
+    #[serde(with = "serde_duration")]
+    pub max_age: Duration,
+    pub forward_sender: String,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        OutboundConfig {
+            mode: OutboundMode::Relay,
+            relay: "smtp://127.0.0.1:2526".to_string(),
+            relay_user: String::new(),
+            relay_password: String::new(),
+            starttls: StartTlsPolicy::Opportunistic,
+            retry: vec![minutes(1), minutes(5), minutes(15), minutes(60), minutes(240)],
+            max_age: Duration::from_secs(5 * 86_400),
+            forward_sender: "original".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundMode {
+    Relay,
+    Mx,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartTlsPolicy {
+    Never,
+    Opportunistic,
+    Required,
+}
+
+/// `[[accounts]]`: one POP3 or IMAP mailbox to poll.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub name: String,
+    pub protocol: AccountProtocol,
+    pub host: String,
+    pub port: Option<u16>,
+    #[serde(default = "default_account_tls")]
+    pub tls: AccountTls,
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_command: Option<String>,
+    #[serde(default)]
+    pub mailbox: Option<String>,
+    #[serde(default)]
+    pub mailboxes: Vec<String>,
+    #[serde(default = "default_true")]
+    pub idle: bool,
+    #[serde(default = "default_poll_interval", with = "serde_duration")]
+    pub poll_interval: Duration,
+    #[serde(default)]
+    pub delete_after_fetch: bool,
+    #[serde(default)]
+    pub deliver: String,
+}
+
+fn default_account_tls() -> AccountTls {
+    AccountTls::Implicit
+}
+fn default_true() -> bool {
+    true
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountProtocol {
+    Imap,
+    Pop3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountTls {
+    Implicit,
+    Starttls,
+    None,
+}
+
+/// `[state]`: the embedded store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { dir: PathBuf::from("data/state") }
+    }
+}
+
+/// `[plugins]`: which compiled-in plugins scripts may use, and each one's own table.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    pub enabled: Vec<String>,
+    pub kv: Option<toml::Table>,
+    pub http: Option<toml::Table>,
+    pub exec: Option<toml::Table>,
+}
+
+/// `[metrics]`: Prometheus text exposition.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: String,
+}
+
+/// The machine's host name, for the greeting when the config names none.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

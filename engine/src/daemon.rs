@@ -1,0 +1,114 @@
+//! `mailflow run`: wires the stages together and runs until SIGTERM/SIGINT.
+//!
+//! Start: compile scripts (a broken set refuses to start), open the spool and resume what a
+//! previous run left, start the deliverer, the script watcher and the listeners. SIGHUP
+//! reloads the scripts. Stop: no new connections, sessions get `shutdown_grace` to finish
+//! (idle ones are told 421 at once), the spool writer and the deliverer drain, exit 0.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::config::LoadedConfig;
+use crate::deliver::{self, DeliveryTarget};
+use crate::script::{watch as script_watch, ScriptHost};
+use crate::smtp::{self, Shared};
+use crate::spool::Spool;
+
+/// Segments in flight between the spool writer and the deliverer.
+const DELIVERY_QUEUE: usize = 64;
+
+/// Runs the daemon. Returns when it has stopped cleanly.
+pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
+    let config = Arc::new(loaded.config);
+    let scripts = match ScriptHost::load(config.scripts.clone(), None) {
+        Ok(host) => Arc::new(host),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            anyhow::bail!("scripts in {} do not compile; not starting", config.scripts.dir.display());
+        }
+    };
+    let _watcher = match script_watch::spawn(scripts.clone()) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %config.scripts.dir.display(), "cannot watch the scripts folder: reload with SIGHUP");
+            None
+        }
+    };
+    if !config.accounts.is_empty() {
+        tracing::warn!(
+            accounts = config.accounts.len(),
+            "[[accounts]] configured, but the POP3/IMAP pollers are not built yet: not polling"
+        );
+    }
+
+    let (deliver_tx, deliver_rx) = mpsc::channel(DELIVERY_QUEUE);
+    let deliverer = deliver::spawn(DeliveryTarget::from_config(&config), deliver_rx, deliver_tx.downgrade());
+    let spool_dir = config.spool_dir();
+    let (spool, leftovers) = Spool::open(&spool_dir, deliver_tx.clone())
+        .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
+    deliver::resume(leftovers, &deliver_tx).await;
+    drop(deliver_tx);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let connections = Arc::new(Semaphore::new(config.smtp.max_connections));
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        scripts: scripts.clone(),
+        spool,
+        shutdown: shutdown_rx,
+        connections: connections.clone(),
+    });
+    let mut listeners = Vec::new();
+    for addr in &config.smtp.listen {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(*addr), "SMTP listening");
+        listeners.push(tokio::spawn(smtp::serve(listener, shared.clone())));
+    }
+    if !config.smtp.tls_listen.is_empty() {
+        tracing::warn!("tls_listen is set, but implicit TLS is not built yet: those listeners are not opened");
+    }
+    tracing::info!(
+        config = %loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
+        scripts = %config.scripts.dir.display(),
+        "mailflow running"
+    );
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading scripts");
+                let host = scripts.clone();
+                let _ = tokio::task::spawn_blocking(move || host.reload()).await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    tracing::info!("shutting down: no new connections");
+    let _ = shutdown_tx.send(true);
+    for listener in listeners {
+        let _ = listener.await;
+    }
+    let grace = config.smtp.shutdown_grace;
+    let all = u32::try_from(config.smtp.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, connections.acquire_many(all)).await.is_err() {
+        tracing::warn!(grace = ?grace, "sessions still open after the grace period; their messages were not acknowledged");
+    }
+    // Dropping the last spool handle stops the writer; the deliverer then drains and stops.
+    drop(shared);
+    if tokio::time::timeout(grace, deliverer).await.is_err() {
+        tracing::warn!("deliveries still running at exit: they resume from the spool on next start");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Maildir++ delivery: write into `tmp/`, fsync, rename into `new/` (or `cur/` with flags),
+//! fsync the folder. Folder `A/B` is the sub-folder `.A.B/` of the recipient's root, created on
+//! demand (with the `maildirfolder` marker Dovecot and Courier expect).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+static DELIVERIES: AtomicU64 = AtomicU64::new(0);
+
+/// The Maildir root of `recipient` (`local@domain`) from the `[delivery] maildir` template.
+/// `/` in a local part cannot climb out of the template's folder: it becomes `_`.
+pub fn root_for(template: &str, recipient: &str) -> PathBuf {
+    let (local, domain) = recipient.rsplit_once('@').unwrap_or((recipient, ""));
+    let clean = |s: &str| s.to_lowercase().replace(['/', '\\', '\0'], "_");
+    PathBuf::from(template.replace("{local}", &clean(local)).replace("{domain}", &clean(domain)))
+}
+
+/// The Maildir of `folder` under `root`: the root for INBOX (or none), `.A.B` for `A/B` or `A.B`.
+pub fn folder_dir(root: &Path, folder: Option<&str>) -> PathBuf {
+    match folder {
+        None => root.to_path_buf(),
+        Some(f) if f.eq_ignore_ascii_case("INBOX") => root.to_path_buf(),
+        Some(f) => {
+            let name: String =
+                f.split(['/', '.']).filter(|s| !s.is_empty() && *s != "..").collect::<Vec<_>>().join(".");
+            root.join(format!(".{name}"))
+        }
+    }
+}
+
+/// Creates `tmp/`, `new/`, `cur/` (and the `maildirfolder` marker for a sub-folder).
+pub fn ensure(dir: &Path, is_subfolder: bool) -> std::io::Result<()> {
+    if dir.join("cur").is_dir() && dir.join("new").is_dir() && dir.join("tmp").is_dir() {
+        return Ok(());
+    }
+    for sub in ["tmp", "new", "cur"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    if is_subfolder {
+        File::create(dir.join("maildirfolder"))?;
+    }
+    Ok(())
+}
+
+/// A unique file name per the Maildir spec: time, microseconds, pid, a counter, host, size.
+fn unique_name(hostname: &str, size: usize) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let n = DELIVERIES.fetch_add(1, Ordering::Relaxed);
+    let host = hostname.replace('/', "\\057").replace(':', "\\072");
+    format!("{}.M{}P{}Q{}.{},S={}", now.as_secs(), now.subsec_micros(), std::process::id(), n, host, size)
+}
+
+/// Writes `parts` (concatenated) as one message into `dir`, which must exist. With `flags`
+/// (Maildir info letters, e.g. "FS") it goes to `cur/name:2,flags`, else to `new/`. Returns
+/// the final path once the file and its folder are fsynced. Blocking.
+pub fn write_message(dir: &Path, hostname: &str, parts: &[&[u8]], flags: &str) -> std::io::Result<PathBuf> {
+    let size: usize = parts.iter().map(|p| p.len()).sum();
+    let name = unique_name(hostname, size);
+    let tmp = dir.join("tmp").join(&name);
+    let (target_dir, final_name) =
+        if flags.is_empty() { ("new", name.clone()) } else { ("cur", format!("{name}:2,{flags}")) };
+    let dest = dir.join(target_dir).join(final_name);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, &dest)?;
+        File::open(dir.join(target_dir))?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(dest)
+}
+
+/// Maildir info letters for IMAP flags, sorted as the spec wants; keywords have no letter.
+pub fn info_flags<'a>(flags: impl IntoIterator<Item = &'a str>) -> String {
+    let mut letters: Vec<char> = flags
+        .into_iter()
+        .filter_map(|f| match f.to_ascii_lowercase().as_str() {
+            "\\seen" => Some('S'),
+            "\\flagged" => Some('F'),
+            "\\answered" => Some('R'),
+            "\\draft" => Some('D'),
+            "\\deleted" => Some('T'),
+            _ => None,
+        })
+        .collect();
+    letters.sort_unstable();
+    letters.dedup();
+    letters.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_and_folders() {
+        assert_eq!(root_for("/m/{local}@{domain}", "Ann@Example.org"), PathBuf::from("/m/ann@example.org"));
+        assert_eq!(root_for("/m/{local}", "/etc/x@a"), PathBuf::from("/m/_etc_x"));
+        assert_eq!(folder_dir(Path::new("/r"), Some("Lists/Rust")), PathBuf::from("/r/.Lists.Rust"));
+        assert_eq!(folder_dir(Path::new("/r"), Some("inbox")), PathBuf::from("/r"));
+    }
+
+    #[test]
+    fn writes_into_new_and_cur() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure(dir.path(), false).unwrap();
+        let path = write_message(dir.path(), "h", &[b"a: b\r\n", b"\r\nx\r\n"], "").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"a: b\r\n\r\nx\r\n");
+        assert!(path.parent().unwrap().ends_with("new"));
+        let seen = write_message(dir.path(), "h", &[b"x"], &info_flags(["\\Seen", "\\Flagged"])).unwrap();
+        assert!(seen.to_string_lossy().ends_with(":2,FS"));
+        assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+    }
+}

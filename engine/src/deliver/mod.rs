@@ -1,0 +1,180 @@
+//! act: local delivery of spooled messages into Maildir++.
+//!
+//! Input: durable spool segments from the spool writer (and, on start, those a previous run
+//! left). For each message and local recipient: `Return-Path:` in front, the stored bytes
+//! after it, into the recipient's Maildir (the folders scripts chose with `file_into`, with the
+//! flags they set). A segment file is removed only when all its messages are delivered; on a
+//! failure (disk full, permissions) the undelivered rest is retried later, never dropped.
+
+pub mod maildir;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::script::Action;
+use crate::spool::{Segment, SpooledMessage};
+
+/// How long a failed delivery waits before the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// What the deliverer needs from the config.
+#[derive(Debug, Clone)]
+pub struct DeliveryTarget {
+    pub maildir_template: String,
+    pub hostname: String,
+    pub local_domains: Vec<String>,
+}
+
+impl DeliveryTarget {
+    pub fn from_config(config: &Config) -> DeliveryTarget {
+        DeliveryTarget {
+            maildir_template: config.delivery.maildir.clone(),
+            hostname: config.smtp.hostname.clone(),
+            local_domains: config.smtp.local_domains.clone(),
+        }
+    }
+
+    fn is_local(&self, addr: &str) -> bool {
+        let domain = addr.rsplit_once('@').map_or("", |(_, d)| d);
+        self.local_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// Starts the deliverer. It runs until every sender of `rx` is gone, then finishes what it
+/// holds and returns.
+pub fn spawn(
+    target: DeliveryTarget,
+    mut rx: mpsc::Receiver<Segment>,
+    retry: mpsc::WeakSender<Segment>,
+) -> tokio::task::JoinHandle<()> {
+    let target = Arc::new(target);
+    tokio::spawn(async move {
+        while let Some(segment) = rx.recv().await {
+            let target = target.clone();
+            let result = tokio::task::spawn_blocking(move || deliver_segment(&target, segment)).await;
+            if let Ok(Some(rest)) = result {
+                let retry = retry.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETRY_AFTER).await;
+                    if let Some(tx) = retry.upgrade() {
+                        let _ = tx.send(rest).await;
+                    }
+                });
+            }
+        }
+    })
+}
+
+/// Delivers every message of the segment; removes the segment file when all succeeded, else
+/// returns the undelivered rest.
+fn deliver_segment(target: &DeliveryTarget, segment: Segment) -> Option<Segment> {
+    let mut failed = Vec::new();
+    for message in segment.messages {
+        let span = tracing::info_span!("message", id = %message.record.id);
+        let ok = span.in_scope(|| deliver_message(target, &message));
+        if !ok {
+            failed.push(message);
+        }
+    }
+    if failed.is_empty() {
+        if let Err(e) = std::fs::remove_file(&segment.path) {
+            tracing::warn!(segment = %segment.path.display(), error = %e, "cannot remove delivered spool segment");
+        }
+        None
+    } else {
+        Some(Segment { path: segment.path, messages: failed })
+    }
+}
+
+/// True when every local recipient got the message.
+fn deliver_message(target: &DeliveryTarget, message: &SpooledMessage) -> bool {
+    let record = &message.record;
+    let folders: BTreeSet<&str> = record
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::FileInto { folder } => Some(folder.as_str()),
+            _ => None,
+        })
+        .collect();
+    let flag_names: Vec<&str> = record
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Flag { flag } => Some(flag.as_str()),
+            Action::MarkSeen => Some("\\Seen"),
+            _ => None,
+        })
+        .collect();
+    let flags = maildir::info_flags(flag_names);
+    for action in record.actions.iter().filter(|a| a.is_outbound()) {
+        tracing::warn!(action = %action, "outbound action not carried out: the outbound sender is not built yet");
+    }
+    let return_path = format!("Return-Path: <{}>\r\n", record.envelope.sender);
+    let mut all_ok = true;
+    let mut delivered = Vec::new();
+    for rcpt in &record.envelope.recipients {
+        if !target.is_local(rcpt) {
+            tracing::warn!(rcpt = %rcpt, "non-local recipient not delivered: the outbound sender is not built yet");
+            continue;
+        }
+        if !record.deliver_locally {
+            continue;
+        }
+        let root = maildir::root_for(&target.maildir_template, rcpt);
+        let targets: Vec<Option<&str>> =
+            if folders.is_empty() { vec![None] } else { folders.iter().map(|f| Some(*f)).collect() };
+        for folder in targets {
+            match deliver_one(target, &root, folder, &return_path, &message.body, &flags) {
+                Ok(path) => delivered.push(path),
+                Err(e) => {
+                    all_ok = false;
+                    tracing::error!(rcpt = %rcpt, folder = folder.unwrap_or("INBOX"), error = %e, "delivery failed; will retry");
+                }
+            }
+        }
+    }
+    if all_ok {
+        tracing::info!(
+            sender = %record.envelope.sender,
+            recipients = %record.envelope.recipients.join(","),
+            size = message.body.len(),
+            files = delivered.len(),
+            outcome = "delivered",
+            "message delivered"
+        );
+    }
+    all_ok
+}
+
+fn deliver_one(
+    target: &DeliveryTarget,
+    root: &std::path::Path,
+    folder: Option<&str>,
+    return_path: &str,
+    body: &[u8],
+    flags: &str,
+) -> std::io::Result<PathBuf> {
+    let dir = maildir::folder_dir(root, folder);
+    maildir::ensure(root, false)?;
+    if dir != root {
+        maildir::ensure(&dir, true)?;
+    }
+    maildir::write_message(&dir, &target.hostname, &[return_path.as_bytes(), body], flags)
+}
+
+/// Spawns delivery of the segments a previous run left in the spool.
+pub async fn resume(leftovers: Vec<Segment>, tx: &mpsc::Sender<Segment>) {
+    for segment in leftovers {
+        tracing::info!(segment = %segment.path.display(), messages = segment.messages.len(), "resuming delivery of spooled messages");
+        if tx.send(segment).instrument(tracing::Span::current()).await.is_err() {
+            break;
+        }
+    }
+}

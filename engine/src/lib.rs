@@ -1,0 +1,21 @@
+//! mailflow: a mail automation daemon.
+//!
+//! # Layout — the path of a message
+//!
+//! - receive: [`smtp`] (listener, session state machine, DATA reader)
+//! - decide: [`script`] (rhai host, stages, verdicts, actions, hot reload)
+//! - keep: [`spool`] (durable handoff before the 250)
+//! - act: [`deliver`] (Maildir++)
+//!
+//! [`config`] reads `mailflow.toml`, [`message`] is the lazily parsed message every stage
+//! sees, [`daemon`] wires the stages together and [`cli`] is the command line.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod deliver;
+pub mod message;
+pub mod script;
+pub mod smtp;
+pub mod spool;

@@ -1,0 +1,62 @@
+//! The `mailflow` binary: parses the command line, sets up logging, runs the command.
+
+use clap::Parser;
+use mailflow::cli::{Cli, Command, QueueAction};
+use mailflow::config::LoadedConfig;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let config = cli.config.as_deref();
+    let code = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(config),
+        Command::Check => mailflow::cli::check::run(config),
+        Command::Test(args) => mailflow::cli::test::run(config, &args),
+        Command::Queue { action } => {
+            let what = match action {
+                QueueAction::List => "queue list".to_string(),
+                QueueAction::Retry { id } => format!("queue retry {id}"),
+                QueueAction::Delete { id } => format!("queue delete {id}"),
+            };
+            eprintln!("mailflow {what}: the outbound queue is not built yet (it arrives with the outbound sender)");
+            1
+        }
+        Command::HashPassword => {
+            eprintln!("mailflow hash-password: not built yet (it arrives with SMTP AUTH)");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Logs go to stderr; `RUST_LOG` filters (default `info`).
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+fn run(config: Option<&std::path::Path>) -> i32 {
+    let loaded = match LoadedConfig::load(config) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(mailflow::daemon::run(loaded)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mailflow: {e:#}");
+            1
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Carrying out the SMTP-path actions that change the message or its envelope, shared by the
+//! daemon and `mailflow test` (which prints the result instead of storing it).
+
+use super::decision::Action;
+use crate::message::headers;
+
+/// The message after the header edits, in the order the scripts asked for them.
+pub fn message_edits(raw: &[u8], actions: &[Action]) -> Vec<u8> {
+    let mut current: Option<Vec<u8>> = None;
+    for action in actions {
+        let base = current.as_deref().unwrap_or(raw);
+        let next = match action {
+            Action::SetHeader { name, value } => headers::set(base, name, value),
+            Action::AddHeader { name, value } => headers::prepend(base, name, value),
+            Action::RemoveHeader { name } => headers::remove(base, name),
+            Action::SetSubject { text } => headers::set(base, "Subject", text),
+            _ => continue,
+        };
+        current = Some(next);
+    }
+    current.unwrap_or_else(|| raw.to_vec())
+}
+
+/// The recipients after `add_rcpt` / `remove_rcpt`, without duplicates.
+pub fn recipient_edits(recipients: &[String], actions: &[Action]) -> Vec<String> {
+    let mut out: Vec<String> = recipients.to_vec();
+    for action in actions {
+        match action {
+            Action::AddRcpt { addr } if !out.iter().any(|r| r.eq_ignore_ascii_case(addr)) => out.push(addr.clone()),
+            Action::RemoveRcpt { addr } => out.retain(|r| !r.eq_ignore_ascii_case(addr)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether a script redirected the message (then it is not delivered locally).
+pub fn redirected(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Redirect { .. }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_in_order() {
+        let raw = b"Subject: old\r\nX-Spam: 1\r\n\r\nbody\r\n";
+        let actions = vec![
+            Action::RemoveHeader { name: "x-spam".into() },
+            Action::SetSubject { text: "[tag] old".into() },
+            Action::AddHeader { name: "X-Filed".into(), value: "yes".into() },
+            Action::FileInto { folder: "A".into() },
+        ];
+        assert_eq!(message_edits(raw, &actions), b"X-Filed: yes\r\nSubject: [tag] old\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn recipients() {
+        let base = vec!["a@x.org".to_string(), "b@x.org".to_string()];
+        let actions = vec![
+            Action::AddRcpt { addr: "c@x.org".into() },
+            Action::RemoveRcpt { addr: "A@x.org".into() },
+            Action::AddRcpt { addr: "b@x.org".into() },
+        ];
+        assert_eq!(recipient_edits(&base, &actions), vec!["b@x.org", "c@x.org"]);
+    }
+}

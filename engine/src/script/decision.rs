@@ -1,0 +1,225 @@
+//! What a stage call produces: a verdict plus the ordered, typed actions the scripts asked
+//! for. A stage call never does I/O; executors carry the actions out (or, in `mailflow test`,
+//! only print them).
+
+use serde::{Deserialize, Serialize};
+
+use crate::smtp::reply::Reply;
+
+/// The stages of SPEC §4, in the order a message meets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Connect,
+    Helo,
+    MailFrom,
+    RcptTo,
+    Data,
+    Fetched,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] =
+        [Stage::Connect, Stage::Helo, Stage::MailFrom, Stage::RcptTo, Stage::Data, Stage::Fetched];
+
+    /// The stage's name, which is also the script function's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Helo => "helo",
+            Stage::MailFrom => "mail_from",
+            Stage::RcptTo => "rcpt_to",
+            Stage::Data => "data",
+            Stage::Fetched => "fetched",
+        }
+    }
+
+    /// How many arguments the stage function takes: `(ctx)` or `(ctx, msg)`.
+    pub fn arity(self) -> usize {
+        match self {
+            Stage::Data | Stage::Fetched => 2,
+            _ => 1,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A script's decision for the stage. "No verdict" (pass to the next file) is `None` around it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    Accept,
+    Reject { code: u16, status: String, text: String },
+    Tempfail { code: u16, status: String, text: String },
+    Discard,
+}
+
+impl Verdict {
+    /// The SMTP reply for a refusing verdict; `None` for accept and discard.
+    pub fn reply(&self) -> Option<Reply> {
+        match self {
+            Verdict::Reject { code, status, text } | Verdict::Tempfail { code, status, text } => {
+                Some(Reply::new(*code, status, text.clone()))
+            }
+            Verdict::Accept | Verdict::Discard => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Accept => "accept",
+            Verdict::Reject { .. } => "reject",
+            Verdict::Tempfail { .. } => "tempfail",
+            Verdict::Discard => "discard",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Reject { code, status, text } | Verdict::Tempfail { code, status, text } => {
+                write!(f, "{} {} {} {}", self.name(), code, status, text)
+            }
+            _ => f.write_str(self.name()),
+        }
+    }
+}
+
+/// Options of `msg.reply(#{...})`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplySpec {
+    pub subject: Option<String>,
+    pub body: String,
+    pub from: Option<String>,
+}
+
+/// Options of `msg.vacation(#{...})`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VacationSpec {
+    pub days: i64,
+    pub subject: Option<String>,
+    pub body: String,
+    pub from: Option<String>,
+    pub addresses: Vec<String>,
+}
+
+/// One thing a script asked for, in call order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    SetHeader { name: String, value: String },
+    AddHeader { name: String, value: String },
+    RemoveHeader { name: String },
+    SetSubject { text: String },
+    AddRcpt { addr: String },
+    RemoveRcpt { addr: String },
+    FileInto { folder: String },
+    Forward { addr: String },
+    Redirect { addr: String },
+    Reply(ReplySpec),
+    Vacation(VacationSpec),
+    Flag { flag: String },
+    MarkSeen,
+    Delete,
+}
+
+impl Action {
+    /// Actions that edit the message itself (applied before it is stored).
+    pub fn edits_message(&self) -> bool {
+        matches!(
+            self,
+            Action::SetHeader { .. }
+                | Action::AddHeader { .. }
+                | Action::RemoveHeader { .. }
+                | Action::SetSubject { .. }
+        )
+    }
+
+    /// Actions that send mail (carried out by the outbound queue).
+    pub fn is_outbound(&self) -> bool {
+        matches!(self, Action::Forward { .. } | Action::Redirect { .. } | Action::Reply(_) | Action::Vacation(_))
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::SetHeader { name, value } => write!(f, "set_header({name:?}, {value:?})"),
+            Action::AddHeader { name, value } => write!(f, "add_header({name:?}, {value:?})"),
+            Action::RemoveHeader { name } => write!(f, "remove_header({name:?})"),
+            Action::SetSubject { text } => write!(f, "set_subject({text:?})"),
+            Action::AddRcpt { addr } => write!(f, "add_rcpt({addr:?})"),
+            Action::RemoveRcpt { addr } => write!(f, "remove_rcpt({addr:?})"),
+            Action::FileInto { folder } => write!(f, "file_into({folder:?})"),
+            Action::Forward { addr } => write!(f, "forward({addr:?})"),
+            Action::Redirect { addr } => write!(f, "redirect({addr:?})"),
+            Action::Reply(spec) => {
+                write!(f, "reply(subject={:?}, from={:?}, body={} bytes)", spec.subject, spec.from, spec.body.len())
+            }
+            Action::Vacation(spec) => write!(
+                f,
+                "vacation(days={}, subject={:?}, from={:?}, addresses={:?}, body={} bytes)",
+                spec.days,
+                spec.subject,
+                spec.from,
+                spec.addresses,
+                spec.body.len()
+            ),
+            Action::Flag { flag } => write!(f, "flag({flag:?})"),
+            Action::MarkSeen => f.write_str("mark_seen()"),
+            Action::Delete => f.write_str("delete()"),
+        }
+    }
+}
+
+/// A `log("...")` line from a script.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub file: String,
+    pub text: String,
+}
+
+/// A script failure: runtime error, limit or timeout. Displayed as `FILE:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptError {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+    }
+}
+
+/// The outcome of one stage call over the whole script set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Decision {
+    /// `None`: no file decided, the stage's default (accept) applies.
+    pub verdict: Option<Verdict>,
+    /// `file:line` of the verdict's source, when a script decided.
+    pub decided_by: Option<String>,
+    pub actions: Vec<Action>,
+    pub logs: Vec<LogLine>,
+    /// Set when a script failed; `verdict` then holds what `on_error` made of it.
+    pub error: Option<ScriptError>,
+}
+
+impl Decision {
+    /// Whether the stage refused (reject or tempfail).
+    pub fn refusal(&self) -> Option<Reply> {
+        self.verdict.as_ref().and_then(Verdict::reply)
+    }
+}

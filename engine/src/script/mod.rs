@@ -1,0 +1,24 @@
+//! decide: the rhai script host (SPEC §4).
+//!
+//! Input: a [`Context`] (and, at `data`/`fetched`, a [`MessageView`](crate::message::MessageView))
+//! from the SMTP session or a poller. Output: a [`Decision`] — verdict plus typed actions — that
+//! the caller carries out. Nothing here does I/O on behalf of a script, which is what makes
+//! `mailflow test` an honest dry run.
+//!
+//! Security: scripts are user code run in a sandbox: operation, time, size and depth limits,
+//! no `eval`, no file/process/network/environment access except through plugins.
+
+pub mod api;
+pub mod apply;
+pub mod context;
+pub mod decision;
+pub mod host;
+pub mod resolver;
+pub mod sandbox;
+pub mod set;
+pub mod watch;
+
+pub use context::{Context, ScriptCtx};
+pub use decision::{Action, Decision, ScriptError, Stage, Verdict};
+pub use host::ScriptHost;
+pub use set::ScriptSet;

@@ -1,0 +1,75 @@
+//! Per-call state of a hook: its deadline, the file and stage it runs for, and the actions and
+//! log lines it collects.
+//!
+//! rhai evaluates synchronously on the calling thread and its progress callback is engine-wide,
+//! so the per-call facts live in a thread-local set up by [`begin`] and taken back by [`end`].
+//! Script functions (`msg.set_header`, `log`, ...) append to it; the progress callback reads
+//! the deadline from it.
+
+use std::cell::RefCell;
+use std::time::Instant;
+
+use super::decision::{Action, LogLine, Stage};
+
+/// What one hook call has collected so far.
+#[derive(Debug)]
+pub struct CallState {
+    pub deadline: Instant,
+    pub file: String,
+    pub stage: Stage,
+    /// Session or message id, for log lines.
+    pub id: String,
+    pub actions: Vec<Action>,
+    pub logs: Vec<LogLine>,
+    /// Set by the progress callback when it stopped the script for the deadline.
+    pub timed_out: bool,
+}
+
+thread_local! {
+    static CALL: RefCell<Option<CallState>> = const { RefCell::new(None) };
+}
+
+/// Starts a hook call on this thread.
+pub fn begin(state: CallState) {
+    CALL.with(|c| *c.borrow_mut() = Some(state));
+}
+
+/// Ends the hook call on this thread and returns what it collected.
+pub fn end() -> Option<CallState> {
+    CALL.with(|c| c.borrow_mut().take())
+}
+
+/// Runs `f` on the current call's state; `None` outside a hook call.
+pub fn with<R>(f: impl FnOnce(&mut CallState) -> R) -> Option<R> {
+    CALL.with(|c| c.borrow_mut().as_mut().map(f))
+}
+
+/// The stage of the current call (`Data` outside a call, e.g. when a script is evaluated by
+/// hand).
+pub fn stage() -> Stage {
+    with(|s| s.stage).unwrap_or(Stage::Data)
+}
+
+/// Records an action for the current call.
+pub fn push_action(action: Action) {
+    with(|s| s.actions.push(action));
+}
+
+/// True once the current call is past its deadline (marks it timed out).
+pub fn past_deadline() -> bool {
+    with(|s| {
+        if Instant::now() >= s.deadline {
+            s.timed_out = true;
+        }
+        s.timed_out
+    })
+    .unwrap_or(false)
+}
+
+/// Records a `log("...")` line and writes it to the daemon log, tagged with file, stage and id.
+pub fn log_line(text: &str) {
+    with(|s| {
+        tracing::info!(target: "mailflow::script", file = %s.file, stage = %s.stage, id = %s.id, "{text}");
+        s.logs.push(LogLine { file: s.file.clone(), text: text.to_string() });
+    });
+}

@@ -1,0 +1,332 @@
+//! A compiled script set: every `*.rhai` file directly in the scripts folder, in file-name
+//! order, compiled once per (re)load with the engine that will run it.
+//!
+//! A stage call runs the stage's function of each file in order until one returns a verdict
+//! (SPEC §4). Each call runs under `max_operations` and a wall-clock deadline enforced by the
+//! progress callback; errors, limits and timeouts become a [`ScriptError`] and `on_error`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Position, Scope, AST};
+
+use super::context::ScriptCtx;
+use super::decision::{Decision, ScriptError, Stage, Verdict};
+use super::{api, resolver::JailedResolver, sandbox};
+use crate::config::{OnError, ScriptsConfig};
+use crate::message::MessageView;
+
+/// Sandbox limits beyond operations and time.
+const MAX_STRING_SIZE: usize = 4 * 1024 * 1024;
+const MAX_ARRAY_SIZE: usize = 100_000;
+const MAX_MAP_SIZE: usize = 100_000;
+const MAX_CALL_LEVELS: usize = 32;
+const MAX_EXPR_DEPTH: usize = 64;
+const MAX_FN_EXPR_DEPTH: usize = 32;
+const MAX_MODULES: usize = 64;
+/// How often (in operations) the progress callback looks at the clock.
+const DEADLINE_CHECK_EVERY: u64 = 256;
+
+/// One compiled file.
+pub struct ScriptFile {
+    pub name: String,
+    ast: AST,
+}
+
+/// Every file of the folder, compiled, plus the engine and limits that run them.
+pub struct ScriptSet {
+    engine: Engine,
+    files: Vec<ScriptFile>,
+    /// For each stage, the indices of the files defining its function, in file-name order.
+    by_stage: HashMap<Stage, Vec<usize>>,
+    timeout: Duration,
+    max_operations: u64,
+    on_error: OnError,
+    /// When this set was compiled (for reload latency measurements).
+    pub loaded_at: Instant,
+}
+
+/// Extension point for plugins: called on the engine before any script is compiled.
+pub type EngineHook = dyn Fn(&mut Engine) + Send + Sync;
+
+impl ScriptSet {
+    /// Builds the sandboxed engine with the whole API registered.
+    pub fn build_engine(config: &ScriptsConfig, extend: Option<&EngineHook>) -> Engine {
+        let mut engine = Engine::new();
+        engine.set_max_operations(config.max_operations);
+        engine.set_max_string_size(MAX_STRING_SIZE);
+        engine.set_max_array_size(MAX_ARRAY_SIZE);
+        engine.set_max_map_size(MAX_MAP_SIZE);
+        engine.set_max_call_levels(MAX_CALL_LEVELS);
+        engine.set_max_expr_depths(MAX_EXPR_DEPTH, MAX_FN_EXPR_DEPTH);
+        engine.set_max_modules(MAX_MODULES);
+        engine.disable_symbol("eval");
+        engine.set_module_resolver(JailedResolver::new(&config.dir));
+        engine.on_progress(|ops| {
+            if ops % DEADLINE_CHECK_EVERY == 0 && sandbox::past_deadline() {
+                return Some(Dynamic::from("timeout"));
+            }
+            None
+        });
+        api::register(&mut engine);
+        if let Some(extend) = extend {
+            extend(&mut engine);
+        }
+        engine
+    }
+
+    /// Compiles every `*.rhai` file directly in `config.dir`. A missing folder is an empty set.
+    /// Any error fails the whole set: errors come back one per file, `FILE:LINE:COL: message`.
+    pub fn compile(config: &ScriptsConfig, extend: Option<&EngineHook>) -> Result<ScriptSet, Vec<ScriptError>> {
+        let engine = Self::build_engine(config, extend);
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        for path in script_files(&config.dir).map_err(|e| vec![e])? {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let source = match std::fs::read_to_string(&path) {
+                Ok(s) => s,
+                Err(e) => {
+                    errors.push(ScriptError { file: name, line: 0, col: 0, message: format!("cannot read: {e}") });
+                    continue;
+                }
+            };
+            match engine.compile_into_self_contained(&Scope::new(), &source) {
+                Ok(ast) => {
+                    if let Err(e) = check_stage_functions(&ast) {
+                        errors.push(ScriptError { file: name, line: 1, col: 1, message: e });
+                        continue;
+                    }
+                    files.push(ScriptFile { name, ast });
+                }
+                Err(e) => errors.push(error_of(&name, &e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut by_stage: HashMap<Stage, Vec<usize>> = HashMap::new();
+        for (index, file) in files.iter().enumerate() {
+            for stage in Stage::ALL {
+                if file.ast.iter_functions().any(|f| f.name == stage.name() && f.params.len() == stage.arity()) {
+                    by_stage.entry(stage).or_default().push(index);
+                }
+            }
+        }
+        Ok(ScriptSet {
+            engine,
+            files,
+            by_stage,
+            timeout: Duration::from_millis(config.timeout_ms),
+            max_operations: config.max_operations,
+            on_error: config.on_error,
+            loaded_at: Instant::now(),
+        })
+    }
+
+    pub fn file_names(&self) -> Vec<&str> {
+        self.files.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    /// Whether any file defines the stage's function (lets callers skip building arguments).
+    pub fn has_stage(&self, stage: Stage) -> bool {
+        self.by_stage.get(&stage).is_some_and(|v| !v.is_empty())
+    }
+
+    /// Runs `stage` over the set. `id` tags log lines (session or message id). Never panics and
+    /// never fails: script errors are in `Decision::error`, with `on_error` applied.
+    pub fn call(&self, stage: Stage, ctx: &ScriptCtx, msg: Option<&MessageView>, id: &str) -> Decision {
+        let mut decision = Decision::default();
+        let Some(indices) = self.by_stage.get(&stage) else {
+            return decision;
+        };
+        for &index in indices {
+            let file = &self.files[index];
+            sandbox::begin(sandbox::CallState {
+                deadline: Instant::now() + self.timeout,
+                file: file.name.clone(),
+                stage,
+                id: id.to_string(),
+                actions: Vec::new(),
+                logs: Vec::new(),
+                timed_out: false,
+            });
+            let result = self.call_file(file, stage, ctx, msg);
+            let state = sandbox::end();
+            let (actions, logs, timed_out) = state.map(|s| (s.actions, s.logs, s.timed_out)).unwrap_or_default();
+            decision.logs.extend(logs);
+            let outcome = match result {
+                Ok(value) if value.is_unit() => Ok(None),
+                Ok(value) if value.is::<Verdict>() => Ok(value.try_cast::<Verdict>()),
+                Ok(value) => Err(ScriptError {
+                    file: file.name.clone(),
+                    line: 0,
+                    col: 0,
+                    message: format!(
+                        "fn {}() returned {}; return a verdict (accept(), reject(), tempfail(), discard()) or nothing",
+                        stage.name(),
+                        value.type_name()
+                    ),
+                }),
+                Err(e) => Err(self.runtime_error(&file.name, &e, timed_out)),
+            };
+            match outcome {
+                Ok(None) => decision.actions.extend(actions),
+                Ok(Some(verdict)) => {
+                    decision.actions.extend(actions);
+                    decision.verdict = Some(verdict);
+                    decision.decided_by = Some(file.name.clone());
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(target: "mailflow::script", stage = %stage, id, error = %error, "script failed; on_error applies");
+                    // A failing stage acts as if no script had acted: drop every action.
+                    decision.actions.clear();
+                    decision.verdict = match self.on_error {
+                        OnError::Tempfail => Some(Verdict::Tempfail {
+                            code: 451,
+                            status: "4.3.0".into(),
+                            text: "Temporary local problem, try again later".into(),
+                        }),
+                        OnError::Accept => None,
+                    };
+                    decision.decided_by = Some(file.name.clone());
+                    decision.error = Some(error);
+                    break;
+                }
+            }
+        }
+        decision
+    }
+
+    fn call_file(
+        &self,
+        file: &ScriptFile,
+        stage: Stage,
+        ctx: &ScriptCtx,
+        msg: Option<&MessageView>,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        let mut scope = Scope::new();
+        // Top-level statements (`import`, constants) run before the function on every call;
+        // in a file of only functions that is nothing.
+        let options = CallFnOptions::new().eval_ast(true).rewind_scope(false);
+        match (stage.arity(), msg) {
+            (2, Some(msg)) => self.engine.call_fn_with_options(
+                options,
+                &mut scope,
+                &file.ast,
+                stage.name(),
+                (ctx.clone(), msg.clone()),
+            ),
+            (2, None) => Err("internal: stage needs a message".into()),
+            _ => self.engine.call_fn_with_options(options, &mut scope, &file.ast, stage.name(), (ctx.clone(),)),
+        }
+    }
+
+    fn runtime_error(&self, file: &str, e: &EvalAltResult, timed_out: bool) -> ScriptError {
+        let mut error = error_of(file, e);
+        if timed_out || matches!(innermost(e), EvalAltResult::ErrorTerminated(..)) {
+            error.message = format!("timed out after {} ms (timeout_ms)", self.timeout.as_millis());
+        } else if matches!(innermost(e), EvalAltResult::ErrorTooManyOperations(..)) {
+            error.message = format!("exceeded {} operations (max_operations)", self.max_operations);
+        }
+        error
+    }
+}
+
+/// The `*.rhai` files directly in `dir`, sorted by file name.
+fn script_files(dir: &Path) -> Result<Vec<PathBuf>, ScriptError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ScriptError {
+                file: dir.display().to_string(),
+                line: 0,
+                col: 0,
+                message: format!("cannot read scripts folder: {e}"),
+            })
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "rhai"))
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    files.sort_by_key(|p| p.file_name().map(|n| n.to_os_string()));
+    Ok(files)
+}
+
+/// A stage function with the wrong number of parameters is almost surely a mistake: say so at
+/// compile time rather than silently never calling it.
+fn check_stage_functions(ast: &AST) -> Result<(), String> {
+    for f in ast.iter_functions() {
+        if let Some(stage) = Stage::parse(f.name) {
+            if f.params.len() != stage.arity() {
+                let expected = if stage.arity() == 2 { "(ctx, msg)" } else { "(ctx)" };
+                return Err(format!("fn {}() must take {expected}, it takes {} parameter(s)", f.name, f.params.len()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn innermost(e: &EvalAltResult) -> &EvalAltResult {
+    match e {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => {
+            innermost(inner)
+        }
+        other => other,
+    }
+}
+
+/// `FILE:LINE:COL: message` for an error raised while compiling or running `file`, pointing at
+/// the innermost position (and module file) that rhai reports.
+pub fn error_of(file: &str, e: &EvalAltResult) -> ScriptError {
+    let mut source = file.to_string();
+    let mut pos = e.position();
+    let mut current = e;
+    loop {
+        match current {
+            EvalAltResult::ErrorInFunctionCall(_, src, inner, p) => {
+                if !src.is_empty() {
+                    source = format!("{src}.rhai");
+                }
+                if !p.is_none() {
+                    pos = *p;
+                }
+                current = inner;
+            }
+            EvalAltResult::ErrorInModule(name, inner, p) => {
+                if !name.is_empty() {
+                    source = format!("{name}.rhai");
+                }
+                if !p.is_none() {
+                    pos = *p;
+                }
+                current = inner;
+            }
+            other => {
+                if !other.position().is_none() {
+                    pos = other.position();
+                }
+                break;
+            }
+        }
+    }
+    let message = match current {
+        EvalAltResult::ErrorParsing(kind, _) => kind.to_string(),
+        other => {
+            let text = other.to_string();
+            // rhai appends " (line x, position y)"; the prefix already says where.
+            text.split(" (line ").next().unwrap_or(&text).to_string()
+        }
+    };
+    let (line, col) = position(pos);
+    ScriptError { file: source, line, col, message }
+}
+
+fn position(pos: Position) -> (usize, usize) {
+    (pos.line().unwrap_or(0), pos.position().unwrap_or(0))
+}

@@ -1,0 +1,216 @@
+//! The DATA reader: turns the bytes after `354` into the message, undoing dot-stuffing.
+//!
+//! Only `<CRLF>.<CRLF>` ends a message (the opening CRLF may be the end of the DATA command
+//! itself, so `.` right after 354 is an empty message). A bare LF or a bare CR never ends it and
+//! never counts as a line end: such a message is flagged and refused after its real end, so no
+//! second transaction can be smuggled out of one DATA (the SMTP smuggling family: `\n.\n`,
+//! `\r.\r`, `\n.\r\n`, `\r\n.\n` ...). Past `max_size` the reader keeps consuming to the end but
+//! stores nothing more, so the client gets its 552 in sync. Free of I/O: feed it byte slices.
+//! Security: every byte here is untrusted.
+
+/// Where the reader is within the current line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineState {
+    /// At the start of a line.
+    Start,
+    /// Saw `.` at the start of a line.
+    Dot,
+    /// Saw `.` then CR at the start of a line.
+    DotCr,
+    /// Inside a line.
+    Middle,
+    /// Saw CR inside a line (or on an empty line).
+    Cr,
+}
+
+/// What the reader found once the terminating `<CRLF>.<CRLF>` arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataOutcome {
+    /// The message with dot-stuffing undone; truncated when `oversize`.
+    pub body: Vec<u8>,
+    /// Total size of the (unstuffed) message, counted even past the limit.
+    pub size: usize,
+    pub oversize: bool,
+    /// The message held a bare CR or bare LF: refused (RFC 5321 §2.3.8).
+    pub bare_line_ending: bool,
+}
+
+/// Incremental DATA reader.
+#[derive(Debug)]
+pub struct DataReader {
+    state: LineState,
+    body: Vec<u8>,
+    size: usize,
+    max_size: usize,
+    bare: bool,
+}
+
+impl DataReader {
+    pub fn new(max_size: usize) -> DataReader {
+        DataReader {
+            state: LineState::Start,
+            body: Vec::with_capacity(max_size.min(64 * 1024)),
+            size: 0,
+            max_size,
+            bare: false,
+        }
+    }
+
+    /// Consumes bytes from `input`. Returns `Some((outcome, used))` once the message ended,
+    /// `used` being how many bytes of `input` belonged to it (the rest is pipelined commands);
+    /// `None` when all of `input` was consumed and more is needed.
+    pub fn feed(&mut self, input: &[u8]) -> Option<(DataOutcome, usize)> {
+        for (i, &byte) in input.iter().enumerate() {
+            if self.step(byte) {
+                let outcome = DataOutcome {
+                    body: std::mem::take(&mut self.body),
+                    size: self.size,
+                    oversize: self.size > self.max_size,
+                    bare_line_ending: self.bare,
+                };
+                return Some((outcome, i + 1));
+            }
+        }
+        None
+    }
+
+    /// One byte; true when it completed `<CRLF>.<CRLF>`.
+    fn step(&mut self, byte: u8) -> bool {
+        match self.state {
+            LineState::Start => match byte {
+                b'.' => self.state = LineState::Dot,
+                _ => self.middle(byte),
+            },
+            LineState::Dot => match byte {
+                b'\r' => self.state = LineState::DotCr,
+                // A stuffed dot: drop it, the byte is ordinary line content.
+                _ => self.middle(byte),
+            },
+            LineState::DotCr => {
+                if byte == b'\n' {
+                    return true;
+                }
+                // ".\r<x>": a bare CR after a lone dot. Keep the bytes, flag the message.
+                self.bare = true;
+                self.push(b'.');
+                self.push(b'\r');
+                self.middle(byte);
+            }
+            LineState::Middle => self.middle(byte),
+            LineState::Cr => match byte {
+                b'\n' => {
+                    self.push(b'\r');
+                    self.push(b'\n');
+                    self.state = LineState::Start;
+                }
+                b'\r' => {
+                    self.bare = true;
+                    self.push(b'\r');
+                }
+                _ => {
+                    self.bare = true;
+                    self.push(b'\r');
+                    self.middle(byte);
+                }
+            },
+        }
+        false
+    }
+
+    fn middle(&mut self, byte: u8) {
+        match byte {
+            b'\r' => self.state = LineState::Cr,
+            b'\n' => {
+                self.bare = true;
+                self.push(b'\n');
+                self.state = LineState::Middle;
+            }
+            _ => {
+                self.push(byte);
+                self.state = LineState::Middle;
+            }
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.size += 1;
+        if self.size <= self.max_size {
+            self.body.push(byte);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(input: &[u8]) -> Option<(DataOutcome, usize)> {
+        DataReader::new(1 << 20).feed(input)
+    }
+
+    /// Feeding byte by byte gives the same result as one slice.
+    fn read_bytewise(input: &[u8]) -> Option<(DataOutcome, usize)> {
+        let mut reader = DataReader::new(1 << 20);
+        for (i, b) in input.iter().enumerate() {
+            if let Some((outcome, _)) = reader.feed(std::slice::from_ref(b)) {
+                return Some((outcome, i + 1));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn simple_message_and_leftover() {
+        let input = b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n";
+        for result in [read_all(input), read_bytewise(input)] {
+            let (outcome, used) = result.unwrap();
+            assert_eq!(outcome.body, b"Subject: x\r\n\r\nhello\r\n");
+            assert_eq!(&input[used..], b"QUIT\r\n");
+            assert!(!outcome.bare_line_ending && !outcome.oversize);
+        }
+    }
+
+    #[test]
+    fn empty_message_ends_at_once() {
+        let (outcome, used) = read_all(b".\r\n").unwrap();
+        assert!(outcome.body.is_empty());
+        assert_eq!(used, 3);
+    }
+
+    #[test]
+    fn dot_stuffing_undone() {
+        let (outcome, _) = read_all(b"..leading\r\n...\r\n. \r\n.\r\n").unwrap();
+        assert_eq!(outcome.body, b".leading\r\n..\r\n \r\n");
+    }
+
+    #[test]
+    fn smuggling_sequences_never_end_the_message() {
+        let cases: &[&[u8]] = &[
+            b"a\n.\nMAIL FROM:<x@y.z>\r\n",
+            b"a\r.\rMAIL FROM:<x@y.z>\r\n",
+            b"a\n.\r\nMAIL FROM:<x@y.z>\r\n",
+            b"a\r\n.\nMAIL FROM:<x@y.z>\r\n",
+            b"a\r.\r\nMAIL FROM:<x@y.z>\r\n",
+            b"a\r\n.\rMAIL FROM:<x@y.z>\r\n",
+        ];
+        for case in cases {
+            assert!(read_all(case).is_none(), "{case:?} ended the message");
+            assert!(read_bytewise(case).is_none(), "{case:?} ended the message bytewise");
+            let mut full = case.to_vec();
+            full.extend_from_slice(b"\r\n.\r\n");
+            let (outcome, used) = read_all(&full).unwrap();
+            assert_eq!(used, full.len(), "{case:?}");
+            assert!(outcome.bare_line_ending, "{case:?} not flagged");
+        }
+    }
+
+    #[test]
+    fn oversize_reads_to_the_end() {
+        let mut reader = DataReader::new(10);
+        let (outcome, used) = reader.feed(b"0123456789abcdef\r\n.\r\nNOOP\r\n").unwrap();
+        assert!(outcome.oversize);
+        assert_eq!(outcome.size, 18);
+        assert_eq!(outcome.body.len(), 10);
+        assert_eq!(used, 21);
+    }
+}

@@ -1,0 +1,37 @@
+//! HELO and EHLO: greet, run the `helo` stage, advertise the extensions.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::reply::Reply;
+use super::session::{Flow, Session};
+use crate::script::Stage;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub(super) fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
+        // A new greeting resets any transaction (RFC 5321 §4.1.4).
+        self.tx = None;
+        let mut context = self.context("");
+        context.helo = host.clone();
+        let decision = self.run_stage(Stage::Helo, context, None);
+        if let Some(reply) = decision.refusal() {
+            self.reply(reply);
+            return Flow::Continue;
+        }
+        self.helo = Some(host);
+        self.esmtp = esmtp;
+        let config = &self.shared.config.smtp;
+        let mut lines = vec![format!("{} greets {}", config.hostname, self.remote_ip)];
+        if esmtp {
+            lines.extend([
+                "PIPELINING".to_string(),
+                format!("SIZE {}", config.max_message_size),
+                "8BITMIME".to_string(),
+                "ENHANCEDSTATUSCODES".to_string(),
+                "SMTPUTF8".to_string(),
+                "HELP".to_string(),
+            ]);
+        }
+        self.reply(Reply { code: 250, status: String::new(), lines });
+        Flow::Continue
+    }
+}

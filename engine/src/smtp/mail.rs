@@ -1,0 +1,71 @@
+//! MAIL FROM: open a transaction after checking order, address, SIZE and the `mail_from`
+//! stage.
+
+use std::borrow::Cow;
+
+use smtp_proto::{MailFrom, MAIL_SMTPUTF8};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::address::{bracketed, parse_mailbox, AddressError};
+use super::reply::Reply;
+use super::session::{Flow, Session, Transaction};
+use crate::script::Stage;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub(super) fn handle_mail(&mut self, from: MailFrom<String>, raw: &str) -> Flow {
+        if self.helo.is_none() {
+            self.reply(Reply::new(503, "5.5.1", "Send HELO/EHLO first"));
+            return Flow::Continue;
+        }
+        if self.tx.is_some() {
+            self.reply(Reply::new(503, "5.5.1", "Nested MAIL command"));
+            return Flow::Continue;
+        }
+        let utf8 = from.flags & MAIL_SMTPUTF8 != 0;
+        if (utf8 || from.size > 0 || from.flags != 0) && !self.esmtp {
+            self.reply(Reply::new(555, "5.5.4", "MAIL parameters need EHLO"));
+            return Flow::Continue;
+        }
+        let max = self.shared.config.smtp.max_message_size;
+        if from.size > max {
+            self.reply(Reply::new(552, "5.3.4", format!("Message size exceeds fixed limit of {max} bytes")));
+            return Flow::Continue;
+        }
+        let text = bracketed(raw).map(Cow::Borrowed).unwrap_or(Cow::Owned(from.address.clone()));
+        let sender = if text.is_empty() {
+            String::new()
+        } else {
+            match parse_mailbox(&text, utf8) {
+                Ok(mailbox) => mailbox.as_string(),
+                Err(e) => {
+                    self.reply(address_reply(&e, "5.1.7", "sender"));
+                    return Flow::Continue;
+                }
+            }
+        };
+        self.tx = Some(Transaction { sender, utf8, ..Transaction::default() });
+        let decision = self.run_stage(Stage::MailFrom, self.context(""), None);
+        if let Some(reply) = decision.refusal() {
+            self.tx = None;
+            self.reply(reply);
+            return Flow::Continue;
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.actions.extend(decision.actions);
+        }
+        self.reply(Reply::new(250, "2.1.0", "Sender OK"));
+        Flow::Continue
+    }
+}
+
+/// The reply for an address refused by [`parse_mailbox`]; `syntax_status` is 5.1.7 (sender) or
+/// 5.1.3 (recipient).
+pub(super) fn address_reply(error: &AddressError, syntax_status: &str, role: &str) -> Reply {
+    match error {
+        AddressError::SourceRoute | AddressError::Quoted | AddressError::RoutingHack => {
+            Reply::new(550, "5.7.1", format!("Relaying denied: {error}"))
+        }
+        AddressError::NeedsSmtpUtf8 => Reply::new(553, "5.6.7", format!("Non-ASCII {role} address needs SMTPUTF8")),
+        AddressError::Syntax => Reply::new(501, syntax_status, format!("Bad {role} address syntax")),
+    }
+}

@@ -1,0 +1,347 @@
+//! One SMTP connection: its state, its input buffer, and the command loop.
+//!
+//! Replies are buffered and flushed only when the client has nothing more pipelined (or
+//! before any wait for input), which is what PIPELINING (RFC 2920) asks. Every read is timed
+//! (RFC 5321 §4.5.3.2) and, between commands, also watches the shutdown signal (then 421).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_proto::{Error as ProtoError, Request};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::listener::Shared;
+use super::reply::Reply;
+use crate::script::{Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verdict};
+
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
+pub const MAX_LINE_LEN: usize = 512;
+/// Read granularity.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What the command loop does after a handler.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close,
+}
+
+/// Why reading stopped without a line.
+#[derive(Debug)]
+pub enum ReadError {
+    Eof,
+    Timeout,
+    Shutdown,
+    Io(std::io::Error),
+}
+
+/// The facts of an open mail transaction (after MAIL, until DATA ends or RSET).
+#[derive(Debug, Default)]
+pub struct Transaction {
+    pub sender: String,
+    /// The client declared SMTPUTF8 on MAIL.
+    pub utf8: bool,
+    pub recipients: Vec<String>,
+    /// Actions scripts asked for at `mail_from` and `rcpt_to`, applied with `data`'s.
+    pub actions: Vec<Action>,
+}
+
+/// One connection's state machine.
+pub struct Session<S> {
+    stream: S,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    /// Discarding an overlong line up to its LF.
+    discarding: bool,
+    pub(super) shared: Arc<Shared>,
+    /// The script set this session started with; reloads do not affect it.
+    pub(super) scripts: Arc<ScriptSet>,
+    shutdown: watch::Receiver<bool>,
+    pub(super) id: String,
+    pub(super) remote_ip: IpAddr,
+    pub(super) helo: Option<String>,
+    pub(super) esmtp: bool,
+    pub(super) tx: Option<Transaction>,
+    /// The connect stage refused: only QUIT is served (RFC 5321 §3.1).
+    refused: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub fn new(stream: S, shared: Arc<Shared>, remote_ip: IpAddr, id: String) -> Session<S> {
+        let scripts = shared.scripts.current();
+        let shutdown = shared.shutdown.clone();
+        Session {
+            stream,
+            inbuf: Vec::with_capacity(4096),
+            out: Vec::with_capacity(1024),
+            discarding: false,
+            shared,
+            scripts,
+            shutdown,
+            id,
+            remote_ip,
+            helo: None,
+            esmtp: false,
+            tx: None,
+            refused: false,
+        }
+    }
+
+    /// Runs the session to its end. I/O errors end it quietly: the client is gone.
+    pub async fn run(mut self) {
+        if let Err(e) = self.serve().await {
+            tracing::debug!(error = %e, "session ended with I/O error");
+        }
+        let _ = self.stream.shutdown().await;
+    }
+
+    async fn serve(&mut self) -> std::io::Result<()> {
+        let hostname = self.shared.config.smtp.hostname.clone();
+        let decision = self.run_stage(Stage::Connect, self.context(""), None);
+        match decision.verdict {
+            Some(Verdict::Tempfail { status, text, .. }) => {
+                self.reply(Reply::new(421, &status, text));
+                return self.flush().await;
+            }
+            Some(Verdict::Reject { code, status, text }) => {
+                self.refused = true;
+                self.reply(Reply::new(code, &status, text));
+            }
+            _ => self.reply(Reply::plain(220, format!("{hostname} ESMTP mailflow"))),
+        }
+        loop {
+            let line = match self.next_line(self.shared.config.smtp.command_timeout).await {
+                Ok(Some(line)) => line,
+                Ok(None) => {
+                    self.reply(Reply::new(500, "5.5.2", "Line too long (max 512 octets)"));
+                    continue;
+                }
+                Err(ReadError::Eof) => return Ok(()),
+                Err(ReadError::Io(e)) => return Err(e),
+                Err(ReadError::Timeout) => {
+                    tracing::info!("command timeout");
+                    self.reply(Reply::new(421, "4.4.2", format!("{hostname} Error: timeout exceeded")));
+                    return self.flush().await;
+                }
+                Err(ReadError::Shutdown) => {
+                    self.reply(Reply::new(421, "4.3.2", format!("{hostname} Service shutting down")));
+                    return self.flush().await;
+                }
+            };
+            if self.handle_line(&line).await? == Flow::Close {
+                return self.flush().await;
+            }
+        }
+    }
+
+    /// Parses and dispatches one command line (with its line end).
+    async fn handle_line(&mut self, line: &[u8]) -> std::io::Result<Flow> {
+        let text = String::from_utf8_lossy(line);
+        let raw = text.trim_end_matches(['\r', '\n']).to_string();
+        let request = Request::parse(&mut line.iter()).map(Request::into_owned);
+        if self.refused {
+            return Ok(match request {
+                Ok(Request::Quit) => self.quit(),
+                _ => {
+                    self.reply(Reply::new(503, "5.5.1", "Connection refused by policy; only QUIT"));
+                    Flow::Continue
+                }
+            });
+        }
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => {
+                self.reply(syntax_reply(&e, &raw));
+                return Ok(Flow::Continue);
+            }
+        };
+        tracing::trace!(command = request.name(), "command");
+        let flow = match request {
+            Request::Ehlo { host } => self.handle_helo(host, true),
+            Request::Helo { host } => self.handle_helo(host, false),
+            Request::Mail { from } => self.handle_mail(from, &raw),
+            Request::Rcpt { to } => self.handle_rcpt(to, &raw),
+            Request::Data => self.handle_data().await?,
+            Request::Rset => {
+                self.tx = None;
+                self.reply(Reply::new(250, "2.0.0", "Reset OK"));
+                Flow::Continue
+            }
+            Request::Noop { .. } => {
+                self.reply(Reply::new(250, "2.0.0", "OK"));
+                Flow::Continue
+            }
+            Request::Quit => self.quit(),
+            Request::Vrfy { .. } => {
+                self.reply(Reply::new(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"));
+                Flow::Continue
+            }
+            Request::Expn { .. } => {
+                self.reply(Reply::new(502, "5.5.1", "EXPN not available"));
+                Flow::Continue
+            }
+            Request::Help { .. } => {
+                self.reply(Reply {
+                    code: 214,
+                    status: "2.0.0".into(),
+                    lines: vec![
+                        "mailflow: commands HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP".into(),
+                        "See RFC 5321; scripts decide at every stage".into(),
+                    ],
+                });
+                Flow::Continue
+            }
+            other => {
+                self.reply(Reply::new(502, "5.5.1", format!("{} not implemented", other.name())));
+                Flow::Continue
+            }
+        };
+        Ok(flow)
+    }
+
+    fn quit(&mut self) -> Flow {
+        let hostname = self.shared.config.smtp.hostname.clone();
+        self.reply(Reply::new(221, "2.0.0", format!("{hostname} closing connection")));
+        Flow::Close
+    }
+
+    /// Queues a reply; it goes out at the next flush.
+    pub(super) fn reply(&mut self, reply: Reply) {
+        if reply.code >= 400 {
+            tracing::info!(reply = %reply, "refused");
+        } else {
+            tracing::debug!(reply = %reply, "reply");
+        }
+        self.out.extend_from_slice(reply.to_wire().as_bytes());
+    }
+
+    pub(super) async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// The next command line. `Ok(None)` for a line over [`MAX_LINE_LEN`] (consumed).
+    async fn next_line(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, ReadError> {
+        loop {
+            if let Some(pos) = self.inbuf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.inbuf.drain(..=pos).collect();
+                if self.discarding || line.len() > MAX_LINE_LEN {
+                    self.discarding = false;
+                    return Ok(None);
+                }
+                return Ok(Some(line));
+            }
+            if self.inbuf.len() > MAX_LINE_LEN {
+                self.inbuf.clear();
+                self.discarding = true;
+            }
+            // The client waits for our replies before sending more: flush before reading.
+            self.flush().await.map_err(ReadError::Io)?;
+            self.fill(timeout, true).await?;
+        }
+    }
+
+    /// Reads more input into `inbuf`. With `watch_shutdown`, a shutdown interrupts the wait.
+    pub(super) async fn fill(&mut self, timeout: Duration, watch_shutdown: bool) -> Result<(), ReadError> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let read = tokio::time::timeout(timeout, self.stream.read(&mut chunk));
+        let n = if watch_shutdown {
+            if *self.shutdown.borrow() {
+                return Err(ReadError::Shutdown);
+            }
+            tokio::select! {
+                r = read => r,
+                _ = self.shutdown.changed() => return Err(ReadError::Shutdown),
+            }
+        } else {
+            read.await
+        };
+        match n {
+            Err(_) => Err(ReadError::Timeout),
+            Ok(Err(e)) => Err(ReadError::Io(e)),
+            Ok(Ok(0)) => Err(ReadError::Eof),
+            Ok(Ok(n)) => {
+                self.inbuf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes up to `max` buffered input bytes for the DATA reader.
+    pub(super) fn inbuf(&mut self) -> &mut Vec<u8> {
+        &mut self.inbuf
+    }
+
+    /// The script context as of now; `rcpt` is the recipient being checked, if any.
+    pub(super) fn context(&self, rcpt: &str) -> Context {
+        let (sender, recipients) = match &self.tx {
+            Some(tx) => (tx.sender.clone(), tx.recipients.clone()),
+            None => (String::new(), Vec::new()),
+        };
+        Context {
+            remote_ip: self.remote_ip.to_string(),
+            helo: self.helo.clone().unwrap_or_default(),
+            sender,
+            rcpt: rcpt.to_string(),
+            recipients,
+            ..Context::default()
+        }
+    }
+
+    /// Runs a stage's scripts. Hooks are synchronous and may run up to `timeout_ms`, so they
+    /// run in `block_in_place`: other sessions move to another worker meanwhile.
+    pub(super) fn run_stage(
+        &self,
+        stage: Stage,
+        context: Context,
+        msg: Option<&crate::message::MessageView>,
+    ) -> Decision {
+        self.run_stage_for(stage, context, msg, &self.id)
+    }
+
+    /// [`Self::run_stage`] with log lines tagged `id` (the message's queue id at `data`).
+    pub(super) fn run_stage_for(
+        &self,
+        stage: Stage,
+        context: Context,
+        msg: Option<&crate::message::MessageView>,
+        id: &str,
+    ) -> Decision {
+        if !self.scripts.has_stage(stage) {
+            return Decision::default();
+        }
+        let ctx = ScriptCtx::new(context);
+        let decision = tokio::task::block_in_place(|| self.scripts.call(stage, &ctx, msg, id));
+        if let Some(error) = &decision.error {
+            tracing::warn!(stage = %stage, error = %error, "script error");
+        }
+        decision
+    }
+}
+
+/// The reply for a line smtp-proto could not parse.
+fn syntax_reply(error: &ProtoError, raw: &str) -> Reply {
+    match error {
+        ProtoError::UnknownCommand => {
+            let verb: String =
+                raw.split_whitespace().next().unwrap_or("").chars().take(20).filter(|c| !c.is_control()).collect();
+            Reply::new(500, "5.5.2", format!("Syntax error, command unrecognized: {verb}"))
+        }
+        ProtoError::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
+        ProtoError::InvalidRecipientAddress => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+        ProtoError::SyntaxError { syntax } => Reply::new(501, "5.5.4", format!("Syntax: {syntax}")),
+        ProtoError::InvalidParameter { param } => Reply::new(501, "5.5.4", format!("Invalid parameter {param}")),
+        ProtoError::UnsupportedParameter { param } => {
+            let param: String = param.chars().take(40).filter(|c| !c.is_control()).collect();
+            Reply::new(555, "5.5.4", format!("Unsupported parameter {param}"))
+        }
+        ProtoError::NeedsMoreData { .. } => Reply::new(501, "5.5.2", "Incomplete command"),
+        ProtoError::ResponseTooLong | ProtoError::InvalidResponse { .. } => Reply::new(500, "5.5.2", "Syntax error"),
+    }
+}

@@ -1,0 +1,82 @@
+//! keep: the durable handoff between receiving and delivering (Postfix's queue file).
+//!
+//! A session hands an accepted message to [`Spool::store`] and replies `250` only when that
+//! returns: the message and its envelope are then in a spool file that was written, fsynced,
+//! renamed into `incoming/` and whose folder was fsynced. One writer task does the writing and
+//! batches whatever arrived while the previous batch was syncing into one segment file — one
+//! fsync for many messages under load (group commit). Segments go to the deliverer, which
+//! removes a segment only once every message in it is delivered. On start, every segment left
+//! in `incoming/` is delivered again (a crash after the 250 loses nothing; it may deliver twice).
+
+mod segment;
+mod writer;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::script::Action;
+
+pub use segment::{read_segment, Segment};
+pub use writer::Spool;
+
+/// Who sent what to whom: the SMTP envelope plus the facts of the session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Envelope {
+    /// MAIL FROM, "" for the null sender.
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub helo: String,
+    pub remote_ip: String,
+    pub tls: bool,
+    pub auth_user: String,
+}
+
+/// Everything the deliverer needs to know about one spooled message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpoolRecord {
+    /// The queue id (`queued as <ID>`), followed through the log.
+    pub id: String,
+    pub envelope: Envelope,
+    /// Delivery-relevant actions decided by scripts (folders, flags, outbound mail); message
+    /// edits are already applied to the stored bytes.
+    pub actions: Vec<Action>,
+    /// False when a script redirected the message: no local copy.
+    pub deliver_locally: bool,
+    /// Unix seconds when it was accepted.
+    pub received_at: u64,
+}
+
+/// A record and its message bytes, as written and as handed to the deliverer.
+#[derive(Debug, Clone)]
+pub struct SpooledMessage {
+    pub record: SpoolRecord,
+    pub body: Arc<Vec<u8>>,
+}
+
+/// Errors of the spool; every one of them means "answer 451, do not answer 250".
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("spool writer is not running")]
+    Closed,
+    #[error("spool segment {path}: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A new id: microseconds since the epoch and a counter, 16 upper-case hex digits, sortable by
+/// time.
+pub fn new_id() -> String {
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFFF;
+    format!("{:013X}{:03X}", micros & 0x000F_FFFF_FFFF_FFFF, count)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
