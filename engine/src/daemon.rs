@@ -24,7 +24,9 @@ const DELIVERY_QUEUE: usize = 64;
 /// Runs the daemon. Returns when it has stopped cleanly.
 pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let config = Arc::new(loaded.config);
-    let scripts = match ScriptHost::load(config.scripts.clone(), None) {
+    let store = crate::state::open(&config.state.dir)?;
+    let extend = crate::plugins::hook_for(&config, store.clone())?;
+    let scripts = match ScriptHost::load(config.scripts.clone(), extend) {
         Ok(host) => Arc::new(host),
         Err(errors) => {
             for e in &errors {

@@ -6,6 +6,7 @@
 //! - decide: [`script`] (rhai host, stages, verdicts, actions, hot reload)
 //! - keep: [`spool`] (durable handoff before the 250)
 //! - act: [`deliver`] (Maildir++)
+//! - powers for scripts: [`plugins`] (crates under `plugins/`), on the [`state`] store
 //!
 //! [`config`] reads `mailflow.toml`, [`message`] is the lazily parsed message every stage
 //! sees, [`daemon`] wires the stages together and [`cli`] is the command line.
@@ -16,6 +17,8 @@ pub mod config;
 pub mod daemon;
 pub mod deliver;
 pub mod message;
+pub mod plugins;
 pub mod script;
 pub mod smtp;
 pub mod spool;
+pub mod state;

@@ -13,7 +13,17 @@ pub fn run(config: Option<&std::path::Path>) -> i32 {
             return 1;
         }
     };
-    match ScriptSet::compile(&loaded.config.scripts, None) {
+    let extend = match crate::state::in_memory()
+        .map_err(|e| e.to_string())
+        .and_then(|store| crate::plugins::hook_for(&loaded.config, store).map_err(|e| e.to_string()))
+    {
+        Ok(extend) => extend,
+        Err(e) => {
+            eprintln!("{}: {e}", loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+            return 1;
+        }
+    };
+    match ScriptSet::compile(&loaded.config.scripts, extend.as_deref()) {
         Ok(set) => {
             let names = set.file_names();
             println!(

@@ -76,7 +76,18 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
             return 1;
         }
     };
-    let set = match ScriptSet::compile(&loaded.config.scripts, None) {
+    // Plugins run against a throw-away in-memory store: a dry run changes nothing.
+    let extend = match crate::state::in_memory()
+        .map_err(|e| e.to_string())
+        .and_then(|store| crate::plugins::hook_for(&loaded.config, store).map_err(|e| e.to_string()))
+    {
+        Ok(extend) => extend,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let set = match ScriptSet::compile(&loaded.config.scripts, extend.as_deref()) {
         Ok(set) => set,
         Err(errors) => {
             for e in errors {
@@ -105,13 +116,23 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
     let msg = matches!(args.stage, Stage::Data | Stage::Fetched).then_some(&view);
     let mut runs = Vec::new();
     let mut all_actions = Vec::new();
+    // The envelope's recipients as the daemon would hold them: at `rcpt_to` only those the
+    // scripts did not refuse (a refused RCPT is never added), in order.
+    let mut recipients = args.to.clone();
     if args.stage == Stage::RcptTo {
-        for (i, rcpt) in args.to.iter().enumerate() {
-            let context = Context { rcpt: rcpt.clone(), recipients: args.to[..i].to_vec(), ..base.clone() };
+        let mut accepted: Vec<String> = Vec::new();
+        for rcpt in &args.to {
+            let context = Context { rcpt: rcpt.clone(), recipients: accepted.clone(), ..base.clone() };
             let decision = set.call(Stage::RcptTo, &ScriptCtx::new(context), None, "test");
-            all_actions.extend(decision.actions.clone());
+            if decision.refusal().is_none() {
+                if !accepted.iter().any(|r| r.eq_ignore_ascii_case(rcpt)) {
+                    accepted.push(rcpt.clone());
+                }
+                all_actions.extend(decision.actions.clone());
+            }
             runs.push(report(Some(rcpt.clone()), decision));
         }
+        recipients = accepted;
     } else {
         let decision = set.call(args.stage, &ScriptCtx::new(base), msg, "test");
         all_actions.extend(decision.actions.clone());
@@ -121,7 +142,7 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
     let edited_view = MessageView::new(Arc::new(edited.clone()));
     let report = Report {
         stage: args.stage,
-        recipients: apply::recipient_edits(&args.to, &all_actions),
+        recipients: apply::recipient_edits(&recipients, &all_actions),
         subject: edited_view.parsed().subject.clone(),
         headers: headers::fields(&edited)
             .into_iter()

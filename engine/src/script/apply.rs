@@ -14,6 +14,7 @@ pub fn message_edits(raw: &[u8], actions: &[Action]) -> Vec<u8> {
             Action::AddHeader { name, value } => headers::prepend(base, name, value),
             Action::RemoveHeader { name } => headers::remove(base, name),
             Action::SetSubject { text } => headers::set(base, "Subject", text),
+            Action::Rewrite { bytes, .. } => bytes.to_vec(),
             _ => continue,
         };
         current = Some(next);

@@ -117,20 +117,49 @@ pub struct VacationSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    SetHeader { name: String, value: String },
-    AddHeader { name: String, value: String },
-    RemoveHeader { name: String },
-    SetSubject { text: String },
-    AddRcpt { addr: String },
-    RemoveRcpt { addr: String },
-    FileInto { folder: String },
-    Forward { addr: String },
-    Redirect { addr: String },
+    SetHeader {
+        name: String,
+        value: String,
+    },
+    AddHeader {
+        name: String,
+        value: String,
+    },
+    RemoveHeader {
+        name: String,
+    },
+    SetSubject {
+        text: String,
+    },
+    AddRcpt {
+        addr: String,
+    },
+    RemoveRcpt {
+        addr: String,
+    },
+    FileInto {
+        folder: String,
+    },
+    Forward {
+        addr: String,
+    },
+    Redirect {
+        addr: String,
+    },
     Reply(ReplySpec),
     Vacation(VacationSpec),
-    Flag { flag: String },
+    Flag {
+        flag: String,
+    },
     MarkSeen,
     Delete,
+    /// The message replaced by a plugin (`exec::rewrite`); applied in order with the header
+    /// edits. Only the size is shown or stored: the bytes become the stored message.
+    Rewrite {
+        size: usize,
+        #[serde(skip)]
+        bytes: std::sync::Arc<Vec<u8>>,
+    },
 }
 
 impl Action {
@@ -178,6 +207,7 @@ impl std::fmt::Display for Action {
             Action::Flag { flag } => write!(f, "flag({flag:?})"),
             Action::MarkSeen => f.write_str("mark_seen()"),
             Action::Delete => f.write_str("delete()"),
+            Action::Rewrite { size, .. } => write!(f, "rewrite({size} bytes)"),
         }
     }
 }

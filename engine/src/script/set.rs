@@ -32,6 +32,9 @@ const DEADLINE_CHECK_EVERY: u64 = 256;
 pub struct ScriptFile {
     pub name: String,
     ast: AST,
+    /// Where each stage function is defined (`LINE`, `COL`): errors rhai reports without a
+    /// position (an empty `loop {}` running out of time, a bad return value) point there.
+    stage_positions: HashMap<Stage, (usize, usize)>,
 }
 
 /// Every file of the folder, compiled, plus the engine and limits that run them.
@@ -62,6 +65,9 @@ impl ScriptSet {
         engine.set_max_expr_depths(MAX_EXPR_DEPTH, MAX_FN_EXPR_DEPTH);
         engine.set_max_modules(MAX_MODULES);
         engine.disable_symbol("eval");
+        // Undefined variables and modules are compile errors: a call into a plugin that is not
+        // enabled (`kv::get` without "kv") fails `mailflow check`, not the first message.
+        engine.set_strict_variables(true);
         engine.set_module_resolver(JailedResolver::new(&config.dir));
         engine.on_progress(|ops| {
             if ops % DEADLINE_CHECK_EVERY == 0 && sandbox::past_deadline() {
@@ -91,15 +97,44 @@ impl ScriptSet {
                     continue;
                 }
             };
-            match engine.compile_into_self_contained(&Scope::new(), &source) {
+            // Imported modules run their top-level statements now, at compile time: bound
+            // them by the same deadline as a hook call so a runaway module cannot stall a reload.
+            sandbox::begin(sandbox::CallState {
+                deadline: Instant::now() + Duration::from_millis(config.timeout_ms),
+                file: name.clone(),
+                stage: Stage::Connect,
+                id: "compile".to_string(),
+                actions: Vec::new(),
+                logs: Vec::new(),
+                timed_out: false,
+            });
+            let compiled = engine.compile_into_self_contained(&Scope::new(), &source);
+            let timed_out = sandbox::end().is_some_and(|s| s.timed_out);
+            let stage_positions = stage_positions(&source);
+            match compiled {
                 Ok(ast) => {
-                    if let Err(e) = check_stage_functions(&ast) {
-                        errors.push(ScriptError { file: name, line: 1, col: 1, message: e });
+                    if let Err((stage, message)) = check_stage_functions(&ast) {
+                        let (line, col) = stage_positions.get(&stage).copied().unwrap_or((1, 1));
+                        errors.push(ScriptError { file: name, line, col, message });
                         continue;
                     }
-                    files.push(ScriptFile { name, ast });
+                    files.push(ScriptFile { name, ast, stage_positions });
                 }
-                Err(e) => errors.push(error_of(&name, &e)),
+                Err(e) => {
+                    let mut error = error_of(&name, &e);
+                    if error.file == name && error.line == 0 {
+                        if let Some((line, col)) = import_position(&source, &error.message) {
+                            (error.line, error.col) = (line, col);
+                        }
+                    }
+                    if timed_out || matches!(innermost(&e), EvalAltResult::ErrorTerminated(..)) {
+                        error.message = format!("timed out after {} ms (timeout_ms) while loading", config.timeout_ms);
+                    } else if matches!(innermost(&e), EvalAltResult::ErrorTooManyOperations(..)) {
+                        error.message =
+                            format!("exceeded {} operations (max_operations) while loading", config.max_operations);
+                    }
+                    errors.push(error);
+                }
             }
         }
         if !errors.is_empty() {
@@ -155,20 +190,28 @@ impl ScriptSet {
             let state = sandbox::end();
             let (actions, logs, timed_out) = state.map(|s| (s.actions, s.logs, s.timed_out)).unwrap_or_default();
             decision.logs.extend(logs);
+            let (fn_line, fn_col) = file.stage_positions.get(&stage).copied().unwrap_or((0, 0));
             let outcome = match result {
                 Ok(value) if value.is_unit() => Ok(None),
                 Ok(value) if value.is::<Verdict>() => Ok(value.try_cast::<Verdict>()),
                 Ok(value) => Err(ScriptError {
                     file: file.name.clone(),
-                    line: 0,
-                    col: 0,
+                    line: fn_line,
+                    col: fn_col,
                     message: format!(
                         "fn {}() returned {}; return a verdict (accept(), reject(), tempfail(), discard()) or nothing",
                         stage.name(),
                         value.type_name()
                     ),
                 }),
-                Err(e) => Err(self.runtime_error(&file.name, &e, timed_out)),
+                Err(e) => {
+                    let mut error = self.runtime_error(&file.name, &e, timed_out);
+                    if error.file == file.name && error.line == 0 {
+                        // rhai knew no position: point at the stage function.
+                        (error.line, error.col) = (fn_line, fn_col);
+                    }
+                    Err(error)
+                }
             };
             match outcome {
                 Ok(None) => decision.actions.extend(actions),
@@ -260,16 +303,62 @@ fn script_files(dir: &Path) -> Result<Vec<PathBuf>, ScriptError> {
 
 /// A stage function with the wrong number of parameters is almost surely a mistake: say so at
 /// compile time rather than silently never calling it.
-fn check_stage_functions(ast: &AST) -> Result<(), String> {
+fn check_stage_functions(ast: &AST) -> Result<(), (Stage, String)> {
     for f in ast.iter_functions() {
         if let Some(stage) = Stage::parse(f.name) {
             if f.params.len() != stage.arity() {
                 let expected = if stage.arity() == 2 { "(ctx, msg)" } else { "(ctx)" };
-                return Err(format!("fn {}() must take {expected}, it takes {} parameter(s)", f.name, f.params.len()));
+                return Err((
+                    stage,
+                    format!("fn {}() must take {expected}, it takes {} parameter(s)", f.name, f.params.len()),
+                ));
             }
         }
     }
     Ok(())
+}
+
+/// `LINE`, `COL` (1-based) of each stage function's `fn` keyword in `source`. rhai's function
+/// metadata carries no position, so this is a line scan for `[private] fn NAME(`; good enough
+/// for pointing at the definition in an error.
+fn stage_positions(source: &str) -> HashMap<Stage, (usize, usize)> {
+    let mut found = HashMap::new();
+    for (index, line) in source.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let col = line.len() - trimmed.len() + 1;
+        let definition = trimmed.strip_prefix("private").map(str::trim_start).unwrap_or(trimmed);
+        let Some(rest) = definition.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = rest.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        if let Some(stage) = Stage::parse(&name) {
+            found.entry(stage).or_insert((index + 1, col));
+        }
+    }
+    found
+}
+
+/// `LINE`, `COL` of the `import "PATH"` whose PATH an error `message` names (rhai resolves
+/// static imports at compile time without a position).
+fn import_position(source: &str, message: &str) -> Option<(usize, usize)> {
+    for (index, line) in source.lines().enumerate() {
+        let Some(at) = line.find("import") else {
+            continue;
+        };
+        let rest = &line[at + "import".len()..];
+        let Some(open) = rest.find('"') else {
+            continue;
+        };
+        let quoted = &rest[open + 1..];
+        let Some(close) = quoted.find('"') else {
+            continue;
+        };
+        let path = &quoted[..close];
+        if !path.is_empty() && message.contains(&format!("not found: {path}")) {
+            return Some((index + 1, at + "import".len() + open + 1));
+        }
+    }
+    None
 }
 
 fn innermost(e: &EvalAltResult) -> &EvalAltResult {
@@ -322,6 +411,12 @@ pub fn error_of(file: &str, e: &EvalAltResult) -> ScriptError {
             // rhai appends " (line x, position y)"; the prefix already says where.
             text.split(" (line ").next().unwrap_or(&text).to_string()
         }
+    };
+    let message = match message.strip_prefix("Undefined module: ") {
+        Some(name) if crate::plugins::AVAILABLE.contains(&name.trim()) => {
+            format!("{message} (the {} plugin is not enabled: add it to [plugins] enabled)", name.trim())
+        }
+        _ => message,
     };
     let (line, col) = position(pos);
     ScriptError { file: source, line, col, message }

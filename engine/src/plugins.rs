@@ -1,0 +1,105 @@
+//! The compiled-in plugins (crates under `plugins/`) and the glue that lets them see the
+//! daemon: which are enabled (`[plugins] enabled`), their config tables, and the [`Host`]
+//! services they call back into (hook deadline, message bytes, message rewrite).
+//!
+//! A plugin that is not enabled registers nothing, and scripts run with rhai's strict
+//! variables mode, so `kv::get` without `kv` enabled fails to compile with a message naming
+//! the module.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailflow_plugin::{Host, Plugin, PluginContext, PluginError};
+use rhai::Dynamic;
+
+use crate::config::PluginsConfig;
+use crate::message::MessageView;
+use crate::script::set::EngineHook;
+use crate::script::{sandbox, Action, Stage};
+
+/// Every plugin mailflow ships, by name.
+pub const AVAILABLE: [&str; 3] = ["kv", "http", "exec"];
+
+type Builder = fn(&toml::Table, &PluginContext) -> Result<Box<dyn Plugin>, PluginError>;
+
+fn builder(name: &str) -> Option<Builder> {
+    match name {
+        "kv" => Some(mailflow_plugin_kv::build),
+        "http" => Some(mailflow_plugin_http::build),
+        "exec" => Some(mailflow_plugin_exec::build),
+        _ => None,
+    }
+}
+
+/// The daemon side of [`Host`].
+pub struct EngineHost;
+
+impl Host for EngineHost {
+    fn hook_time_left(&self) -> Option<Duration> {
+        sandbox::with(|s| s.deadline.saturating_duration_since(Instant::now()))
+    }
+
+    fn message_bytes(&self, value: &Dynamic) -> Option<Arc<Vec<u8>>> {
+        value.clone().try_cast::<MessageView>().map(|m| m.raw().clone())
+    }
+
+    fn rewrite_message(&self, bytes: Vec<u8>) -> Result<(), String> {
+        match sandbox::stage() {
+            Stage::Data | Stage::Fetched => {
+                sandbox::push_action(Action::Rewrite { size: bytes.len(), bytes: Arc::new(bytes) });
+                Ok(())
+            }
+            stage => Err(format!("a message rewrite is only possible in the data and fetched stages, not {stage}")),
+        }
+    }
+}
+
+/// Builds the enabled plugins; an unknown name or a bad table is an error naming it.
+pub fn build(
+    config: &PluginsConfig,
+    store: Arc<redb::Database>,
+    state_dir: &Path,
+) -> Result<Vec<Box<dyn Plugin>>, PluginError> {
+    let ctx = PluginContext { store, state_dir: state_dir.to_path_buf(), host: Arc::new(EngineHost) };
+    let empty = toml::Table::new();
+    let mut plugins = Vec::new();
+    for name in &config.enabled {
+        let build = builder(name).ok_or_else(|| PluginError::Setup {
+            plugin: "enabled",
+            message: format!("unknown plugin {name:?}; available: {}", AVAILABLE.join(", ")),
+        })?;
+        let table = match name.as_str() {
+            "kv" => config.kv.as_ref(),
+            "http" => config.http.as_ref(),
+            "exec" => config.exec.as_ref(),
+            _ => None,
+        };
+        plugins.push(build(table.unwrap_or(&empty), &ctx)?);
+        tracing::debug!(plugin = %name, "plugin enabled");
+    }
+    Ok(plugins)
+}
+
+/// The engine hook that registers each plugin's module under its name.
+pub fn engine_hook(plugins: Vec<Box<dyn Plugin>>) -> Arc<EngineHook> {
+    let modules: Vec<(&'static str, rhai::Shared<rhai::Module>)> =
+        plugins.iter().map(|p| (p.name(), rhai::Shared::new(p.module()))).collect();
+    Arc::new(move |engine: &mut rhai::Engine| {
+        for (name, module) in &modules {
+            engine.register_static_module(*name, module.clone());
+        }
+    })
+}
+
+/// The engine hook for `config`'s enabled plugins over `store` (`None` when none is enabled).
+pub fn hook_for(
+    config: &crate::config::Config,
+    store: Arc<redb::Database>,
+) -> Result<Option<Arc<EngineHook>>, PluginError> {
+    if config.plugins.enabled.is_empty() {
+        return Ok(None);
+    }
+    let plugins = build(&config.plugins, store, &config.state.dir)?;
+    Ok(Some(engine_hook(plugins)))
+}

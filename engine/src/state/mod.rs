@@ -1,0 +1,35 @@
+//! keep: the embedded state store (redb) under `[state] dir`, shared by the parts of the daemon
+//! that remember things across restarts (plugin kv; later poller positions, vacation memory,
+//! the queue index). Each user keeps to its own tables.
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// File name of the store inside `[state] dir`.
+pub const STORE_FILE: &str = "mailflow.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("state store {path}: {message}")]
+    Db { path: String, message: String },
+}
+
+/// Opens (or creates) the store in `dir`. Only one process may hold it.
+pub fn open(dir: &Path) -> Result<Arc<redb::Database>, StateError> {
+    std::fs::create_dir_all(dir).map_err(|source| StateError::Io { path: dir.display().to_string(), source })?;
+    let path = dir.join(STORE_FILE);
+    redb::Database::create(&path)
+        .map(Arc::new)
+        .map_err(|e| StateError::Db { path: path.display().to_string(), message: e.to_string() })
+}
+
+/// A throw-away in-memory store: what `mailflow check` and `mailflow test` give plugins, so a
+/// dry run changes nothing on disk.
+pub fn in_memory() -> Result<Arc<redb::Database>, StateError> {
+    redb::Database::builder()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .map(Arc::new)
+        .map_err(|e| StateError::Db { path: "(memory)".into(), message: e.to_string() })
+}

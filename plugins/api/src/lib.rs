@@ -1,0 +1,136 @@
+//! The plugin interface of mailflow.
+//!
+//! Scripts decide; plugins give them powers a script language should not implement itself
+//! (a persistent store, HTTP, external programs). A plugin is a crate in the workspace,
+//! compiled in and enabled by name in `[plugins] enabled`; it registers one rhai static module
+//! (`kv::get`, `http::post_json`, ...) and knows nothing of the engine's insides: what it needs
+//! from the daemon comes through [`PluginContext`] and the [`Host`] trait.
+//!
+//! Rules for plugin functions:
+//! - anything that can block (network, process, disk) must finish within
+//!   [`PluginContext::call_budget`]: its own timeout, capped by what is left of the hook's
+//!   `timeout_ms`;
+//! - failures are returned as rhai errors (`Err("...".into())`): the script host turns them
+//!   into a script error and `on_error` (451 at SMTP stages);
+//! - never panic on script input.
+//!
+//! ```
+//! use mailflow_plugin::{Plugin, PluginContext, PluginError};
+//! use rhai::Module;
+//!
+//! struct Hello;
+//! impl Plugin for Hello {
+//!     fn name(&self) -> &'static str { "hello" }
+//!     fn module(&self) -> Module {
+//!         let mut module = Module::new();
+//!         module.set_native_fn("greet", |who: &str| Ok(format!("hello {who}")));
+//!         module
+//!     }
+//! }
+//! fn build(_: &toml::Table, _: &PluginContext) -> Result<Box<dyn Plugin>, PluginError> {
+//!     Ok(Box::new(Hello))
+//! }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use rhai;
+
+/// What a plugin adds to the script engine.
+pub trait Plugin: Send + Sync {
+    /// The name scripts use as module prefix (`kv` → `kv::get`) and the config uses in
+    /// `[plugins] enabled` and `[plugins.<name>]`.
+    fn name(&self) -> &'static str;
+
+    /// The functions, as a rhai module registered under [`Plugin::name`].
+    fn module(&self) -> rhai::Module;
+}
+
+/// Services of the daemon a plugin may use.
+pub trait Host: Send + Sync {
+    /// Time left in the hook call running on this thread; `None` outside a hook call.
+    fn hook_time_left(&self) -> Option<Duration>;
+
+    /// The raw bytes of a script's `msg` value; `None` if the value is not a message.
+    fn message_bytes(&self, value: &rhai::Dynamic) -> Option<Arc<Vec<u8>>>;
+
+    /// Replaces the message of the running hook call with `bytes` (fdm's `rewrite`): recorded
+    /// as an action, applied before the message is stored. Errors outside a `data`/`fetched`
+    /// call.
+    fn rewrite_message(&self, bytes: Vec<u8>) -> Result<(), String>;
+}
+
+/// Given to each plugin when it is built.
+#[derive(Clone)]
+pub struct PluginContext {
+    /// The daemon's embedded store (redb), shared by every plugin and the daemon itself; each
+    /// plugin uses its own tables. In `mailflow check`/`test` this is an in-memory store, so a
+    /// dry run changes nothing.
+    pub store: Arc<redb::Database>,
+    /// `[state] dir`.
+    pub state_dir: PathBuf,
+    pub host: Arc<dyn Host>,
+}
+
+impl PluginContext {
+    /// How long a blocking call may take: `own` (the plugin's timeout) capped by what is left
+    /// of the hook's time. Zero means the hook is already out of time.
+    pub fn call_budget(&self, own: Duration) -> Duration {
+        match self.host.hook_time_left() {
+            Some(left) => own.min(left),
+            None => own,
+        }
+    }
+}
+
+/// Why a plugin could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("[plugins.{plugin}]: {message}")]
+    Config { plugin: &'static str, message: String },
+    #[error("plugin {plugin}: {message}")]
+    Setup { plugin: &'static str, message: String },
+}
+
+impl PluginError {
+    pub fn config(plugin: &'static str, message: impl ToString) -> PluginError {
+        PluginError::Config { plugin, message: message.to_string() }
+    }
+}
+
+/// Parses a plugin's config table into its typed config (use `#[serde(deny_unknown_fields)]`
+/// on `T` so an unknown key is an error naming it).
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    plugin: &'static str,
+    table: &toml::Table,
+) -> Result<T, PluginError> {
+    toml::Value::Table(table.clone()).try_into::<T>().map_err(|e| PluginError::config(plugin, e.message().trim()))
+}
+
+/// A rhai error value from a message.
+pub fn error(message: impl Into<String>) -> Box<rhai::EvalAltResult> {
+    message.into().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Conf {
+        timeout_ms: u64,
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let table: toml::Table = toml::from_str("timeout_ms = 5\nbogus = 1\n").unwrap();
+        let err = parse_config::<Conf>("x", &table).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+        assert!(err.starts_with("[plugins.x]"), "{err}");
+    }
+}
