@@ -171,6 +171,7 @@ impl Action {
                 | Action::AddHeader { .. }
                 | Action::RemoveHeader { .. }
                 | Action::SetSubject { .. }
+                | Action::Rewrite { .. }
         )
     }
 

@@ -192,18 +192,10 @@ impl ScriptSet {
             decision.logs.extend(logs);
             let (fn_line, fn_col) = file.stage_positions.get(&stage).copied().unwrap_or((0, 0));
             let outcome = match result {
-                Ok(value) if value.is_unit() => Ok(None),
                 Ok(value) if value.is::<Verdict>() => Ok(value.try_cast::<Verdict>()),
-                Ok(value) => Err(ScriptError {
-                    file: file.name.clone(),
-                    line: fn_line,
-                    col: fn_col,
-                    message: format!(
-                        "fn {}() returned {}; return a verdict (accept(), reject(), tempfail(), discard()) or nothing",
-                        stage.name(),
-                        value.type_name()
-                    ),
-                }),
+                // rhai hands back a block's last value even after a `;` (`kv::incr(k);` as the
+                // last statement returns a number): anything but a verdict means "no verdict".
+                Ok(_) => Ok(None),
                 Err(e) => {
                     let mut error = self.runtime_error(&file.name, &e, timed_out);
                     if error.file == file.name && error.line == 0 {

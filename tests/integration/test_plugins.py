@@ -1,0 +1,252 @@
+"""Plugins (issue #7): kv, http and exec against the running daemon with real clients,
+a real HTTP server on loopback and real commands."""
+
+import http.server
+import json
+import smtplib
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import BIN, wait_for
+
+
+def send(port, subject, rcpt="me@example.org", body="hello world\r\n"):
+    msg = f"From: a@sender.example\r\nTo: {rcpt}\r\nSubject: {subject}\r\n\r\n{body}"
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        return s.sendmail("a@sender.example", [rcpt], msg.encode())
+
+
+def send_expect_code(port, subject, rcpt="me@example.org"):
+    try:
+        send(port, subject, rcpt)
+        return 250
+    except smtplib.SMTPDataError as e:
+        return e.smtp_code
+    except smtplib.SMTPRecipientsRefused as e:
+        return list(e.recipients.values())[0][0]
+    except smtplib.SMTPSenderRefused as e:
+        return e.smtp_code
+
+
+def header_of(path, name):
+    for line in path.read_text(errors="replace").split("\n"):
+        if line.lower().startswith(name.lower() + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+KV_SCRIPT = """
+fn data(ctx, msg) {
+    if msg.subject == "set" { kv::set("persist", "yes"); }
+    else if msg.subject == "set-ttl" { kv::set("short", "v", 1); }
+    else if msg.subject == "query" {
+        msg.set_header("X-Persist", "" + kv::get("persist"));
+        msg.set_header("X-Short", "" + kv::get("short"));
+        msg.set_header("X-Count", "" + kv::get("n"));
+    } else { kv::incr("n"); }
+}
+"""
+
+KV_CONFIG = "[plugins]\nenabled = [\"kv\"]\n"
+
+
+def test_kv_survives_restart(daemon):
+    d = daemon(scripts={"10-kv.rhai": KV_SCRIPT}, extra=KV_CONFIG)
+    send(d.port, "set")
+    assert d.stop() == 0
+    d.start()
+    send(d.port, "query")
+    files = wait_for(lambda: d.messages("me@example.org") if len(d.messages("me@example.org")) == 2 else None)
+    query = [f for f in files if "Subject: query" in f.read_text()][0]
+    assert header_of(query, "X-Persist") == "yes"
+
+
+def test_kv_ttl_expiry(daemon):
+    d = daemon(scripts={"10-kv.rhai": KV_SCRIPT}, extra=KV_CONFIG)
+    send(d.port, "set-ttl")
+    send(d.port, "query")
+    time.sleep(2.2)
+    send(d.port, "query")
+    files = wait_for(lambda: d.messages("me@example.org") if len(d.messages("me@example.org")) == 3 else None)
+    queries = sorted((f for f in files if "Subject: query" in f.read_text()), key=lambda f: f.stat().st_mtime)
+    assert header_of(queries[0], "X-Short") == "v"
+    assert header_of(queries[1], "X-Short") == ""
+
+
+def test_kv_concurrent_incr_exact(daemon):
+    d = daemon(scripts={"10-kv.rhai": KV_SCRIPT}, extra=KV_CONFIG)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda i: send(d.port, f"m{i}"), range(100)))
+    assert all(r == {} for r in results)
+    send(d.port, "query")
+    files = wait_for(lambda: d.messages("me@example.org") if len(d.messages("me@example.org")) == 101 else None, timeout=20)
+    query = [f for f in files if "Subject: query" in f.read_text()][0]
+    assert header_of(query, "X-Count") == "100"
+
+
+class Hooks(http.server.BaseHTTPRequestHandler):
+    received = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.path.startswith("/slow"):
+            time.sleep(3)
+        Hooks.received.append((self.path, self.headers.get("content-type"), body))
+        self.send_response(201)
+        self.end_headers()
+        self.wfile.write(b"created")
+
+    def do_GET(self):
+        if self.path.startswith("/slow"):
+            time.sleep(3)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"pong")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hook_server():
+    Hooks.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+HTTP_SCRIPT = """
+fn data(ctx, msg) {
+    if msg.subject == "notify" {
+        let r = http::post_json(URL + "/hook", #{ subject: msg.subject, from: msg.from });
+        msg.set_header("X-Status", "" + r.status);
+        msg.set_header("X-Body", r.body);
+    } else if msg.subject == "ping" {
+        let r = http::get(URL + "/ping");
+        msg.set_header("X-Body", r.body);
+    } else if msg.subject == "slow" {
+        http::post_json(URL + "/slow", #{});
+    } else if msg.subject == "outside" {
+        http::get("http://127.0.0.1:9/elsewhere");
+    }
+}
+"""
+
+
+def http_daemon(daemon, port, timeout_ms=500):
+    script = HTTP_SCRIPT.replace("URL", f'"http://127.0.0.1:{port}"')
+    extra = f'[plugins]\nenabled = ["http"]\n[plugins.http]\nallow = ["http://127.0.0.1:{port}/"]\ntimeout_ms = {timeout_ms}\n'
+    return daemon(scripts={"10-http.rhai": script}, extra=extra)
+
+
+def test_http_post_json_and_get(daemon, hook_server):
+    d = http_daemon(daemon, hook_server)
+    send(d.port, "notify")
+    send(d.port, "ping")
+    files = wait_for(lambda: d.messages("me@example.org") if len(d.messages("me@example.org")) == 2 else None)
+    notify = [f for f in files if "Subject: notify" in f.read_text()][0]
+    assert header_of(notify, "X-Status") == "201"
+    assert header_of(notify, "X-Body") == "created"
+    path, ctype, body = Hooks.received[0]
+    assert path == "/hook" and ctype == "application/json"
+    assert json.loads(body) == {"subject": "notify", "from": "a@sender.example"}
+    ping = [f for f in files if "Subject: ping" in f.read_text()][0]
+    assert header_of(ping, "X-Body") == "pong"
+
+
+def test_http_timeout_is_tempfail(daemon, hook_server):
+    d = http_daemon(daemon, hook_server, timeout_ms=500)
+    start = time.time()
+    assert send_expect_code(d.port, "slow") == 451
+    assert time.time() - start < 2.5
+    assert "timed out" in d.log().lower() or "timeout" in d.log().lower()
+    assert d.messages("me@example.org") == []
+
+
+def test_http_outside_allow_list_refused(daemon, hook_server):
+    d = http_daemon(daemon, hook_server)
+    assert send_expect_code(d.port, "outside") == 451
+    assert "not in [plugins.http] allow" in d.log()
+
+
+EXEC_SCRIPT = """
+fn data(ctx, msg) {
+    if msg.subject == "pipe" {
+        let r = exec::pipe("upper", msg);
+        msg.set_header("X-Code", "" + r.code);
+        msg.set_header("X-Upper-Has-Hello", "" + r.stdout.contains("HELLO WORLD"));
+    } else if msg.subject == "rewrite" {
+        exec::rewrite("swap", msg);
+    } else if msg.subject == "hang" {
+        exec::pipe("hang", msg);
+    } else if msg.subject == "unknown" {
+        exec::pipe("nope", msg);
+    }
+}
+"""
+
+EXEC_CONFIG = """
+[plugins]
+enabled = ["exec"]
+[plugins.exec]
+timeout_ms = 400
+[plugins.exec.commands]
+upper = ["tr", "a-z", "A-Z"]
+swap = ["sed", "s/hello world/goodbye world/"]
+hang = ["sleep", "30"]
+"""
+
+
+def test_exec_pipe_and_rewrite(daemon):
+    d = daemon(scripts={"10-exec.rhai": EXEC_SCRIPT}, extra=EXEC_CONFIG)
+    send(d.port, "pipe")
+    send(d.port, "rewrite")
+    files = wait_for(lambda: d.messages("me@example.org") if len(d.messages("me@example.org")) == 2 else None)
+    pipe = [f for f in files if "Subject: pipe" in f.read_text()][0]
+    assert header_of(pipe, "X-Code") == "0"
+    assert header_of(pipe, "X-Upper-Has-Hello") == "true"
+    rewritten = [f for f in files if "Subject: rewrite" in f.read_text()][0].read_text()
+    assert "goodbye world" in rewritten and "hello world" not in rewritten
+
+
+def test_exec_hang_hits_timeout(daemon):
+    d = daemon(scripts={"10-exec.rhai": EXEC_SCRIPT}, extra=EXEC_CONFIG)
+    start = time.time()
+    assert send_expect_code(d.port, "hang") == 451
+    assert time.time() - start < 3
+    assert "timed out" in d.log()
+    # The hung command was killed, not left behind.
+    out = subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True)
+    assert out.stdout.strip() == ""
+
+
+def test_exec_unknown_command_is_script_error(daemon):
+    d = daemon(scripts={"10-exec.rhai": EXEC_SCRIPT}, extra=EXEC_CONFIG)
+    assert send_expect_code(d.port, "unknown") == 451
+    assert 'no command named "nope"' in d.log()
+
+
+def test_disabled_plugin_fails_check(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "10-kv.rhai").write_text(KV_SCRIPT)
+    (tmp_path / "mailflow.toml").write_text("[smtp]\nhostname = \"x.test\"\n")
+    out = subprocess.run([str(BIN), "check", "--config", str(tmp_path / "mailflow.toml")], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "10-kv.rhai:" in out.stderr
+    assert "kv plugin is not enabled" in out.stderr
+    (tmp_path / "mailflow.toml").write_text("[smtp]\nhostname = \"x.test\"\n[plugins]\nenabled = [\"kv\"]\n")
+    out = subprocess.run([str(BIN), "check", "--config", str(tmp_path / "mailflow.toml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_unknown_plugin_key_is_config_error(tmp_path):
+    (tmp_path / "mailflow.toml").write_text('[plugins]\nenabled = ["http"]\n[plugins.http]\nalow = ["http://x/"]\n')
+    out = subprocess.run([str(BIN), "check", "--config", str(tmp_path / "mailflow.toml")], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "alow" in out.stderr
