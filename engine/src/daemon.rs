@@ -59,21 +59,29 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.smtp.max_connections));
+    let tls = load_tls(&config)?;
     let shared = Arc::new(Shared {
         config: config.clone(),
         scripts: scripts.clone(),
         spool,
         shutdown: shutdown_rx,
         connections: connections.clone(),
+        tls: arc_swap::ArcSwapOption::new(tls),
+        auth_failures: Default::default(),
     });
     let mut listeners = Vec::new();
     for addr in &config.smtp.listen {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %listener.local_addr().unwrap_or(*addr), "SMTP listening");
-        listeners.push(tokio::spawn(smtp::serve(listener, shared.clone())));
+        listeners.push(tokio::spawn(smtp::serve(listener, shared.clone(), false)));
     }
-    if !config.smtp.tls_listen.is_empty() {
-        tracing::warn!("tls_listen is set, but implicit TLS is not built yet: those listeners are not opened");
+    if !config.smtp.tls_listen.is_empty() && shared.tls.load().is_none() {
+        anyhow::bail!("[smtp] tls_listen needs tls_cert and tls_key");
+    }
+    for addr in &config.smtp.tls_listen {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(*addr), "SMTP (implicit TLS) listening");
+        listeners.push(tokio::spawn(smtp::serve(listener, shared.clone(), true)));
     }
     tracing::info!(
         config = %loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
@@ -87,9 +95,13 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading scripts");
+                tracing::info!("SIGHUP: reloading scripts and TLS certificate");
                 let host = scripts.clone();
                 let _ = tokio::task::spawn_blocking(move || host.reload()).await;
+                match load_tls(&config) {
+                    Ok(tls) => shared.tls.store(tls),
+                    Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays"),
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -113,4 +125,12 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The TLS configuration from `tls_cert`/`tls_key`, if set.
+fn load_tls(config: &crate::config::Config) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    match (&config.smtp.tls_cert, &config.smtp.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::smtp::tls::load_config(cert, key)?)),
+        _ => Ok(None),
+    }
 }

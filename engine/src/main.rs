@@ -22,10 +22,7 @@ fn main() {
             eprintln!("mailflow {what}: the outbound queue is not built yet (it arrives with the outbound sender)");
             1
         }
-        Command::HashPassword => {
-            eprintln!("mailflow hash-password: not built yet (it arrives with SMTP AUTH)");
-            1
-        }
+        Command::HashPassword => hash_password(),
     };
     std::process::exit(code);
 }
@@ -56,6 +53,30 @@ fn run(config: Option<&std::path::Path>) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("mailflow: {e:#}");
+            1
+        }
+    }
+}
+
+/// `mailflow hash-password`: one line on stdin → an argon2id PHC string for `auth_users`.
+fn hash_password() -> i32 {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("cannot read the password: {e}");
+        return 1;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("empty password");
+        return 1;
+    }
+    match mailflow::smtp::credentials::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            0
+        }
+        Err(e) => {
+            eprintln!("cannot hash: {e}");
             1
         }
     }

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
 use super::data_reader::{DataOutcome, DataReader};
@@ -14,7 +13,7 @@ use crate::message::{headers, MessageView};
 use crate::script::{apply, Action, Stage, Verdict};
 use crate::spool::{new_id, unix_now, Envelope, SpoolRecord};
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl Session {
     pub(super) async fn handle_data(&mut self) -> std::io::Result<Flow> {
         match &self.tx {
             None => {
@@ -53,7 +52,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut reader = DataReader::new(self.shared.config.smtp.max_message_size);
         let timeout = self.shared.config.smtp.data_timeout;
         loop {
-            let buffered = self.inbuf();
+            let buffered = self.inbuf_mut();
             if !buffered.is_empty() {
                 if let Some((outcome, used)) = reader.feed(buffered) {
                     buffered.drain(..used);
@@ -89,7 +88,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             helo: &helo,
             remote_ip: &remote_ip,
             hostname: &config.smtp.hostname,
-            protocol: if self.esmtp { "ESMTP" } else { "SMTP" },
+            protocol: &self.received_protocol(),
+            tls: self.tls.as_ref(),
             id: &id,
             single_recipient: (tx.recipients.len() == 1).then(|| tx.recipients[0].as_str()),
         };
@@ -124,8 +124,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 recipients: recipients.clone(),
                 helo,
                 remote_ip,
-                tls: false,
-                auth_user: String::new(),
+                tls: self.tls.is_some(),
+                auth_user: self.auth_user.clone().unwrap_or_default(),
             },
             deliver_locally: !apply::redirected(&actions),
             actions: actions.into_iter().filter(|a| !a.edits_message()).collect(),
@@ -142,5 +142,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Reply::new(451, "4.3.0", "Local error: message not stored, try again later")
             }
         }
+    }
+}
+
+impl Session {
+    /// RFC 3848's `with` keyword: SMTP, ESMTP, plus S for TLS and A for AUTH.
+    fn received_protocol(&self) -> String {
+        if !self.esmtp {
+            return "SMTP".to_string();
+        }
+        let mut protocol = "ESMTP".to_string();
+        if self.tls.is_some() {
+            protocol.push('S');
+        }
+        if self.auth_user.is_some() {
+            protocol.push('A');
+        }
+        protocol
     }
 }

@@ -1,12 +1,10 @@
 //! HELO and EHLO: greet, run the `helo` stage, advertise the extensions.
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
 use super::reply::Reply;
 use super::session::{Flow, Session};
 use crate::script::Stage;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl Session {
     pub(super) fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
         // A new greeting resets any transaction (RFC 5321 §4.1.4).
         self.tx = None;
@@ -30,6 +28,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "SMTPUTF8".to_string(),
                 "HELP".to_string(),
             ]);
+            if self.shared.tls.load().is_some() && self.tls.is_none() {
+                lines.push("STARTTLS".to_string());
+            }
+            if self.auth_offered() {
+                lines.push("AUTH PLAIN LOGIN".to_string());
+            }
         }
         self.reply(Reply { code: 250, status: String::new(), lines });
         Flow::Continue

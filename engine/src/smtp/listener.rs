@@ -9,7 +9,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
+use arc_swap::ArcSwapOption;
+use tokio_rustls::TlsAcceptor;
+
+use super::credentials::FailureLimiter;
 use super::session::Session;
+use super::starttls::HANDSHAKE_TIMEOUT;
+use super::tls::{Stream, TlsInfo};
 use crate::config::Config;
 use crate::script::ScriptHost;
 use crate::spool::{new_id, Spool};
@@ -23,10 +29,15 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// One permit per open connection (`max_connections`); shutdown waits for all to return.
     pub connections: Arc<Semaphore>,
+    /// TLS server configuration when `tls_cert`/`tls_key` are set; swapped on SIGHUP.
+    pub tls: ArcSwapOption<rustls::ServerConfig>,
+    /// Recent AUTH failures per client address.
+    pub auth_failures: FailureLimiter,
 }
 
-/// Accepts on `listener` until shutdown.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts on `listener` until shutdown. With `implicit_tls` every connection starts with a
+/// TLS handshake (RFC 8314, port 465).
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: bool) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -51,7 +62,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 tokio::spawn(
                     async move {
                         tracing::debug!("connected");
-                        Session::new(stream, shared, peer.ip(), id).run().await;
+                        let (stream, tls) = if implicit_tls {
+                            match handshake(&shared, stream).await {
+                                Some(pair) => pair,
+                                None => return,
+                            }
+                        } else {
+                            (Stream::Plain(stream), None)
+                        };
+                        Session::new(stream, shared, peer.ip(), id, tls).run().await;
                         tracing::debug!("disconnected");
                         drop(permit);
                     }
@@ -70,6 +89,26 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     .instrument(span),
                 );
             }
+        }
+    }
+}
+
+/// The TLS handshake of an implicit-TLS connection; `None` when it failed.
+async fn handshake(shared: &Shared, stream: tokio::net::TcpStream) -> Option<(Stream, Option<TlsInfo>)> {
+    let config = shared.tls.load_full()?;
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let info = TlsInfo::of(&tls);
+            tracing::debug!(version = %info.version, cipher = %info.cipher, "implicit TLS");
+            Some((Stream::Tls(Box::new(tls)), Some(info)))
+        }
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!("TLS handshake timed out");
+            None
         }
     }
 }

@@ -4,14 +4,13 @@
 use std::borrow::Cow;
 
 use smtp_proto::{MailFrom, MAIL_SMTPUTF8};
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::address::{bracketed, parse_mailbox, AddressError};
 use super::reply::Reply;
 use super::session::{Flow, Session, Transaction};
 use crate::script::Stage;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl Session {
     pub(super) fn handle_mail(&mut self, from: MailFrom<String>, raw: &str) -> Flow {
         if self.helo.is_none() {
             self.reply(Reply::new(503, "5.5.1", "Send HELO/EHLO first"));

@@ -10,6 +10,8 @@
 //! capped (`max_message_size`), every wait is timed, and no client input can panic the task.
 
 pub mod address;
+pub mod auth;
+pub mod credentials;
 pub mod data;
 pub mod data_reader;
 pub mod helo;
@@ -19,5 +21,7 @@ pub mod rcpt;
 pub mod received;
 pub mod reply;
 pub mod session;
+pub mod starttls;
+pub mod tls;
 
 pub use listener::{serve, Shared};

@@ -2,7 +2,6 @@
 //! local-domains rule (no open relay), then the `rcpt_to` stage for this one recipient.
 
 use smtp_proto::RcptTo;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::address::{bracketed, parse_mailbox};
 use super::mail::address_reply;
@@ -10,7 +9,7 @@ use super::reply::Reply;
 use super::session::{Flow, Session};
 use crate::script::Stage;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl Session {
     pub(super) fn handle_rcpt(&mut self, to: RcptTo<String>, raw: &str) -> Flow {
         let Some(tx) = self.tx.as_ref() else {
             self.reply(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
@@ -28,7 +27,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             format!("postmaster@{domain}")
         } else {
             match parse_mailbox(&text, tx.utf8) {
-                Ok(mailbox) if config.is_local_domain(&mailbox.domain) => mailbox.as_string(),
+                // An authenticated client may send anywhere (submission); everyone else only to
+                // local domains, over TLS or not.
+                Ok(mailbox) if config.is_local_domain(&mailbox.domain) || self.auth_user.is_some() => {
+                    mailbox.as_string()
+                }
                 Ok(mailbox) => {
                     tracing::info!(rcpt = %mailbox.as_string(), "relay denied");
                     self.reply(Reply::new(550, "5.7.1", "Relaying denied"));

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smtp_proto::{Error as ProtoError, Request};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::listener::Shared;
 use super::reply::Reply;
+use super::tls::{Stream, TlsInfo};
 use crate::script::{Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verdict};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
@@ -49,8 +50,8 @@ pub struct Transaction {
 }
 
 /// One connection's state machine.
-pub struct Session<S> {
-    stream: S,
+pub struct Session {
+    pub(super) stream: Stream,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     /// Discarding an overlong line up to its LF.
@@ -66,10 +67,14 @@ pub struct Session<S> {
     pub(super) tx: Option<Transaction>,
     /// The connect stage refused: only QUIT is served (RFC 5321 §3.1).
     refused: bool,
+    /// Set once the session runs over TLS (STARTTLS or an implicit-TLS listener).
+    pub(super) tls: Option<TlsInfo>,
+    /// Set after a successful AUTH; lifts the local-domains rule.
+    pub(super) auth_user: Option<String>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub fn new(stream: S, shared: Arc<Shared>, remote_ip: IpAddr, id: String) -> Session<S> {
+impl Session {
+    pub fn new(stream: Stream, shared: Arc<Shared>, remote_ip: IpAddr, id: String, tls: Option<TlsInfo>) -> Session {
         let scripts = shared.scripts.current();
         let shutdown = shared.shutdown.clone();
         Session {
@@ -86,6 +91,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             esmtp: false,
             tx: None,
             refused: false,
+            tls,
+            auth_user: None,
         }
     }
 
@@ -94,7 +101,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Err(e) = self.serve().await {
             tracing::debug!(error = %e, "session ended with I/O error");
         }
-        let _ = self.stream.shutdown().await;
+        // Timed like every write: a TLS close_notify waits for a client that may never read.
+        let _ = tokio::time::timeout(self.shared.config.smtp.command_timeout, self.stream.shutdown()).await;
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
@@ -164,6 +172,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Request::Mail { from } => self.handle_mail(from, &raw),
             Request::Rcpt { to } => self.handle_rcpt(to, &raw),
             Request::Data => self.handle_data().await?,
+            Request::StartTls => self.handle_starttls().await?,
+            Request::Auth { mechanism, initial_response } => self.handle_auth(mechanism, initial_response).await?,
             Request::Rset => {
                 self.tx = None;
                 self.reply(Reply::new(250, "2.0.0", "Reset OK"));
@@ -217,17 +227,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.out.extend_from_slice(reply.to_wire().as_bytes());
     }
 
+    /// Writing is timed too: a client that pipelines commands but never reads the replies
+    /// would otherwise block the write, and hold its connection slot, forever.
     pub(super) async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.stream.flush().await?;
+            let timeout = self.shared.config.smtp.command_timeout;
+            let write = async {
+                self.stream.write_all(&self.out).await?;
+                self.stream.flush().await
+            };
+            tokio::time::timeout(timeout, write)
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client does not read its replies"))??;
             self.out.clear();
         }
         Ok(())
     }
 
     /// The next command line. `Ok(None)` for a line over [`MAX_LINE_LEN`] (consumed).
-    async fn next_line(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, ReadError> {
+    pub(super) async fn next_line(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, ReadError> {
         loop {
             if let Some(pos) = self.inbuf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.inbuf.drain(..=pos).collect();
@@ -274,7 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Takes up to `max` buffered input bytes for the DATA reader.
-    pub(super) fn inbuf(&mut self) -> &mut Vec<u8> {
+    pub(super) fn inbuf_mut(&mut self) -> &mut Vec<u8> {
         &mut self.inbuf
     }
 
@@ -287,6 +305,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Context {
             remote_ip: self.remote_ip.to_string(),
             helo: self.helo.clone().unwrap_or_default(),
+            tls: self.tls.is_some(),
+            auth_user: self.auth_user.clone().unwrap_or_default(),
             sender,
             rcpt: rcpt.to_string(),
             recipients,
@@ -329,9 +349,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 fn syntax_reply(error: &ProtoError, raw: &str) -> Reply {
     match error {
         ProtoError::UnknownCommand => {
-            let verb: String =
-                raw.split_whitespace().next().unwrap_or("").chars().take(20).filter(|c| !c.is_control()).collect();
-            Reply::new(500, "5.5.2", format!("Syntax error, command unrecognized: {verb}"))
+            // Echo the verb only when it looks like one: a stray SASL line (base64 credentials
+            // sent as a command) must not reach the reply or the log.
+            let verb = raw.split_whitespace().next().unwrap_or("");
+            if !verb.is_empty() && verb.len() <= 12 && verb.chars().all(|c| c.is_ascii_alphabetic()) {
+                Reply::new(500, "5.5.2", format!("Syntax error, command unrecognized: {verb}"))
+            } else {
+                Reply::new(500, "5.5.2", "Syntax error, command unrecognized")
+            }
         }
         ProtoError::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
         ProtoError::InvalidRecipientAddress => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
