@@ -13,7 +13,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::LoadedConfig;
-use crate::deliver::{self, DeliveryTarget};
+use crate::deliver::{self, Deliverer, DeliveryTarget};
+use crate::outbound::{Outbound, Settings as OutboundSettings, Transport};
 use crate::script::{watch as script_watch, ScriptHost};
 use crate::smtp::{self, Shared};
 use crate::spool::Spool;
@@ -49,8 +50,21 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         );
     }
 
+    let transport =
+        Arc::new(Transport::from_config(&config.outbound, &config.smtp.hostname).map_err(anyhow::Error::msg)?);
+    let settings = OutboundSettings {
+        retry: config.outbound.retry.clone(),
+        max_age: config.outbound.max_age,
+        hostname: config.smtp.hostname.clone(),
+        local: DeliveryTarget::from_config(&config),
+    };
+    let queue_dir = config.queue_dir();
+    let (outbound, scheduler) = Outbound::start(&queue_dir, transport, settings)
+        .with_context(|| format!("opening the outbound queue in {}", queue_dir.display()))?;
+
     let (deliver_tx, deliver_rx) = mpsc::channel(DELIVERY_QUEUE);
-    let deliverer = deliver::spawn(DeliveryTarget::from_config(&config), deliver_rx, deliver_tx.downgrade());
+    let deliverer =
+        deliver::spawn(Deliverer::from_config(&config, outbound, store.clone()), deliver_rx, deliver_tx.downgrade());
     let spool_dir = config.spool_dir();
     let (spool, leftovers) = Spool::open(&spool_dir, deliver_tx.clone())
         .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
@@ -123,6 +137,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     if tokio::time::timeout(grace, deliverer).await.is_err() {
         tracing::warn!("deliveries still running at exit: they resume from the spool on next start");
     }
+    scheduler.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! - receive: [`smtp`] (listener, session state machine, DATA reader)
 //! - decide: [`script`] (rhai host, stages, verdicts, actions, hot reload)
 //! - keep: [`spool`] (durable handoff before the 250)
-//! - act: [`deliver`] (Maildir++)
+//! - act: [`deliver`] (Maildir++), [`outbound`] (queue → relay | MX; replies, bounces)
 //! - powers for scripts: [`plugins`] (crates under `plugins/`), on the [`state`] store
 //!
 //! [`config`] reads `mailflow.toml`, [`message`] is the lazily parsed message every stage
@@ -17,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod deliver;
 pub mod message;
+pub mod outbound;
 pub mod plugins;
 pub mod script;
 pub mod smtp;

@@ -1,7 +1,7 @@
 //! The `mailflow` binary: parses the command line, sets up logging, runs the command.
 
 use clap::Parser;
-use mailflow::cli::{Cli, Command, QueueAction};
+use mailflow::cli::{Cli, Command};
 use mailflow::config::LoadedConfig;
 use tracing_subscriber::EnvFilter;
 
@@ -13,15 +13,7 @@ fn main() {
         Command::Run => run(config),
         Command::Check => mailflow::cli::check::run(config),
         Command::Test(args) => mailflow::cli::test::run(config, &args),
-        Command::Queue { action } => {
-            let what = match action {
-                QueueAction::List => "queue list".to_string(),
-                QueueAction::Retry { id } => format!("queue retry {id}"),
-                QueueAction::Delete { id } => format!("queue delete {id}"),
-            };
-            eprintln!("mailflow {what}: the outbound queue is not built yet (it arrives with the outbound sender)");
-            1
-        }
+        Command::Queue { action } => mailflow::cli::queue::run(config, &action),
         Command::HashPassword => hash_password(),
     };
     std::process::exit(code);

@@ -1,6 +1,7 @@
 //! The `mailflow` command line (SPEC §2). Exit codes: 0 ok, 1 script or config error, 2 usage.
 
 pub mod check;
+pub mod queue;
 pub mod test;
 
 use std::path::PathBuf;

@@ -125,6 +125,11 @@ fn resolve_paths(config: &mut Config, base: &Path) {
 }
 
 impl Config {
+    /// Where the outbound queue lives: beside the spool.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.spool_dir().with_file_name("queue")
+    }
+
     /// Where the spool (accepted, not yet delivered messages) lives: beside the state store.
     pub fn spool_dir(&self) -> PathBuf {
         self.state.dir.parent().map(|p| p.join("spool")).unwrap_or_else(|| PathBuf::from("data/spool"))

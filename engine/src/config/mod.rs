@@ -158,6 +158,11 @@ pub struct OutboundConfig {
     #[serde(with = "serde_duration")]
     pub max_age: Duration,
     pub forward_sender: String,
+    /// `mx` mode: a DNS server to ask instead of the system resolver ("ip:port"; tests, split
+    /// horizons).
+    pub dns_server: String,
+    /// `mx` mode: the port MX hosts are contacted on (25; other values are for tests).
+    pub mx_port: u16,
 }
 
 impl Default for OutboundConfig {
@@ -172,6 +177,8 @@ impl Default for OutboundConfig {
             retry: vec![minutes(1), minutes(5), minutes(15), minutes(60), minutes(240)],
             max_age: Duration::from_secs(5 * 86_400),
             forward_sender: "original".to_string(),
+            dns_server: String::new(),
+            mx_port: 25,
         }
     }
 }

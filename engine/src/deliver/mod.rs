@@ -6,6 +6,7 @@
 //! flags they set). A segment file is removed only when all its messages are delivered; on a
 //! failure (disk full, permissions) the undelivered rest is retried later, never dropped.
 
+mod actions;
 pub mod maildir;
 
 use std::collections::BTreeSet;
@@ -17,13 +18,15 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::outbound::Outbound;
 use crate::script::Action;
 use crate::spool::{Segment, SpooledMessage};
 
 /// How long a failed delivery waits before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// What the deliverer needs from the config.
+/// Local Maildir delivery: what the deliverer and the outbound queue (for local recipients
+/// of forwards and bounces) need from the config.
 #[derive(Debug, Clone)]
 pub struct DeliveryTarget {
     pub maildir_template: String,
@@ -40,16 +43,55 @@ impl DeliveryTarget {
         }
     }
 
-    fn is_local(&self, addr: &str) -> bool {
+    pub fn is_local(&self, addr: &str) -> bool {
         let domain = addr.rsplit_once('@').map_or("", |(_, d)| d);
         self.local_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// Delivers `body` to `rcpt`'s INBOX with a `Return-Path:` of `sender`. Blocking.
+    pub fn deliver_local(&self, rcpt: &str, sender: &str, body: &[u8]) -> std::io::Result<PathBuf> {
+        let root = maildir::root_for(&self.maildir_template, rcpt);
+        let return_path = format!("Return-Path: <{sender}>\r\n");
+        deliver_one(self, &root, None, &return_path, body, "")
+    }
+}
+
+/// Everything the deliverer acts with.
+#[derive(Clone)]
+pub struct Deliverer {
+    pub target: DeliveryTarget,
+    /// Where forwards, redirects, replies and relayed recipients go.
+    pub outbound: Outbound,
+    /// Vacation memory.
+    pub store: Arc<redb::Database>,
+    /// Envelope sender of forwards: `None` keeps the original sender.
+    pub forward_sender: Option<String>,
+}
+
+impl Deliverer {
+    pub fn from_config(config: &Config, outbound: Outbound, store: Arc<redb::Database>) -> Deliverer {
+        let forward_sender = match config.outbound.forward_sender.as_str() {
+            "" | "original" => None,
+            fixed => Some(fixed.to_string()),
+        };
+        Deliverer { target: DeliveryTarget::from_config(config), outbound, store, forward_sender }
+    }
+
+    /// This daemon's own addresses: never auto-answered.
+    fn own_addresses(&self) -> Vec<String> {
+        let mut own =
+            vec![format!("mailer-daemon@{}", self.target.hostname), format!("postmaster@{}", self.target.hostname)];
+        for domain in &self.target.local_domains {
+            own.push(format!("mailer-daemon@{domain}"));
+        }
+        own
     }
 }
 
 /// Starts the deliverer. It runs until every sender of `rx` is gone, then finishes what it
 /// holds and returns.
 pub fn spawn(
-    target: DeliveryTarget,
+    target: Deliverer,
     mut rx: mpsc::Receiver<Segment>,
     retry: mpsc::WeakSender<Segment>,
 ) -> tokio::task::JoinHandle<()> {
@@ -73,7 +115,7 @@ pub fn spawn(
 
 /// Delivers every message of the segment; removes the segment file when all succeeded, else
 /// returns the undelivered rest.
-fn deliver_segment(target: &DeliveryTarget, segment: Segment) -> Option<Segment> {
+fn deliver_segment(target: &Deliverer, segment: Segment) -> Option<Segment> {
     let mut failed = Vec::new();
     for message in segment.messages {
         let span = tracing::info_span!("message", id = %message.record.id);
@@ -92,8 +134,9 @@ fn deliver_segment(target: &DeliveryTarget, segment: Segment) -> Option<Segment>
     }
 }
 
-/// True when every local recipient got the message.
-fn deliver_message(target: &DeliveryTarget, message: &SpooledMessage) -> bool {
+/// True when every local recipient got the message and every outbound copy is queued.
+fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage) -> bool {
+    let target = &deliverer.target;
     let record = &message.record;
     let folders: BTreeSet<&str> = record
         .actions
@@ -113,18 +156,16 @@ fn deliver_message(target: &DeliveryTarget, message: &SpooledMessage) -> bool {
         })
         .collect();
     let flags = maildir::info_flags(flag_names);
-    for action in record.actions.iter().filter(|a| a.is_outbound()) {
-        tracing::warn!(action = %action, "outbound action not carried out: the outbound sender is not built yet");
-    }
-    let return_path = format!("Return-Path: <{}>\r\n", record.envelope.sender);
     let mut all_ok = true;
+    let outcome = actions::carry_out(deliverer, message);
+    if !outcome.queued_ok {
+        all_ok = false;
+    }
+    let deliver_locally = record.deliver_locally || outcome.redirect_suppressed;
+    let return_path = format!("Return-Path: <{}>\r\n", record.envelope.sender);
     let mut delivered = Vec::new();
-    for rcpt in &record.envelope.recipients {
-        if !target.is_local(rcpt) {
-            tracing::warn!(rcpt = %rcpt, "non-local recipient not delivered: the outbound sender is not built yet");
-            continue;
-        }
-        if !record.deliver_locally {
+    for rcpt in record.envelope.recipients.iter().filter(|r| target.is_local(r)) {
+        if !deliver_locally {
             continue;
         }
         let root = maildir::root_for(&target.maildir_template, rcpt);
@@ -146,6 +187,7 @@ fn deliver_message(target: &DeliveryTarget, message: &SpooledMessage) -> bool {
             recipients = %record.envelope.recipients.join(","),
             size = message.body.len(),
             files = delivered.len(),
+            queued = outcome.queued,
             outcome = "delivered",
             "message delivered"
         );

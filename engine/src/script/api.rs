@@ -30,37 +30,174 @@ pub fn register(engine: &mut Engine) {
     register_ctx(engine);
     register_msg(engine);
     register_verdicts(engine);
-    engine.register_fn("log", |text: ImmutableString| sandbox::log_line(&text));
-    engine.register_fn("log", |value: Dynamic| sandbox::log_line(&value.to_string()));
+    engine.register_fn("log", log_text);
+    engine.register_fn("log", log_value);
     engine.on_print(sandbox::log_line);
     engine.on_debug(|text, _, _| sandbox::log_line(text));
 }
 
-/// `ctx`: getters for SPEC §4's fields, plus `add_rcpt` / `remove_rcpt`.
+/// `log(text)`: one line in the daemon log, tagged with the file, the stage and the session or
+/// message id (in `mailflow test`: printed as `log: FILE: text`). `print(text)` and
+/// `debug(value)` do the same.
+///
+/// ```rhai
+/// fn data(ctx, msg) { log("from " + msg.from + ": " + msg.subject); }
+/// ```
+fn log_text(text: ImmutableString) {
+    sandbox::log_line(&text);
+}
+
+/// `log(value)`: any other value is logged in its printed form.
+///
+/// ```rhai
+/// fn rcpt_to(ctx) { log(ctx.recipients); }   // ["a@example.org", "b@example.org"]
+/// ```
+fn log_value(value: Dynamic) {
+    sandbox::log_line(&value.to_string());
+}
+
+// --- ctx --------------------------------------------------------------------------------------
+
+/// `ctx`: the read-only getters of SPEC §4 (strings, "" where a field does not apply at the
+/// stage), plus the recipient actions.
 fn register_ctx(engine: &mut Engine) {
     engine.register_type_with_name::<ScriptCtx>("Ctx");
-    engine.register_get("remote_ip", |c: &mut ScriptCtx| c.0.remote_ip.clone());
-    engine.register_get("helo", |c: &mut ScriptCtx| c.0.helo.clone());
-    engine.register_get("tls", |c: &mut ScriptCtx| c.0.tls);
-    engine.register_get("auth_user", |c: &mut ScriptCtx| c.0.auth_user.clone());
-    engine.register_get("sender", |c: &mut ScriptCtx| c.0.sender.clone());
-    engine.register_get("rcpt", |c: &mut ScriptCtx| c.0.rcpt.clone());
-    engine.register_get("recipients", |c: &mut ScriptCtx| strings(&c.0.recipients));
-    engine.register_get("account", |c: &mut ScriptCtx| c.0.account.clone());
-    engine.register_get("protocol", |c: &mut ScriptCtx| c.0.protocol.clone());
-    engine.register_get("mailbox", |c: &mut ScriptCtx| c.0.mailbox.clone());
-    engine.register_get("uid", |c: &mut ScriptCtx| c.0.uid.clone());
-    engine.register_fn("add_rcpt", |_: &mut ScriptCtx, addr: &str| -> FnResult<()> {
-        envelope_stage("ctx.add_rcpt")?;
-        let mailbox = parse_mailbox(addr.trim(), true).map_err(|e| format!("ctx.add_rcpt({addr:?}): {e}"))?;
-        sandbox::push_action(Action::AddRcpt { addr: mailbox.as_string() });
-        Ok(())
-    });
-    engine.register_fn("remove_rcpt", |_: &mut ScriptCtx, addr: &str| -> FnResult<()> {
-        envelope_stage("ctx.remove_rcpt")?;
-        sandbox::push_action(Action::RemoveRcpt { addr: addr.trim().to_string() });
-        Ok(())
-    });
+    engine.register_get("remote_ip", ctx_remote_ip);
+    engine.register_get("helo", ctx_helo);
+    engine.register_get("tls", ctx_tls);
+    engine.register_get("auth_user", ctx_auth_user);
+    engine.register_get("sender", ctx_sender);
+    engine.register_get("rcpt", ctx_rcpt);
+    engine.register_get("recipients", ctx_recipients);
+    engine.register_get("account", ctx_account);
+    engine.register_get("protocol", ctx_protocol);
+    engine.register_get("mailbox", ctx_mailbox);
+    engine.register_get("uid", ctx_uid);
+    engine.register_fn("add_rcpt", ctx_add_rcpt);
+    engine.register_fn("remove_rcpt", ctx_remove_rcpt);
+}
+
+/// `ctx.remote_ip`: the SMTP client's address, e.g. `"192.0.2.7"` or `"2001:db8::7"`.
+///
+/// ```rhai
+/// fn connect(ctx) { if ctx.remote_ip.starts_with("192.0.2.") { return reject("5.7.1 blocked"); } }
+/// ```
+fn ctx_remote_ip(c: &mut ScriptCtx) -> String {
+    c.0.remote_ip.clone()
+}
+
+/// `ctx.helo`: the name the client gave in HELO/EHLO ("" at `connect`).
+///
+/// ```rhai
+/// fn helo(ctx) { if ctx.helo == "localhost" { return reject("5.7.1 you are not localhost"); } }
+/// ```
+fn ctx_helo(c: &mut ScriptCtx) -> String {
+    c.0.helo.clone()
+}
+
+/// `ctx.tls`: whether the session is encrypted (STARTTLS or implicit TLS).
+///
+/// ```rhai
+/// fn mail_from(ctx) { if !ctx.tls { log("plain-text session from " + ctx.remote_ip); } }
+/// ```
+fn ctx_tls(c: &mut ScriptCtx) -> bool {
+    c.0.tls
+}
+
+/// `ctx.auth_user`: the user the client authenticated as ("" when it did not).
+///
+/// ```rhai
+/// fn mail_from(ctx) { if ctx.auth_user == "" && ctx.sender.ends_with("@example.org") { return reject(); } }
+/// ```
+fn ctx_auth_user(c: &mut ScriptCtx) -> String {
+    c.0.auth_user.clone()
+}
+
+/// `ctx.sender`: the envelope sender (MAIL FROM), "" for the null sender (bounces).
+///
+/// ```rhai
+/// fn mail_from(ctx) { if ctx.sender.ends_with("@spam.example") { return reject(); } }
+/// ```
+fn ctx_sender(c: &mut ScriptCtx) -> String {
+    c.0.sender.clone()
+}
+
+/// `ctx.rcpt`: the recipient being checked, in `rcpt_to` ("" elsewhere).
+///
+/// ```rhai
+/// fn rcpt_to(ctx) { if ctx.rcpt == "old@example.org" { return reject("5.1.1 gone"); } }
+/// ```
+fn ctx_rcpt(c: &mut ScriptCtx) -> String {
+    c.0.rcpt.clone()
+}
+
+/// `ctx.recipients`: the envelope recipients accepted so far (all of them at `data`).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if ctx.recipients.len() > 10 { return reject("5.5.3 too many recipients"); } }
+/// ```
+fn ctx_recipients(c: &mut ScriptCtx) -> Array {
+    strings(&c.0.recipients)
+}
+
+/// `ctx.account`: the poller account's `name` from the config, in `fetched`.
+///
+/// ```rhai
+/// fn fetched(ctx, msg) { if ctx.account == "work" { msg.file_into("Work"); } }
+/// ```
+fn ctx_account(c: &mut ScriptCtx) -> String {
+    c.0.account.clone()
+}
+
+/// `ctx.protocol`: `"imap"` or `"pop3"`, in `fetched`.
+///
+/// ```rhai
+/// fn fetched(ctx, msg) { if ctx.protocol == "pop3" { msg.delete(); } }
+/// ```
+fn ctx_protocol(c: &mut ScriptCtx) -> String {
+    c.0.protocol.clone()
+}
+
+/// `ctx.mailbox`: the IMAP mailbox the message was fetched from, in `fetched`.
+///
+/// ```rhai
+/// fn fetched(ctx, msg) { if ctx.mailbox == "INBOX" { msg.mark_seen(); } }
+/// ```
+fn ctx_mailbox(c: &mut ScriptCtx) -> String {
+    c.0.mailbox.clone()
+}
+
+/// `ctx.uid`: the message's IMAP UID or POP3 UIDL, in `fetched`.
+///
+/// ```rhai
+/// fn fetched(ctx, msg) { log("fetched " + ctx.mailbox + "/" + ctx.uid); }
+/// ```
+fn ctx_uid(c: &mut ScriptCtx) -> String {
+    c.0.uid.clone()
+}
+
+/// `ctx.add_rcpt(addr)`: adds an envelope recipient (`rcpt_to` and `data`). The address is
+/// checked; a bad one is a script error.
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.subject.contains("urgent") { ctx.add_rcpt("oncall@example.org"); } }
+/// ```
+fn ctx_add_rcpt(_: &mut ScriptCtx, addr: &str) -> FnResult<()> {
+    envelope_stage("ctx.add_rcpt")?;
+    let mailbox = parse_mailbox(addr.trim(), true).map_err(|e| format!("ctx.add_rcpt({addr:?}): {e}"))?;
+    sandbox::push_action(Action::AddRcpt { addr: mailbox.as_string() });
+    Ok(())
+}
+
+/// `ctx.remove_rcpt(addr)`: removes an envelope recipient, any case (`rcpt_to` and `data`).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.has_header("List-Id") { ctx.remove_rcpt("boss@example.org"); } }
+/// ```
+fn ctx_remove_rcpt(_: &mut ScriptCtx, addr: &str) -> FnResult<()> {
+    envelope_stage("ctx.remove_rcpt")?;
+    sandbox::push_action(Action::RemoveRcpt { addr: addr.trim().to_string() });
+    Ok(())
 }
 
 /// Recipient edits make sense once there is an envelope with recipients.
@@ -71,95 +208,328 @@ fn envelope_stage(what: &str) -> FnResult<()> {
     }
 }
 
-/// `msg`: lazily parsed getters and the message actions.
+// --- msg: getters -----------------------------------------------------------------------------
+
+/// `msg`: lazily parsed getters (the message is parsed once, on first use) and the message
+/// actions. Getters always show the message as it arrived: edits apply after the hook.
 fn register_msg(engine: &mut Engine) {
     engine.register_type_with_name::<MessageView>("Msg");
-    engine.register_get("subject", |m: &mut MessageView| m.parsed().subject.clone());
-    engine.register_get("from", |m: &mut MessageView| m.parsed().from.clone());
-    engine.register_get("to", |m: &mut MessageView| strings(&m.parsed().to));
-    engine.register_get("cc", |m: &mut MessageView| strings(&m.parsed().cc));
-    engine.register_get("date", |m: &mut MessageView| m.parsed().date.clone());
-    engine.register_get("message_id", |m: &mut MessageView| m.parsed().message_id.clone());
-    engine.register_get("body_text", |m: &mut MessageView| m.parsed().body_text.clone());
-    engine.register_get("body_html", |m: &mut MessageView| m.parsed().body_html.clone());
-    engine.register_get("size", |m: &mut MessageView| m.size() as i64);
-    engine.register_get("raw", |m: &mut MessageView| String::from_utf8_lossy(m.raw()).into_owned());
-    engine.register_get("flags", |m: &mut MessageView| strings(m.flags()));
-    engine.register_get("attachments", |m: &mut MessageView| -> Array {
-        m.parsed()
-            .attachments
-            .iter()
-            .map(|a| {
-                let mut map = Map::new();
-                map.insert("name".into(), a.name.clone().into());
-                map.insert("content_type".into(), a.content_type.clone().into());
-                map.insert("size".into(), (a.size as i64).into());
-                Dynamic::from_map(map)
-            })
-            .collect()
-    });
-    engine.register_fn("header", |m: &mut MessageView, name: &str| m.header(name));
-    engine.register_fn("headers", |m: &mut MessageView, name: &str| strings(&m.headers(name)));
-    engine.register_fn("has_header", |m: &mut MessageView, name: &str| m.has_header(name));
+    engine.register_get("subject", msg_subject);
+    engine.register_get("from", msg_from);
+    engine.register_get("to", msg_to);
+    engine.register_get("cc", msg_cc);
+    engine.register_get("date", msg_date);
+    engine.register_get("message_id", msg_message_id);
+    engine.register_get("body_text", msg_body_text);
+    engine.register_get("body_html", msg_body_html);
+    engine.register_get("size", msg_size);
+    engine.register_get("raw", msg_raw);
+    engine.register_get("flags", msg_flags);
+    engine.register_get("attachments", msg_attachments);
+    engine.register_fn("header", msg_header);
+    engine.register_fn("headers", msg_headers);
+    engine.register_fn("has_header", msg_has_header);
 
-    engine.register_fn("set_header", |_: &mut MessageView, name: &str, value: &str| -> FnResult<()> {
-        checked_header("msg.set_header", name, value)?;
-        sandbox::push_action(Action::SetHeader { name: name.to_string(), value: value.to_string() });
-        Ok(())
-    });
-    engine.register_fn("add_header", |_: &mut MessageView, name: &str, value: &str| -> FnResult<()> {
-        checked_header("msg.add_header", name, value)?;
-        sandbox::push_action(Action::AddHeader { name: name.to_string(), value: value.to_string() });
-        Ok(())
-    });
-    engine.register_fn("remove_header", |_: &mut MessageView, name: &str| -> FnResult<()> {
-        headers::check_name(name).map_err(|e| format!("msg.remove_header: {e}"))?;
-        sandbox::push_action(Action::RemoveHeader { name: name.to_string() });
-        Ok(())
-    });
-    engine.register_fn("set_subject", |_: &mut MessageView, text: &str| -> FnResult<()> {
-        headers::check_value(text).map_err(|e| format!("msg.set_subject: {e}"))?;
-        sandbox::push_action(Action::SetSubject { text: text.to_string() });
-        Ok(())
-    });
-    engine.register_fn("file_into", |_: &mut MessageView, folder: &str| -> FnResult<()> {
-        check_folder(folder)?;
-        sandbox::push_action(Action::FileInto { folder: folder.to_string() });
-        Ok(())
-    });
-    engine.register_fn("forward", |_: &mut MessageView, addr: &str| -> FnResult<()> {
-        let addr = checked_address("msg.forward", addr)?;
-        sandbox::push_action(Action::Forward { addr });
-        Ok(())
-    });
-    engine.register_fn("redirect", |_: &mut MessageView, addr: &str| -> FnResult<()> {
-        let addr = checked_address("msg.redirect", addr)?;
-        sandbox::push_action(Action::Redirect { addr });
-        Ok(())
-    });
-    engine.register_fn("reply", |_: &mut MessageView, options: Map| -> FnResult<()> {
-        let spec = reply_spec(options)?;
-        sandbox::push_action(Action::Reply(spec));
-        Ok(())
-    });
-    engine.register_fn("vacation", |_: &mut MessageView, options: Map| -> FnResult<()> {
-        let spec = vacation_spec(options)?;
-        sandbox::push_action(Action::Vacation(spec));
-        Ok(())
-    });
-    engine.register_fn("flag", |_: &mut MessageView, flag: &str| -> FnResult<()> {
-        check_flag(flag)?;
-        sandbox::push_action(Action::Flag { flag: flag.to_string() });
-        Ok(())
-    });
-    engine.register_fn("mark_seen", |_: &mut MessageView| sandbox::push_action(Action::MarkSeen));
-    engine.register_fn("delete", |_: &mut MessageView| -> FnResult<()> {
-        if sandbox::stage() != Stage::Fetched {
-            return err("msg.delete() is only available in the fetched stage; use discard() at SMTP stages");
-        }
-        sandbox::push_action(Action::Delete);
-        Ok(())
-    });
+    engine.register_fn("set_header", msg_set_header);
+    engine.register_fn("add_header", msg_add_header);
+    engine.register_fn("remove_header", msg_remove_header);
+    engine.register_fn("set_subject", msg_set_subject);
+    engine.register_fn("file_into", msg_file_into);
+    engine.register_fn("forward", msg_forward);
+    engine.register_fn("redirect", msg_redirect);
+    engine.register_fn("reply", msg_reply);
+    engine.register_fn("vacation", msg_vacation);
+    engine.register_fn("flag", msg_flag);
+    engine.register_fn("mark_seen", msg_mark_seen);
+    engine.register_fn("delete", msg_delete);
+}
+
+/// `msg.subject`: the Subject, RFC 2047 decoded ("" if none).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.subject.to_lower().contains("invoice") { msg.file_into("Invoices"); } }
+/// ```
+fn msg_subject(m: &mut MessageView) -> String {
+    m.parsed().subject.clone()
+}
+
+/// `msg.from`: the address of the From header, "" if none.
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.from == "boss@example.org" { msg.flag("\\Flagged"); } }
+/// ```
+fn msg_from(m: &mut MessageView) -> String {
+    m.parsed().from.clone()
+}
+
+/// `msg.to`: the addresses of the To header (array of strings).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if !("me@example.org" in msg.to) { msg.file_into("Bcc"); } }
+/// ```
+fn msg_to(m: &mut MessageView) -> Array {
+    strings(&m.parsed().to)
+}
+
+/// `msg.cc`: the addresses of the Cc header (array of strings).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.cc.len() > 20 { msg.file_into("Crowds"); } }
+/// ```
+fn msg_cc(m: &mut MessageView) -> Array {
+    strings(&m.parsed().cc)
+}
+
+/// `msg.date`: the Date header as RFC 3339 (`"2026-11-23T10:00:00Z"`), "" if none or invalid.
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.date == "" { msg.add_header("X-No-Date", "yes"); } }
+/// ```
+fn msg_date(m: &mut MessageView) -> String {
+    m.parsed().date.clone()
+}
+
+/// `msg.message_id`: the Message-ID without angle brackets, "" if none.
+///
+/// ```rhai
+/// fn data(ctx, msg) { log("id " + msg.message_id); }
+/// ```
+fn msg_message_id(m: &mut MessageView) -> String {
+    m.parsed().message_id.clone()
+}
+
+/// `msg.body_text`: the first text/plain part, decoded (converted from HTML when the message
+/// has only HTML).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.body_text.contains("unsubscribe") { msg.file_into("Newsletters"); } }
+/// ```
+fn msg_body_text(m: &mut MessageView) -> String {
+    m.parsed().body_text.clone()
+}
+
+/// `msg.body_html`: the first text/html part, decoded ("" when there is none).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.body_html.contains("<script") { return reject("5.7.1 no scripts"); } }
+/// ```
+fn msg_body_html(m: &mut MessageView) -> String {
+    m.parsed().body_html.clone()
+}
+
+/// `msg.size`: the message size in bytes, as received.
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.size > 10_000_000 { msg.file_into("Large"); } }
+/// ```
+fn msg_size(m: &mut MessageView) -> i64 {
+    i64::try_from(m.size()).unwrap_or(i64::MAX)
+}
+
+/// `msg.raw`: the whole message as text (invalid UTF-8 replaced).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.raw.contains("X-Virus: yes") { return discard(); } }
+/// ```
+fn msg_raw(m: &mut MessageView) -> String {
+    String::from_utf8_lossy(m.raw()).into_owned()
+}
+
+/// `msg.flags`: the IMAP flags the server reported, in `fetched` (empty elsewhere).
+///
+/// ```rhai
+/// fn fetched(ctx, msg) { if "\\Seen" in msg.flags { return; } }
+/// ```
+fn msg_flags(m: &mut MessageView) -> Array {
+    strings(m.flags())
+}
+
+/// `msg.attachments`: array of `#{name, content_type, size}` maps.
+///
+/// ```rhai
+/// fn data(ctx, msg) {
+///     if msg.attachments.some(|a| a.name.ends_with(".exe")) { return reject("5.7.1 no executables"); }
+/// }
+/// ```
+fn msg_attachments(m: &mut MessageView) -> Array {
+    m.parsed()
+        .attachments
+        .iter()
+        .map(|a| {
+            let mut map = Map::new();
+            map.insert("name".into(), a.name.clone().into());
+            map.insert("content_type".into(), a.content_type.clone().into());
+            map.insert("size".into(), i64::try_from(a.size).unwrap_or(i64::MAX).into());
+            Dynamic::from_map(map)
+        })
+        .collect()
+}
+
+/// `msg.header(name)`: the first value of a header (any case), unfolded; "" if absent.
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.header("X-Spam-Flag") == "YES" { msg.file_into("Junk"); } }
+/// ```
+fn msg_header(m: &mut MessageView, name: &str) -> String {
+    m.header(name)
+}
+
+/// `msg.headers(name)`: every value of a header, in order (array of strings).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.headers("Received").len() > 30 { return reject("5.4.6 loop?"); } }
+/// ```
+fn msg_headers(m: &mut MessageView, name: &str) -> Array {
+    strings(&m.headers(name))
+}
+
+/// `msg.has_header(name)`: whether a header is present (any case).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.has_header("List-Id") { msg.file_into("Lists"); } }
+/// ```
+fn msg_has_header(m: &mut MessageView, name: &str) -> bool {
+    m.has_header(name)
+}
+
+// --- msg: actions -----------------------------------------------------------------------------
+
+/// `msg.set_header(name, value)`: replaces every field of that name by one (added in front when
+/// there was none). CR, LF or NUL in the value, or a bad name, is a script error.
+///
+/// ```rhai
+/// fn data(ctx, msg) { msg.set_header("X-Spam-Score", "0.0"); }
+/// ```
+fn msg_set_header(_: &mut MessageView, name: &str, value: &str) -> FnResult<()> {
+    checked_header("msg.set_header", name, value)?;
+    sandbox::push_action(Action::SetHeader { name: name.to_string(), value: value.to_string() });
+    Ok(())
+}
+
+/// `msg.add_header(name, value)`: adds a field in front of the header.
+///
+/// ```rhai
+/// fn data(ctx, msg) { msg.add_header("X-Filed-By", "mailflow"); }
+/// ```
+fn msg_add_header(_: &mut MessageView, name: &str, value: &str) -> FnResult<()> {
+    checked_header("msg.add_header", name, value)?;
+    sandbox::push_action(Action::AddHeader { name: name.to_string(), value: value.to_string() });
+    Ok(())
+}
+
+/// `msg.remove_header(name)`: removes every field of that name (any case).
+///
+/// ```rhai
+/// fn data(ctx, msg) { msg.remove_header("X-Originating-IP"); }
+/// ```
+fn msg_remove_header(_: &mut MessageView, name: &str) -> FnResult<()> {
+    headers::check_name(name).map_err(|e| format!("msg.remove_header: {e}"))?;
+    sandbox::push_action(Action::RemoveHeader { name: name.to_string() });
+    Ok(())
+}
+
+/// `msg.set_subject(text)`: replaces the Subject (non-ASCII text is RFC 2047 encoded).
+///
+/// ```rhai
+/// fn data(ctx, msg) { msg.set_subject("[ext] " + msg.subject); }
+/// ```
+fn msg_set_subject(_: &mut MessageView, text: &str) -> FnResult<()> {
+    headers::check_value(text).map_err(|e| format!("msg.set_subject: {e}"))?;
+    sandbox::push_action(Action::SetSubject { text: text.to_string() });
+    Ok(())
+}
+
+/// `msg.file_into(folder)`: delivers into a Maildir++ folder (`"Lists/Rust"` → `.Lists.Rust`)
+/// instead of INBOX; twice means a copy in each. In `fetched`: move on the server.
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.has_header("List-Id") { msg.file_into("Lists/Rust"); } }
+/// ```
+fn msg_file_into(_: &mut MessageView, folder: &str) -> FnResult<()> {
+    check_folder(folder)?;
+    sandbox::push_action(Action::FileInto { folder: folder.to_string() });
+    Ok(())
+}
+
+/// `msg.forward(addr)`: sends a copy to `addr`; the original is still delivered.
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.subject.contains("[alert]") { msg.forward("me@phone.example"); } }
+/// ```
+fn msg_forward(_: &mut MessageView, addr: &str) -> FnResult<()> {
+    let addr = checked_address("msg.forward", addr)?;
+    sandbox::push_action(Action::Forward { addr });
+    Ok(())
+}
+
+/// `msg.redirect(addr)`: sends the message to `addr` instead of delivering it locally.
+///
+/// ```rhai
+/// fn data(ctx, msg) { if "old@example.org" in ctx.recipients { msg.redirect("new@elsewhere.example"); } }
+/// ```
+fn msg_redirect(_: &mut MessageView, addr: &str) -> FnResult<()> {
+    let addr = checked_address("msg.redirect", addr)?;
+    sandbox::push_action(Action::Redirect { addr });
+    Ok(())
+}
+
+/// `msg.reply(#{ body, subject?, from? })`: an automatic reply to the sender, under RFC 3834's
+/// rules (never to bounces, lists or other auto-replies). Unknown options are an error.
+///
+/// ```rhai
+/// fn data(ctx, msg) { msg.reply(#{ subject: "Received: " + msg.subject, body: "Thanks, we got it." }); }
+/// ```
+fn msg_reply(_: &mut MessageView, options: Map) -> FnResult<()> {
+    let spec = reply_spec(options)?;
+    sandbox::push_action(Action::Reply(spec));
+    Ok(())
+}
+
+/// `msg.vacation(#{ body, days?, subject?, from?, addresses? })`: like `reply`, but at most
+/// once per sender every `days` (default 7, 1..=365).
+///
+/// ```rhai
+/// fn data(ctx, msg) { msg.vacation(#{ days: 7, subject: "Away", body: "Back on Monday." }); }
+/// ```
+fn msg_vacation(_: &mut MessageView, options: Map) -> FnResult<()> {
+    let spec = vacation_spec(options)?;
+    sandbox::push_action(Action::Vacation(spec));
+    Ok(())
+}
+
+/// `msg.flag(flag)`: sets an IMAP flag (`"\\Flagged"`, `"\\Seen"`, ... or a keyword). At
+/// `data` the system flags become Maildir info letters (`:2,F`).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.from == "boss@example.org" { msg.flag("\\Flagged"); } }
+/// ```
+fn msg_flag(_: &mut MessageView, flag: &str) -> FnResult<()> {
+    check_flag(flag)?;
+    sandbox::push_action(Action::Flag { flag: flag.to_string() });
+    Ok(())
+}
+
+/// `msg.mark_seen()`: marks the message read (`\Seen`; Maildir `:2,S` at `data`).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.has_header("List-Unsubscribe") { msg.mark_seen(); } }
+/// ```
+fn msg_mark_seen(_: &mut MessageView) {
+    sandbox::push_action(Action::MarkSeen);
+}
+
+/// `msg.delete()`: deletes the message on the server, in `fetched` only (at SMTP stages use
+/// `discard()`; calling it there is a script error).
+///
+/// ```rhai
+/// fn fetched(ctx, msg) { if msg.header("X-Spam-Flag") == "YES" { msg.delete(); } }
+/// ```
+fn msg_delete(_: &mut MessageView) -> FnResult<()> {
+    if sandbox::stage() != Stage::Fetched {
+        return err("msg.delete() is only available in the fetched stage; use discard() at SMTP stages");
+    }
+    sandbox::push_action(Action::Delete);
+    Ok(())
 }
 
 fn checked_header(what: &str, name: &str, value: &str) -> FnResult<()> {
@@ -257,33 +627,105 @@ fn vacation_spec(mut options: Map) -> FnResult<VacationSpec> {
     Ok(VacationSpec { days, subject, body, from, addresses })
 }
 
-/// `accept()`, `reject(...)`, `tempfail(...)`, `discard()`.
+// --- verdicts --------------------------------------------------------------------------------
+
+/// `accept()`, `reject(...)`, `tempfail(...)`, `discard()`: return one from a stage function to
+/// decide; return nothing (or any other value) to pass to the next file.
 fn register_verdicts(engine: &mut Engine) {
     engine.register_type_with_name::<Verdict>("Verdict");
-    engine.register_fn("accept", || Verdict::Accept);
-    engine.register_fn("reject", || reject(None, "Rejected by policy"));
-    engine.register_fn("reject", |text: &str| reject(None, text));
-    engine.register_fn("reject", |code: i64, text: &str| -> FnResult<Verdict> {
-        if !(500..=599).contains(&code) {
-            return err(format!("reject({code}, ...): the code must be 5xx"));
-        }
-        Ok(reject(Some(code as u16), text))
-    });
-    engine.register_fn("tempfail", || tempfail(451, "Try again later"));
-    engine.register_fn("tempfail", |text: &str| tempfail(451, text));
-    engine.register_fn("tempfail", |code: i64, text: &str| -> FnResult<Verdict> {
-        if !(400..=499).contains(&code) {
-            return err(format!("tempfail({code}, ...): the code must be 4xx"));
-        }
-        Ok(tempfail(code as u16, text))
-    });
-    engine.register_fn("discard", || -> FnResult<Verdict> {
-        match sandbox::stage() {
-            Stage::Data | Stage::Fetched => Ok(Verdict::Discard),
-            stage => err(format!("discard() is only available in the data and fetched stages, not {stage}")),
-        }
-    });
+    engine.register_fn("accept", accept);
+    engine.register_fn("reject", reject_default);
+    engine.register_fn("reject", reject_text);
+    engine.register_fn("reject", reject_code);
+    engine.register_fn("tempfail", tempfail_default);
+    engine.register_fn("tempfail", tempfail_text);
+    engine.register_fn("tempfail", tempfail_code);
+    engine.register_fn("discard", discard);
     engine.register_fn("to_string", |v: &mut Verdict| v.to_string());
+}
+
+/// `accept()`: accepts and ends this stage's chain (later files do not run for this stage).
+///
+/// ```rhai
+/// fn rcpt_to(ctx) { if ctx.remote_ip == "127.0.0.1" { return accept(); } }
+/// ```
+fn accept() -> Verdict {
+    Verdict::Accept
+}
+
+/// `reject()`: a permanent refusal, `550 5.7.1 Rejected by policy` (`554` at `connect`).
+///
+/// ```rhai
+/// fn helo(ctx) { if ctx.helo == "" { return reject(); } }
+/// ```
+fn reject_default() -> Verdict {
+    reject(None, "Rejected by policy")
+}
+
+/// `reject(text)`: `550` (`554` at `connect`) with `text`; a leading enhanced status code in
+/// the text (`"5.1.1 no such user"`) replaces the default `5.7.1`.
+///
+/// ```rhai
+/// fn rcpt_to(ctx) { if ctx.rcpt == "gone@example.org" { return reject("5.1.1 no such user"); } }
+/// ```
+fn reject_text(text: &str) -> Verdict {
+    reject(None, text)
+}
+
+/// `reject(code, text)`: a permanent refusal with a 5xx code of your choice.
+///
+/// ```rhai
+/// fn mail_from(ctx) { if ctx.sender.ends_with("@spam.example") { return reject(553, "5.7.1 no"); } }
+/// ```
+fn reject_code(code: i64, text: &str) -> FnResult<Verdict> {
+    match u16::try_from(code) {
+        Ok(code) if (500..=599).contains(&code) => Ok(reject(Some(code), text)),
+        _ => err(format!("reject({code}, ...): the code must be 5xx")),
+    }
+}
+
+/// `tempfail()`: a temporary refusal, `451 4.7.1 Try again later` (`421` and close at
+/// `connect`).
+///
+/// ```rhai
+/// fn mail_from(ctx) { if ctx.sender == "" && ctx.helo == "" { return tempfail(); } }
+/// ```
+fn tempfail_default() -> Verdict {
+    tempfail(451, "Try again later")
+}
+
+/// `tempfail(text)`: `451` with `text` (its own `4.x.x` code may lead the text).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.size == 0 { return tempfail("4.3.0 empty, try again"); } }
+/// ```
+fn tempfail_text(text: &str) -> Verdict {
+    tempfail(451, text)
+}
+
+/// `tempfail(code, text)`: a temporary refusal with a 4xx code of your choice.
+///
+/// ```rhai
+/// fn rcpt_to(ctx) { if ctx.rcpt == "full@example.org" { return tempfail(452, "4.2.2 mailbox full"); } }
+/// ```
+fn tempfail_code(code: i64, text: &str) -> FnResult<Verdict> {
+    match u16::try_from(code) {
+        Ok(code) if (400..=499).contains(&code) => Ok(tempfail(code, text)),
+        _ => err(format!("tempfail({code}, ...): the code must be 4xx")),
+    }
+}
+
+/// `discard()`: answers `250` and drops the message silently (`data` and `fetched` only;
+/// elsewhere a script error).
+///
+/// ```rhai
+/// fn data(ctx, msg) { if msg.header("X-Spam-Flag") == "YES" { return discard(); } }
+/// ```
+fn discard() -> FnResult<Verdict> {
+    match sandbox::stage() {
+        Stage::Data | Stage::Fetched => Ok(Verdict::Discard),
+        stage => err(format!("discard() is only available in the data and fetched stages, not {stage}")),
+    }
 }
 
 fn reject(code: Option<u16>, text: &str) -> Verdict {

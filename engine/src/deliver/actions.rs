@@ -1,0 +1,112 @@
+//! The outbound side of a spooled message: recipients in other domains (authenticated relay,
+//! `ctx.add_rcpt`), and the scripts' `forward`, `redirect`, `reply` and `vacation` actions,
+//! each turned into an outbound queue entry — or suppressed, with the reason logged.
+
+use super::Deliverer;
+use crate::message::MessageView;
+use crate::outbound::autoreply::{self, Suppressed};
+use crate::outbound::EntryKind;
+use crate::script::Action;
+use crate::spool::SpooledMessage;
+
+/// What [`carry_out`] did.
+pub struct Outcome {
+    /// False when something could not be queued: the spool keeps the message for a retry.
+    pub queued_ok: bool,
+    pub queued: usize,
+    /// A redirect was refused (mail loop): the message is delivered locally instead.
+    pub redirect_suppressed: bool,
+}
+
+pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage) -> Outcome {
+    let record = &message.record;
+    let envelope = &record.envelope;
+    let target = &deliverer.target;
+    let mut outcome = Outcome { queued_ok: true, queued: 0, redirect_suppressed: false };
+    let mut queue = |kind: EntryKind, sender: &str, rcpts: &[String], bytes: &[u8]| match deliverer
+        .outbound
+        .enqueue(kind, sender, rcpts, bytes, &record.id)
+    {
+        Ok(_) => outcome.queued += 1,
+        Err(e) => {
+            tracing::error!(error = %e, kind = ?kind, "cannot queue outbound mail; will retry");
+            outcome.queued_ok = false;
+        }
+    };
+
+    let foreign: Vec<String> = envelope.recipients.iter().filter(|r| !target.is_local(r)).cloned().collect();
+    if !foreign.is_empty() {
+        queue(EntryKind::Relay, &envelope.sender, &foreign, &message.body);
+    }
+
+    let view = MessageView::new(message.body.clone());
+    let loop_marker = target.hostname.to_ascii_lowercase();
+    let looped = view.headers("X-Loop").iter().any(|v| v.trim().eq_ignore_ascii_case(&loop_marker));
+    let first_local = envelope.recipients.iter().find(|r| target.is_local(r)).cloned();
+    let own = deliverer.own_addresses();
+    let mut redirect_suppressed = false;
+
+    for action in &record.actions {
+        match action {
+            Action::Forward { addr } | Action::Redirect { addr } => {
+                let kind =
+                    if matches!(action, Action::Forward { .. }) { EntryKind::Forward } else { EntryKind::Redirect };
+                if looped {
+                    tracing::warn!(action = %action, reason = "mail loop: X-Loop names this host", "forward suppressed");
+                    redirect_suppressed |= kind == EntryKind::Redirect;
+                    continue;
+                }
+                let mut bytes = format!("X-Loop: {}\r\n", target.hostname).into_bytes();
+                bytes.extend_from_slice(&message.body);
+                let sender = deliverer.forward_sender.clone().unwrap_or_else(|| envelope.sender.clone());
+                queue(kind, &sender, std::slice::from_ref(addr), &bytes);
+            }
+            Action::Reply(spec) => {
+                let Some(rcpt) = first_local.as_deref() else { continue };
+                match autoreply::check_reply(&view, &envelope.sender, &own) {
+                    Err(reason) => log_suppressed("reply", &reason),
+                    Ok(()) => {
+                        let from = autoreply::reply_from(spec, rcpt);
+                        match autoreply::build(&view, &from, &envelope.sender, spec.subject.as_deref(), &spec.body) {
+                            Ok(bytes) => queue(EntryKind::Reply, "", std::slice::from_ref(&envelope.sender), &bytes),
+                            Err(e) => tracing::error!(error = %e, "cannot build the reply"),
+                        }
+                    }
+                }
+            }
+            Action::Vacation(spec) => {
+                let Some(rcpt) = first_local.as_deref() else { continue };
+                let checked = autoreply::check_vacation(&view, &envelope.sender, rcpt, spec, &own).and_then(|()| {
+                    match autoreply::vacation_due(&deliverer.store, rcpt, &envelope.sender, spec.days) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => {
+                            Err(Suppressed::AlreadyAnswered { sender: envelope.sender.clone(), days: spec.days })
+                        }
+                        Err(e) => {
+                            // Without the memory we cannot promise "once per period": stay quiet.
+                            tracing::error!(error = %e, "vacation memory unavailable; no notice sent");
+                            Err(Suppressed::AlreadyAnswered { sender: envelope.sender.clone(), days: spec.days })
+                        }
+                    }
+                });
+                match checked {
+                    Err(reason) => log_suppressed("vacation", &reason),
+                    Ok(()) => {
+                        let from = spec.from.clone().unwrap_or_else(|| rcpt.to_string());
+                        match autoreply::build(&view, &from, &envelope.sender, spec.subject.as_deref(), &spec.body) {
+                            Ok(bytes) => queue(EntryKind::Vacation, "", std::slice::from_ref(&envelope.sender), &bytes),
+                            Err(e) => tracing::error!(error = %e, "cannot build the vacation notice"),
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    outcome.redirect_suppressed = redirect_suppressed;
+    outcome
+}
+
+fn log_suppressed(action: &str, reason: &Suppressed) {
+    tracing::info!(action, reason = %reason, "auto-reply suppressed");
+}

@@ -1,0 +1,227 @@
+//! Auto-replies (`msg.reply`) and vacation notices (`msg.vacation`): when not to answer
+//! (RFC 3834 §2, RFC 5230 §4.5), how the answer looks, and the per-sender memory that answers
+//! a person once per `days`.
+//!
+//! The checks are pure functions of the message and envelope, so `mailflow test` shows the
+//! same suppression the daemon would apply.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mail_builder::headers::raw::Raw;
+use mail_builder::MessageBuilder;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::message::MessageView;
+use crate::script::decision::{ReplySpec, VacationSpec};
+
+/// Vacation memory: `"<recipient>\0<sender>"` → unix seconds of the last notice.
+const VACATION: TableDefinition<&str, u64> = TableDefinition::new("vacation");
+
+/// Why no auto-reply goes out. Logged, and printed by `mailflow test`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Suppressed {
+    #[error("the envelope sender is null (a bounce)")]
+    NullSender,
+    #[error("the sender {0} is a mailer daemon, list owner or request address")]
+    RobotSender(String),
+    #[error("the sender {0} is this daemon's own address")]
+    OwnAddress(String),
+    #[error("the message has Auto-Submitted: {0}")]
+    AutoSubmitted(String),
+    #[error("the message has a {0} header (mailing list)")]
+    ListHeader(&'static str),
+    #[error("the message has Precedence: {0}")]
+    Precedence(String),
+    #[error("the recipient is not in To or Cc (nor in addresses)")]
+    NotAddressed,
+    #[error("{sender} was already answered in the last {days} day(s)")]
+    AlreadyAnswered { sender: String, days: i64 },
+}
+
+/// RFC 3834's rules shared by reply and vacation. `own` lists this daemon's addresses.
+pub fn check_reply(msg: &MessageView, sender: &str, own: &[String]) -> Result<(), Suppressed> {
+    if sender.is_empty() {
+        return Err(Suppressed::NullSender);
+    }
+    let local = sender.rsplit_once('@').map_or(sender, |(l, _)| l).to_ascii_lowercase();
+    if local == "mailer-daemon" || local.starts_with("owner-") || local.ends_with("-request") {
+        return Err(Suppressed::RobotSender(sender.to_string()));
+    }
+    if own.iter().any(|a| a.eq_ignore_ascii_case(sender)) {
+        return Err(Suppressed::OwnAddress(sender.to_string()));
+    }
+    let auto = msg.header("Auto-Submitted");
+    let auto_value = auto.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !auto.is_empty() && auto_value != "no" {
+        return Err(Suppressed::AutoSubmitted(auto.trim().to_string()));
+    }
+    if msg.has_header("List-Id") {
+        return Err(Suppressed::ListHeader("List-Id"));
+    }
+    if msg.has_header("List-Unsubscribe") {
+        return Err(Suppressed::ListHeader("List-Unsubscribe"));
+    }
+    let precedence = msg.header("Precedence").trim().to_ascii_lowercase();
+    if matches!(precedence.as_str(), "bulk" | "list" | "junk") {
+        return Err(Suppressed::Precedence(precedence));
+    }
+    Ok(())
+}
+
+/// Reply rules plus vacation's own: the recipient (or one of `addresses`) must be named in
+/// To or Cc, so Bcc'd and list mail gets no notice.
+pub fn check_vacation(
+    msg: &MessageView,
+    sender: &str,
+    rcpt: &str,
+    spec: &VacationSpec,
+    own: &[String],
+) -> Result<(), Suppressed> {
+    check_reply(msg, sender, own)?;
+    let parsed = msg.parsed();
+    let named = |a: &String| parsed.to.iter().chain(parsed.cc.iter()).any(|t| t.eq_ignore_ascii_case(a));
+    let mine: Vec<String> = std::iter::once(rcpt.to_string()).chain(spec.addresses.iter().cloned()).collect();
+    if !mine.iter().any(named) {
+        return Err(Suppressed::NotAddressed);
+    }
+    Ok(())
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Whether `rcpt` already answered `sender` within `days`; if not, remembers this answer now.
+/// One write transaction, so two copies of a message cannot both answer.
+pub fn vacation_due(store: &Arc<redb::Database>, rcpt: &str, sender: &str, days: i64) -> Result<bool, String> {
+    let key = format!("{}\0{}", rcpt.to_ascii_lowercase(), sender.to_ascii_lowercase());
+    let txn = store.begin_write().map_err(|e| e.to_string())?;
+    let due = {
+        let mut table = txn.open_table(VACATION).map_err(|e| e.to_string())?;
+        let last = table.get(key.as_str()).map_err(|e| e.to_string())?.map(|v| v.value());
+        let period = u64::try_from(days.max(1)).unwrap_or(1) * 86_400;
+        let due = last.is_none_or(|t| now().saturating_sub(t) >= period);
+        if due {
+            table.insert(key.as_str(), now()).map_err(|e| e.to_string())?;
+        }
+        due
+    };
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(due)
+}
+
+/// Read-only look at the vacation memory (for `mailflow test`).
+pub fn vacation_answered(store: &Arc<redb::Database>, rcpt: &str, sender: &str, days: i64) -> bool {
+    let key = format!("{}\0{}", rcpt.to_ascii_lowercase(), sender.to_ascii_lowercase());
+    let Ok(txn) = store.begin_read() else { return false };
+    let Ok(table) = txn.open_table(VACATION) else { return false };
+    let last = table.get(key.as_str()).ok().flatten().map(|v| v.value());
+    let period = u64::try_from(days.max(1)).unwrap_or(1) * 86_400;
+    last.is_some_and(|t| now().saturating_sub(t) < period)
+}
+
+/// The answer: from `from` to the envelope sender, `Auto-Submitted: auto-replied`, threaded
+/// with In-Reply-To and References, subject `Auto: <original>` unless the script gave one.
+pub fn build(
+    original: &MessageView,
+    from: &str,
+    to: &str,
+    subject: Option<&str>,
+    body: &str,
+) -> std::io::Result<Vec<u8>> {
+    let parsed = original.parsed();
+    let subject = match subject {
+        Some(s) => s.to_string(),
+        None => format!("Auto: {}", parsed.subject),
+    };
+    let mut builder = MessageBuilder::new()
+        .from(from.to_string())
+        .to(to.to_string())
+        .subject(subject)
+        .header("Auto-Submitted", Raw::new("auto-replied"))
+        .text_body(body.to_string());
+    if !parsed.message_id.is_empty() {
+        let mut references: Vec<String> = original
+            .header("References")
+            .split_whitespace()
+            .map(|r| r.trim_matches(['<', '>']).to_string())
+            .filter(|r| !r.is_empty())
+            .collect();
+        references.push(parsed.message_id.clone());
+        builder = builder.in_reply_to(parsed.message_id.clone()).references(references);
+    }
+    builder.write_to_vec()
+}
+
+/// `msg.reply(...)` resolved to its sender address (`from`, else the recipient).
+pub fn reply_from(spec: &ReplySpec, rcpt: &str) -> String {
+    spec.from.clone().unwrap_or_else(|| rcpt.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(text: &str) -> MessageView {
+        MessageView::new(Arc::new(text.replace('\n', "\r\n").into_bytes()))
+    }
+
+    const PLAIN: &str = "From: ann@x.org\nTo: me@example.org\nSubject: hi\nMessage-ID: <m1@x.org>\n\nbody\n";
+
+    #[test]
+    fn suppression_rules() {
+        let own = vec!["mailer-daemon@mx.example.org".to_string()];
+        assert_eq!(check_reply(&view(PLAIN), "", &own), Err(Suppressed::NullSender));
+        assert!(matches!(check_reply(&view(PLAIN), "MAILER-DAEMON@x.org", &own), Err(Suppressed::RobotSender(_))));
+        assert!(matches!(check_reply(&view(PLAIN), "owner-list@x.org", &own), Err(Suppressed::RobotSender(_))));
+        assert!(matches!(check_reply(&view(PLAIN), "list-request@x.org", &own), Err(Suppressed::RobotSender(_))));
+        assert!(check_reply(&view(PLAIN), "mailer-daemon@mx.example.org", &own).is_err());
+        let auto = format!("Auto-Submitted: auto-generated\n{PLAIN}");
+        assert!(matches!(check_reply(&view(&auto), "ann@x.org", &own), Err(Suppressed::AutoSubmitted(_))));
+        let no = format!("Auto-Submitted: no\n{PLAIN}");
+        assert_eq!(check_reply(&view(&no), "ann@x.org", &own), Ok(()));
+        let list = format!("List-Id: <l.x.org>\n{PLAIN}");
+        assert_eq!(check_reply(&view(&list), "ann@x.org", &own), Err(Suppressed::ListHeader("List-Id")));
+        let unsub = format!("List-Unsubscribe: <mailto:u@x.org>\n{PLAIN}");
+        assert_eq!(check_reply(&view(&unsub), "ann@x.org", &own), Err(Suppressed::ListHeader("List-Unsubscribe")));
+        for p in ["bulk", "list", "junk", "Bulk"] {
+            let prec = format!("Precedence: {p}\n{PLAIN}");
+            assert!(matches!(check_reply(&view(&prec), "ann@x.org", &own), Err(Suppressed::Precedence(_))));
+        }
+        assert_eq!(check_reply(&view(PLAIN), "ann@x.org", &own), Ok(()));
+    }
+
+    #[test]
+    fn vacation_needs_the_recipient_addressed() {
+        let spec = VacationSpec { days: 7, subject: None, body: "away".into(), from: None, addresses: vec![] };
+        assert_eq!(check_vacation(&view(PLAIN), "ann@x.org", "me@example.org", &spec, &[]), Ok(()));
+        assert_eq!(
+            check_vacation(&view(PLAIN), "ann@x.org", "other@example.org", &spec, &[]),
+            Err(Suppressed::NotAddressed)
+        );
+        let alias = VacationSpec { addresses: vec!["me@example.org".into()], ..spec };
+        assert_eq!(check_vacation(&view(PLAIN), "ann@x.org", "other@example.org", &alias, &[]), Ok(()));
+    }
+
+    #[test]
+    fn vacation_memory() {
+        let store =
+            Arc::new(redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap());
+        assert!(vacation_due(&store, "me@x", "ann@y", 7).unwrap());
+        assert!(!vacation_due(&store, "me@x", "ANN@y", 7).unwrap());
+        assert!(vacation_answered(&store, "me@x", "ann@y", 7));
+        assert!(vacation_due(&store, "me@x", "bob@y", 7).unwrap());
+    }
+
+    #[test]
+    fn reply_headers() {
+        let raw = build(&view(PLAIN), "me@example.org", "ann@x.org", None, "I am away").unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        assert!(text.contains("Auto-Submitted: auto-replied\r\n"), "{text}");
+        assert!(text.contains("Subject: Auto: hi\r\n"), "{text}");
+        assert!(text.contains("In-Reply-To: <m1@x.org>\r\n"), "{text}");
+        assert!(text.contains("References: <m1@x.org>\r\n"), "{text}");
+        assert!(text.contains("I am away"), "{text}");
+    }
+}

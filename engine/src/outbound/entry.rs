@@ -1,0 +1,140 @@
+//! One outbound queue entry on disk: `<id>.msg` (the bytes to send, never re-encoded) and
+//! `<id>.json` (envelope, per-recipient state, attempts, next try). Both are written to a temp
+//! name, fsynced and renamed, the message first: an entry exists once its `.json` does.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why the entry exists: decides bounce and loop rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// An authenticated client's mail to a foreign domain, or a script's `add_rcpt`.
+    Relay,
+    Forward,
+    Redirect,
+    Reply,
+    Vacation,
+    /// A delivery status notification: never bounced itself.
+    Bounce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RcptStatus {
+    Pending,
+    Sent,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RcptState {
+    pub addr: String,
+    pub status: RcptStatus,
+    /// The last reply or error for this recipient.
+    pub last_error: String,
+}
+
+/// The queue's record of one message to send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub id: String,
+    pub kind: EntryKind,
+    /// Envelope sender; "" is the null sender (replies, bounces).
+    pub sender: String,
+    pub recipients: Vec<RcptState>,
+    pub attempts: u32,
+    /// Unix seconds.
+    pub created: u64,
+    pub next_try: u64,
+    pub last_error: String,
+    /// Queue id of the message this one came from, to follow it through the log.
+    pub origin: String,
+}
+
+impl QueueEntry {
+    pub fn pending(&self) -> impl Iterator<Item = &RcptState> {
+        self.recipients.iter().filter(|r| r.status == RcptStatus::Pending)
+    }
+}
+
+fn json_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.json"))
+}
+
+pub fn msg_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.msg"))
+}
+
+fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, dir.join(name))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Stores a new entry and its message durably. Blocking.
+pub fn create(dir: &Path, entry: &QueueEntry, message: &[u8]) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    write_durable(dir, &format!("{}.msg", entry.id), message)?;
+    save(dir, entry)
+}
+
+/// Rewrites an entry's state durably. Blocking.
+pub fn save(dir: &Path, entry: &QueueEntry) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?;
+    write_durable(dir, &format!("{}.json", entry.id), &json)?;
+    File::open(dir)?.sync_all()
+}
+
+pub fn load(dir: &Path, id: &str) -> std::io::Result<QueueEntry> {
+    let bytes = fs::read(json_path(dir, id))?;
+    serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+}
+
+/// Removes an entry (state first, so a crash leaves at most an orphan message file).
+pub fn remove(dir: &Path, id: &str) -> std::io::Result<()> {
+    match fs::remove_file(json_path(dir, id)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let _ = fs::remove_file(msg_path(dir, id));
+    File::open(dir)?.sync_all()
+}
+
+/// Every entry in the queue, oldest first; unreadable ones are logged and skipped.
+pub fn list(dir: &Path) -> Vec<QueueEntry> {
+    let Ok(read) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut entries: Vec<QueueEntry> = read
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name.strip_suffix(".json")?.to_string();
+            if id.starts_with('.') {
+                return None;
+            }
+            match load(dir, &id) {
+                Ok(entry) => Some(entry),
+                Err(err) => {
+                    tracing::warn!(id = %id, error = %err, "unreadable queue entry skipped");
+                    None
+                }
+            }
+        })
+        .collect();
+    entries.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+    entries
+}

@@ -1,0 +1,108 @@
+//! act: the outbound sender — forwards, redirects, auto-replies, vacation notices, relayed
+//! mail of authenticated clients, and bounces — through a durable queue with retries.
+//!
+//! Input: [`Outbound::enqueue`] from the deliverer (one entry per message, its own bytes, an
+//! explicit envelope). The scheduler task sends due entries (one recipient per transaction, so
+//! each recipient has its own state), retries 4xx answers and connection failures on the
+//! `retry` schedule (then the last interval until `max_age`), fails 5xx at once, and bounces
+//! failures to the envelope sender (never to the null sender). Entries are files in the queue
+//! folder, so they survive kill -9 and `mailflow queue` can read and change them; delivery is
+//! at-least-once.
+//!
+//! Security: message bytes are sent as stored, with line ends normalised to CRLF.
+
+pub mod autoreply;
+pub mod dsn;
+pub mod entry;
+pub mod mx;
+pub mod normalize;
+mod scheduler;
+pub mod transport;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+pub use entry::{EntryKind, QueueEntry, RcptState, RcptStatus};
+pub use scheduler::Settings;
+pub use transport::Transport;
+
+/// Handle to the queue: cheap to clone, usable from blocking code.
+#[derive(Clone)]
+pub struct Outbound {
+    dir: PathBuf,
+    wake: mpsc::UnboundedSender<()>,
+}
+
+impl Outbound {
+    /// Starts the scheduler on `dir`; pending entries from a previous run are resumed.
+    pub fn start(
+        dir: &Path,
+        transport: Arc<Transport>,
+        settings: Settings,
+    ) -> std::io::Result<(Outbound, tokio::task::JoinHandle<()>)> {
+        std::fs::create_dir_all(dir)?;
+        let (wake, wake_rx) = mpsc::unbounded_channel();
+        let outbound = Outbound { dir: dir.to_path_buf(), wake };
+        let handle = tokio::spawn(scheduler::run(outbound.clone(), transport, settings, wake_rx));
+        Ok((outbound, handle))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Queues `message` for `recipients` durably (blocking: call off the async runtime) and
+    /// wakes the scheduler. Returns the new entry's id.
+    pub fn enqueue(
+        &self,
+        kind: EntryKind,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+        origin: &str,
+    ) -> std::io::Result<String> {
+        let id = crate::spool::new_id();
+        let now = crate::spool::unix_now();
+        let entry = QueueEntry {
+            id: id.clone(),
+            kind,
+            sender: sender.to_string(),
+            recipients: recipients
+                .iter()
+                .map(|r| RcptState { addr: r.clone(), status: RcptStatus::Pending, last_error: String::new() })
+                .collect(),
+            attempts: 0,
+            created: now,
+            next_try: now,
+            last_error: String::new(),
+            origin: origin.to_string(),
+        };
+        entry::create(&self.dir, &entry, message)?;
+        tracing::info!(queue_id = %id, origin = %origin, kind = ?kind, sender = %sender, recipients = %recipients.join(","), "queued for sending");
+        let _ = self.wake.send(());
+        Ok(id)
+    }
+}
+
+/// The delay before attempt number `attempts + 1`: the schedule, then its last interval.
+pub fn retry_delay(schedule: &[Duration], attempts: u32) -> Duration {
+    let index = (attempts.max(1) as usize - 1).min(schedule.len().saturating_sub(1));
+    schedule.get(index).copied().unwrap_or(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_then_last_interval() {
+        let s = [Duration::from_secs(60), Duration::from_secs(300)];
+        assert_eq!(retry_delay(&s, 1), Duration::from_secs(60));
+        assert_eq!(retry_delay(&s, 2), Duration::from_secs(300));
+        assert_eq!(retry_delay(&s, 9), Duration::from_secs(300));
+        assert_eq!(retry_delay(&[], 1), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,171 @@
+//! The scheduler task: scans the queue folder, sends what is due, records the outcome.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Semaphore};
+use tracing::Instrument;
+
+use super::entry::{self, EntryKind, QueueEntry, RcptStatus};
+use super::{dsn, normalize, retry_delay, Outbound, Transport};
+use crate::deliver::DeliveryTarget;
+
+/// Entries sent at the same time.
+const CONCURRENCY: usize = 10;
+/// The folder is rescanned at least this often (to see `mailflow queue retry`/`delete`).
+const RESCAN: Duration = Duration::from_millis(500);
+
+/// What the scheduler needs from the config.
+#[derive(Clone)]
+pub struct Settings {
+    pub retry: Vec<Duration>,
+    pub max_age: Duration,
+    pub hostname: String,
+    /// Recipients in local domains are delivered to their Maildir, not sent.
+    pub local: DeliveryTarget,
+}
+
+pub(super) async fn run(
+    outbound: Outbound,
+    transport: Arc<Transport>,
+    settings: Settings,
+    mut wake: mpsc::UnboundedReceiver<()>,
+) {
+    let settings = Arc::new(settings);
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut in_flight: HashSet<String> = HashSet::new();
+    loop {
+        while let Ok(id) = done_rx.try_recv() {
+            in_flight.remove(&id);
+        }
+        let dir = outbound.dir().to_path_buf();
+        let entries = tokio::task::spawn_blocking(move || entry::list(&dir)).await.unwrap_or_default();
+        let now = crate::spool::unix_now();
+        for entry in entries {
+            if entry.next_try > now || in_flight.contains(&entry.id) {
+                continue;
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            in_flight.insert(entry.id.clone());
+            let (outbound, transport, settings, done) =
+                (outbound.clone(), transport.clone(), settings.clone(), done_tx.clone());
+            let span = tracing::info_span!("outbound", queue_id = %entry.id, origin = %entry.origin);
+            tokio::spawn(
+                async move {
+                    let id = entry.id.clone();
+                    attempt(&outbound, &transport, &settings, entry).await;
+                    drop(permit);
+                    let _ = done.send(id);
+                }
+                .instrument(span),
+            );
+        }
+        tokio::select! {
+            woken = wake.recv() => if woken.is_none() { return },
+            Some(id) = done_rx.recv() => { in_flight.remove(&id); }
+            _ = tokio::time::sleep(RESCAN) => {}
+        }
+    }
+}
+
+/// One delivery attempt of every pending recipient of `entry`.
+async fn attempt(outbound: &Outbound, transport: &Transport, settings: &Settings, mut entry: QueueEntry) {
+    let path = entry::msg_path(outbound.dir(), &entry.id);
+    let raw = match tokio::fs::read(&path).await {
+        Ok(raw) => raw,
+        Err(e) => {
+            tracing::error!(error = %e, "queued message file missing; entry dropped");
+            let _ = entry::remove(outbound.dir(), &entry.id);
+            return;
+        }
+    };
+    let message = normalize::crlf(&raw);
+    for index in 0..entry.recipients.len() {
+        if entry.recipients[index].status != RcptStatus::Pending {
+            continue;
+        }
+        let rcpt = entry.recipients[index].addr.clone();
+        let result = if settings.local.is_local(&rcpt) {
+            let (local, sender, body) = (settings.local.clone(), entry.sender.clone(), message.clone());
+            let rcpt2 = rcpt.clone();
+            match tokio::task::spawn_blocking(move || local.deliver_local(&rcpt2, &sender, &body)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => {
+                    Err(super::transport::SendError { permanent: false, message: format!("local delivery: {e}") })
+                }
+                Err(e) => Err(super::transport::SendError { permanent: false, message: e.to_string() }),
+            }
+        } else {
+            transport.send(&entry.sender, &rcpt, &message).await
+        };
+        let state = &mut entry.recipients[index];
+        match result {
+            Ok(()) => {
+                state.status = RcptStatus::Sent;
+                state.last_error.clear();
+                tracing::info!(rcpt = %rcpt, outcome = "sent", "message sent");
+            }
+            Err(e) if e.permanent => {
+                state.status = RcptStatus::Failed;
+                state.last_error = e.message.clone();
+                tracing::warn!(rcpt = %rcpt, error = %e.message, outcome = "failed", "permanent failure");
+            }
+            Err(e) => {
+                state.last_error = e.message.clone();
+                entry.last_error = e.message.clone();
+                tracing::info!(rcpt = %rcpt, error = %e.message, outcome = "deferred", "temporary failure; will retry");
+            }
+        }
+    }
+    entry.attempts += 1;
+    let now = crate::spool::unix_now();
+    let expired = now.saturating_sub(entry.created) >= settings.max_age.as_secs();
+    if entry.pending().next().is_some() && expired {
+        for state in entry.recipients.iter_mut().filter(|r| r.status == RcptStatus::Pending) {
+            state.status = RcptStatus::Failed;
+            state.last_error = format!("gave up after {} attempts (max_age): {}", entry.attempts, state.last_error);
+            tracing::warn!(rcpt = %state.addr, outcome = "expired", "delivery given up: max_age reached");
+        }
+    }
+    let dir = outbound.dir().to_path_buf();
+    if entry.pending().next().is_none() {
+        bounce(outbound, settings, &entry, &raw);
+        let id = entry.id.clone();
+        let _ = tokio::task::spawn_blocking(move || entry::remove(&dir, &id)).await;
+    } else {
+        entry.next_try = now + retry_delay(&settings.retry, entry.attempts).as_secs();
+        let saved = tokio::task::spawn_blocking(move || entry::save(&dir, &entry)).await;
+        if !matches!(saved, Ok(Ok(()))) {
+            tracing::error!("cannot save queue entry state; it will be retried as it was");
+        }
+    }
+}
+
+/// Sends a DSN for the failed recipients to the envelope sender (never to the null sender,
+/// never for a bounce).
+fn bounce(outbound: &Outbound, settings: &Settings, entry: &QueueEntry, original: &[u8]) {
+    let failed: Vec<_> = entry.recipients.iter().filter(|r| r.status == RcptStatus::Failed).collect();
+    if failed.is_empty() {
+        return;
+    }
+    if entry.sender.is_empty() || entry.kind == EntryKind::Bounce {
+        tracing::info!("no bounce: the failed message had a null sender");
+        return;
+    }
+    match dsn::build(&settings.hostname, entry, &failed, original) {
+        Ok(report) => {
+            let (outbound, sender, origin) = (outbound.clone(), entry.sender.clone(), entry.id.clone());
+            // A small file write; do it off the runtime like every queue write.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = outbound.enqueue(EntryKind::Bounce, "", &[sender], &report, &origin) {
+                    tracing::error!(error = %e, "cannot queue the bounce");
+                }
+            });
+        }
+        Err(e) => tracing::error!(error = %e, "cannot build the bounce"),
+    }
+}
