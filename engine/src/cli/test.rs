@@ -65,6 +65,8 @@ struct Report {
     /// Subject and header fields after the header edits.
     subject: String,
     headers: Vec<(String, String)>,
+    /// What the outbound actions would do: sent, or suppressed and why (RFC 3834 rules).
+    outbound: Vec<String>,
 }
 
 /// Returns the exit code: 0, or 1 when the config or a script failed.
@@ -140,7 +142,9 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
     }
     let edited = apply::message_edits(&raw, &all_actions);
     let edited_view = MessageView::new(Arc::new(edited.clone()));
+    let outbound = outbound_preview(&view, &args.from, recipients.first().map(String::as_str), &all_actions);
     let report = Report {
+        outbound,
         stage: args.stage,
         recipients: apply::recipient_edits(&recipients, &all_actions),
         subject: edited_view.parsed().subject.clone(),
@@ -167,6 +171,27 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
         print_text(&report);
     }
     i32::from(failed)
+}
+
+/// What the daemon would do with each outbound action, with the same suppression checks (the
+/// vacation memory of a dry run is empty: a real daemon may also suppress a repeat).
+fn outbound_preview(view: &MessageView, sender: &str, rcpt: Option<&str>, actions: &[Action]) -> Vec<String> {
+    use crate::outbound::autoreply;
+    let rcpt = rcpt.unwrap_or("");
+    let outcome = |what: &str, checked: Result<(), autoreply::Suppressed>| match checked {
+        Ok(()) => format!("{what}: would be sent to <{sender}> from <>"),
+        Err(reason) => format!("{what}: suppressed: {reason}"),
+    };
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Forward { addr } => Some(format!("forward: a copy would be sent to <{addr}>")),
+            Action::Redirect { addr } => Some(format!("redirect: would be sent to <{addr}> instead of local delivery")),
+            Action::Reply(_) => Some(outcome("reply", autoreply::check_reply(view, sender, &[]))),
+            Action::Vacation(spec) => Some(outcome("vacation", autoreply::check_vacation(view, sender, rcpt, spec, &[]))),
+            _ => None,
+        })
+        .collect()
 }
 
 fn report(rcpt: Option<String>, decision: Decision) -> RunReport {
@@ -205,6 +230,9 @@ fn print_text(report: &Report) {
     }
     if !report.recipients.is_empty() {
         println!("recipients: {}", report.recipients.join(", "));
+    }
+    for line in &report.outbound {
+        println!("outbound: {line}");
     }
     println!("subject: {}", report.subject);
     println!("headers:");
