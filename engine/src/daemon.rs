@@ -13,7 +13,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::LoadedConfig;
+use std::collections::BTreeMap;
+
 use crate::deliver::{self, Deliverer, DeliveryTarget};
+use crate::fetch::{self, AccountTasks, FetchDeps};
 use crate::outbound::{Outbound, Settings as OutboundSettings, Transport};
 use crate::script::{watch as script_watch, ScriptHost};
 use crate::smtp::{self, Shared};
@@ -24,6 +27,7 @@ const DELIVERY_QUEUE: usize = 64;
 
 /// Runs the daemon. Returns when it has stopped cleanly.
 pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
+    let loaded_source = loaded.source.clone();
     let config = Arc::new(loaded.config);
     let store = crate::state::open(&config.state.dir)?;
     let extend = crate::plugins::hook_for(&config, store.clone())?;
@@ -43,12 +47,6 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
             None
         }
     };
-    if !config.accounts.is_empty() {
-        tracing::warn!(
-            accounts = config.accounts.len(),
-            "[[accounts]] configured, but the POP3/IMAP pollers are not built yet: not polling"
-        );
-    }
 
     let transport =
         Arc::new(Transport::from_config(&config.outbound, &config.smtp.hostname).map_err(anyhow::Error::msg)?);
@@ -62,9 +60,16 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let (outbound, scheduler) = Outbound::start(&queue_dir, transport, settings)
         .with_context(|| format!("opening the outbound queue in {}", queue_dir.display()))?;
 
+    let delivery = Deliverer::from_config(&config, outbound, store.clone());
+    let fetch_deps = FetchDeps { scripts: scripts.clone(), store: store.clone(), deliverer: delivery.clone() };
+    let mut pollers: BTreeMap<String, AccountTasks> =
+        config.accounts.iter().map(|a| (a.name.clone(), fetch::start(&fetch_deps, a.clone()))).collect();
+    if !pollers.is_empty() {
+        tracing::info!(accounts = pollers.len(), "pollers started");
+    }
+
     let (deliver_tx, deliver_rx) = mpsc::channel(DELIVERY_QUEUE);
-    let deliverer =
-        deliver::spawn(Deliverer::from_config(&config, outbound, store.clone()), deliver_rx, deliver_tx.downgrade());
+    let deliverer = deliver::spawn(delivery, deliver_rx, deliver_tx.downgrade());
     let spool_dir = config.spool_dir();
     let (spool, leftovers) = Spool::open(&spool_dir, deliver_tx.clone())
         .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
@@ -116,6 +121,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                     Ok(tls) => shared.tls.store(tls),
                     Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays"),
                 }
+                reload_accounts(&loaded_source, &fetch_deps, &mut pollers, config.smtp.shutdown_grace).await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -123,6 +129,9 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     }
 
     tracing::info!("shutting down: no new connections");
+    for (_, tasks) in std::mem::take(&mut pollers) {
+        tasks.stop(config.smtp.shutdown_grace).await;
+    }
     let _ = shutdown_tx.send(true);
     for listener in listeners {
         let _ = listener.await;
@@ -147,5 +156,42 @@ fn load_tls(config: &crate::config::Config) -> anyhow::Result<Option<Arc<rustls:
     match (&config.smtp.tls_cert, &config.smtp.tls_key) {
         (Some(cert), Some(key)) => Ok(Some(crate::smtp::tls::load_config(cert, key)?)),
         _ => Ok(None),
+    }
+}
+
+/// SIGHUP: re-reads `[[accounts]]` from the config file; starts new accounts, stops removed
+/// ones and restarts changed ones. Other sections need a restart.
+async fn reload_accounts(
+    source: &Option<std::path::PathBuf>,
+    deps: &FetchDeps,
+    pollers: &mut BTreeMap<String, AccountTasks>,
+    grace: std::time::Duration,
+) {
+    let Some(path) = source else { return };
+    let fresh = match LoadedConfig::load(Some(path)) {
+        Ok(loaded) => loaded.config.accounts,
+        Err(e) => {
+            tracing::error!(error = %e, "config not reloaded; accounts unchanged");
+            return;
+        }
+    };
+    let same = |a: &crate::config::AccountConfig, b: &crate::config::AccountConfig| {
+        serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
+    };
+    let names: Vec<String> = pollers.keys().cloned().collect();
+    for name in names {
+        let keep = fresh.iter().any(|a| a.name == name && pollers.get(&name).is_some_and(|t| same(&t.config, a)));
+        if !keep {
+            if let Some(tasks) = pollers.remove(&name) {
+                tracing::info!(account = %name, "account removed or changed: stopping its poller");
+                tasks.stop(grace).await;
+            }
+        }
+    }
+    for account in fresh {
+        if !pollers.contains_key(&account.name) {
+            tracing::info!(account = %account.name, "starting poller");
+            pollers.insert(account.name.clone(), fetch::start(deps, account));
+        }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! # Layout — the path of a message
 //!
-//! - receive: [`smtp`] (listener, session state machine, DATA reader)
+//! - receive: [`smtp`] (listener, session state machine, DATA reader), [`fetch`] (POP3/IMAP pollers)
 //! - decide: [`script`] (rhai host, stages, verdicts, actions, hot reload)
 //! - keep: [`spool`] (durable handoff before the 250)
 //! - act: [`deliver`] (Maildir++), [`outbound`] (queue → relay | MX; replies, bounces)
@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod deliver;
+pub mod fetch;
 pub mod message;
 pub mod outbound;
 pub mod plugins;

@@ -23,6 +23,13 @@ pub fn run(config: Option<&std::path::Path>) -> i32 {
             return 1;
         }
     };
+    // The certificate and key must load, as `mailflow run` needs them to start.
+    if let (Some(cert), Some(key)) = (&loaded.config.smtp.tls_cert, &loaded.config.smtp.tls_key) {
+        if let Err(e) = crate::smtp::tls::load_config(cert, key) {
+            eprintln!("{}: {e}", loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+            return 1;
+        }
+    }
     match ScriptSet::compile(&loaded.config.scripts, extend.as_deref()) {
         Ok(set) => {
             let names = set.file_names();

@@ -188,7 +188,9 @@ fn outbound_preview(view: &MessageView, sender: &str, rcpt: Option<&str>, action
             Action::Forward { addr } => Some(format!("forward: a copy would be sent to <{addr}>")),
             Action::Redirect { addr } => Some(format!("redirect: would be sent to <{addr}> instead of local delivery")),
             Action::Reply(_) => Some(outcome("reply", autoreply::check_reply(view, sender, &[]))),
-            Action::Vacation(spec) => Some(outcome("vacation", autoreply::check_vacation(view, sender, rcpt, spec, &[]))),
+            Action::Vacation(spec) => {
+                Some(outcome("vacation", autoreply::check_vacation(view, sender, rcpt, spec, &[])))
+            }
             _ => None,
         })
         .collect()

@@ -89,6 +89,10 @@ fn validate(config: &Config) -> Result<(), String> {
     if smtp.tls_cert.is_some() != smtp.tls_key.is_some() {
         return Err("[smtp] tls_cert and tls_key must be set together".into());
     }
+    for (user, hash) in &smtp.auth_users {
+        crate::smtp::credentials::check_hash(hash)
+            .map_err(|e| format!("[smtp] auth_users {user:?}: {e}; make one with `mailflow hash-password`"))?;
+    }
     if config.scripts.timeout_ms == 0 || config.scripts.max_operations == 0 {
         return Err("[scripts] timeout_ms and max_operations must be > 0".into());
     }
@@ -121,6 +125,11 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     let maildir = PathBuf::from(&config.delivery.maildir);
     if maildir.is_relative() {
         config.delivery.maildir = base.join(maildir).to_string_lossy().into_owned();
+    }
+    for account in &mut config.accounts {
+        if !account.deliver.is_empty() && PathBuf::from(&account.deliver).is_relative() {
+            account.deliver = base.join(&account.deliver).to_string_lossy().into_owned();
+        }
     }
 }
 

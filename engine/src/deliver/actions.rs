@@ -18,7 +18,9 @@ pub struct Outcome {
     pub redirect_suppressed: bool,
 }
 
-pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage) -> Outcome {
+/// `me` names the recipient auto-replies answer for (a poller's account address); `None`
+/// means the first local recipient of the envelope.
+pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&str>) -> Outcome {
     let record = &message.record;
     let envelope = &record.envelope;
     let target = &deliverer.target;
@@ -42,7 +44,8 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage) -> Outcome {
     let view = MessageView::new(message.body.clone());
     let loop_marker = target.hostname.to_ascii_lowercase();
     let looped = view.headers("X-Loop").iter().any(|v| v.trim().eq_ignore_ascii_case(&loop_marker));
-    let first_local = envelope.recipients.iter().find(|r| target.is_local(r)).cloned();
+    let first_local =
+        me.map(str::to_string).or_else(|| envelope.recipients.iter().find(|r| target.is_local(r)).cloned());
     let own = deliverer.own_addresses();
     let mut redirect_suppressed = false;
 

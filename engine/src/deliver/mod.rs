@@ -6,7 +6,7 @@
 //! flags they set). A segment file is removed only when all its messages are delivered; on a
 //! failure (disk full, permissions) the undelivered rest is retried later, never dropped.
 
-mod actions;
+pub mod actions;
 pub mod maildir;
 
 use std::collections::BTreeSet;
@@ -157,7 +157,7 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage) -> bool {
         .collect();
     let flags = maildir::info_flags(flag_names);
     let mut all_ok = true;
-    let outcome = actions::carry_out(deliverer, message);
+    let outcome = actions::carry_out(deliverer, message, None);
     if !outcome.queued_ok {
         all_ok = false;
     }

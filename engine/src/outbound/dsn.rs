@@ -22,9 +22,15 @@ pub fn build(hostname: &str, entry: &QueueEntry, failed: &[&RcptState], original
         let error = rcpt.last_error.replace(['\r', '\n'], " ");
         text.push_str(&format!("<{}>: {}\r\n", rcpt.addr, error));
         let code = status_code(&error);
+        let diagnostic = match smtp_reply(&error) {
+            Some(reply) => format!("smtp; {reply}"),
+            None => format!("X-Mailflow; {error}"),
+        };
         status.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\n",
-            rcpt.addr, code, error
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n{}\r\n",
+            ascii(&rcpt.addr),
+            code,
+            fold(&format!("Diagnostic-Code: {}", ascii(&diagnostic)))
         ));
     }
     let header_end = headers::body_offset(original);
@@ -33,7 +39,9 @@ pub fn build(hostname: &str, entry: &QueueEntry, failed: &[&RcptState], original
         ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
         vec![
             MimePart::new("text/plain", text),
-            MimePart::new("message/delivery-status", status),
+            // A header-like block that parsers read line by line: plain 7bit, folded, never
+            // quoted-printable (RFC 3464 §2.1).
+            MimePart::new("message/delivery-status", status).transfer_encoding("7bit"),
             MimePart::new("text/rfc822-headers", original_headers),
         ],
     );
@@ -45,6 +53,40 @@ pub fn build(hostname: &str, entry: &QueueEntry, failed: &[&RcptState], original
         .header("Auto-Submitted", Raw::new("auto-replied"))
         .body(report)
         .write_to_vec()
+}
+
+/// The remote server's reply (`550 5.1.1 text`) inside a transport error
+/// (`permanent error (550): 5.1.1 text`), if the error was an SMTP reply.
+fn smtp_reply(error: &str) -> Option<String> {
+    let start = error.find("error (")? + "error (".len();
+    let rest = &error[start..];
+    let code = rest.get(..3).filter(|c| c.bytes().all(|b| b.is_ascii_digit()))?;
+    let text = rest[3..].strip_prefix("):")?.trim();
+    Some(if text.is_empty() { code.to_string() } else { format!("{code} {text}") })
+}
+
+/// US-ASCII only (a delivery-status part is 7bit): anything else becomes `?`.
+fn ascii(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' }).collect()
+}
+
+/// Folds a `Name: value` field at spaces so lines stay near 78 characters, and cuts it short
+/// of SMTP's 998-octet line limit when there is no space to fold at.
+fn fold(field: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in field.split(' ').filter(|w| !w.is_empty()) {
+        if !line.is_empty() && line.len() + 1 + word.len() > 78 {
+            out.push_str(&line);
+            out.push_str("\r\n");
+            line = String::from(" ");
+        } else if !line.is_empty() && line != " " {
+            line.push(' ');
+        }
+        line.push_str(&word[..word.len().min(900)]);
+    }
+    out.push_str(&line);
+    out
 }
 
 /// The enhanced status code in a reply text (`550 5.1.1 ...`), else a generic permanent one.
@@ -100,5 +142,30 @@ mod tests {
         assert!(text.contains("no such user"), "{text}");
         assert!(text.contains("Subject: hi"), "{text}");
         assert!(!text.contains("body\r\n--"), "the original body must not be returned");
+        assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"), "{text}");
+    }
+
+    #[test]
+    fn diagnostic_code_is_the_smtp_reply_or_a_mailflow_text() {
+        assert_eq!(
+            smtp_reply("permanent error (550): 5.1.1 <b@y.org>: no such user").as_deref(),
+            Some("550 5.1.1 <b@y.org>: no such user")
+        );
+        assert_eq!(
+            smtp_reply("gave up after 3 attempts (max_age): transient error (451): 4.3.0 later").as_deref(),
+            Some("451 4.3.0 later")
+        );
+        assert_eq!(smtp_reply("domain d accepts no mail (null MX, RFC 7505)"), None);
+    }
+
+    #[test]
+    fn long_fields_are_folded() {
+        let long = format!("Diagnostic-Code: smtp; 550 {}", "word ".repeat(40));
+        let folded = fold(&long);
+        assert!(folded.lines().count() > 1);
+        assert!(folded.split("\r\n").all(|l| l.len() <= 78), "{folded}");
+        assert!(folded.split("\r\n").skip(1).all(|l| l.starts_with(' ')));
+        assert_eq!(folded.replace("\r\n", ""), long.trim_end());
+        assert_eq!(ascii("caf\u{e9}\u{7}"), "caf??");
     }
 }

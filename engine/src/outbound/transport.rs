@@ -87,6 +87,7 @@ impl Transport {
         };
         let to = rcpt.parse::<Address>().map_err(|e| SendError::permanent(format!("recipient <{rcpt}>: {e}")))?;
         let envelope = Envelope::new(from, vec![to]).map_err(|e| SendError::permanent(e.to_string()))?;
+        let message = wire_body(message);
         match self {
             Transport::Relay(smtp) => smtp.send_raw(&envelope, message).await.map(|_| ()).map_err(SendError::from_smtp),
             Transport::Mx(mx_transport_state) => {
@@ -130,6 +131,12 @@ impl Transport {
             }
         }
     }
+}
+
+/// The bytes to hand to lettre: it terminates DATA with `<CRLF>.<CRLF>` itself, so the
+/// message's own final CRLF must go, or every message would arrive with an extra empty line.
+fn wire_body(message: &[u8]) -> &[u8] {
+    message.strip_suffix(b"\r\n").unwrap_or(message)
 }
 
 fn relay(config: &OutboundConfig, hostname: &str) -> Result<Smtp, String> {
@@ -199,4 +206,16 @@ fn mx_transport(
         .build();
     cache.insert(addr, smtp.clone());
     Ok(smtp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wire_body;
+
+    #[test]
+    fn the_final_crlf_is_left_to_the_data_terminator() {
+        assert_eq!(wire_body(b"a\r\nb\r\n"), b"a\r\nb");
+        assert_eq!(wire_body(b"a\r\n\r\n"), b"a\r\n");
+        assert_eq!(wire_body(b"a"), b"a");
+    }
 }

@@ -32,6 +32,7 @@ pub fn register(engine: &mut Engine) {
     register_verdicts(engine);
     engine.register_fn("log", log_text);
     engine.register_fn("log", log_value);
+    engine.register_fn("log", log_float);
     engine.on_print(sandbox::log_line);
     engine.on_debug(|text, _, _| sandbox::log_line(text));
 }
@@ -53,6 +54,17 @@ fn log_text(text: ImmutableString) {
 /// fn rcpt_to(ctx) { log(ctx.recipients); }   // ["a@example.org", "b@example.org"]
 /// ```
 fn log_value(value: Dynamic) {
+    sandbox::log_line(&value.to_string());
+}
+
+/// `log(number)` for floating-point numbers. rhai's standard library also has a `log(x)`
+/// (base-10 logarithm) that would otherwise win for floats and silently log nothing; here
+/// `log` always logs (`log(x, 10.0)` and `ln(x)` remain for logarithms).
+///
+/// ```rhai
+/// fn data(ctx, msg) { log(msg.size / 1024.0); }   // "12.5"
+/// ```
+fn log_float(value: rhai::FLOAT) {
     sandbox::log_line(&value.to_string());
 }
 

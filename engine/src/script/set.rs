@@ -417,3 +417,92 @@ pub fn error_of(file: &str, e: &EvalAltResult) -> ScriptError {
 fn position(pos: Position) -> (usize, usize) {
     (pos.line().unwrap_or(0), pos.position().unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::script::context::Context;
+
+    fn config(dir: &Path) -> ScriptsConfig {
+        ScriptsConfig { dir: dir.to_path_buf(), timeout_ms: 200, max_operations: 1 << 40, ..ScriptsConfig::default() }
+    }
+
+    fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir
+    }
+
+    fn data(set: &ScriptSet) -> Decision {
+        let msg = MessageView::new(Arc::new(b"Subject: x\r\n\r\nbody\r\n".to_vec()));
+        set.call(Stage::Data, &ScriptCtx::new(Context::default()), Some(&msg), "t")
+    }
+
+    #[test]
+    fn finds_stage_functions_and_imports() {
+        let source = "// c\nimport \"lib/x\" as x;\n  fn data(ctx, msg) {}\nprivate fn helo(ctx) {}\nfn other() {}\n";
+        let found = stage_positions(source);
+        assert_eq!(found.get(&Stage::Data), Some(&(3, 3)));
+        assert_eq!(found.get(&Stage::Helo), Some(&(4, 1)));
+        assert_eq!(found.len(), 2);
+        assert_eq!(import_position(source, "Module not found: lib/x"), Some((2, 8)));
+        assert_eq!(import_position(source, "Module not found: lib/y"), None);
+    }
+
+    #[test]
+    fn errors_without_a_position_point_at_the_stage_function() {
+        let dir = folder(&[("10-a.rhai", "// one\n\nfn data(ctx, msg) {\n    loop {}\n}\n")]);
+        let set = ScriptSet::compile(&config(dir.path()), None).unwrap();
+        let started = Instant::now();
+        let decision = data(&set);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let error = decision.error.unwrap();
+        assert_eq!((error.file.as_str(), error.line, error.col), ("10-a.rhai", 3, 1));
+        assert_eq!(error.message, "timed out after 200 ms (timeout_ms)");
+        assert!(matches!(decision.verdict, Some(Verdict::Tempfail { code: 451, .. })));
+    }
+
+    #[test]
+    fn compile_errors_carry_positions() {
+        let dir = folder(&[
+            ("10-arity.rhai", "\n\nfn rcpt_to(ctx, extra) {}\n"),
+            ("20-import.rhai", "// x\nimport \"lib/none\" as n;\nfn helo(ctx) {}\n"),
+        ]);
+        let errors = ScriptSet::compile(&config(dir.path()), None).err().unwrap();
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(shown[0], "10-arity.rhai:3:1: fn rcpt_to() must take (ctx), it takes 2 parameter(s)");
+        assert!(shown[1].starts_with("20-import.rhai:2:8: Module not found: lib/none"), "{}", shown[1]);
+    }
+
+    #[test]
+    fn a_runaway_module_cannot_stall_loading() {
+        let dir = folder(&[
+            ("10-a.rhai", "import \"lib/slow\" as slow;\nfn helo(ctx) {}\n"),
+            ("lib/slow.rhai", "let n = 0;\nloop { n += 1; }\n"),
+        ]);
+        let started = Instant::now();
+        let errors = ScriptSet::compile(&config(dir.path()), None).err().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.contains("while loading"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn a_failing_file_drops_the_stage_actions() {
+        let dir = folder(&[
+            ("10-a.rhai", "fn data(ctx, msg) { msg.file_into(\"A\"); }\n"),
+            ("20-b.rhai", "fn data(ctx, msg) {\n    throw \"no\";\n}\n"),
+        ]);
+        let decision = data(&ScriptSet::compile(&config(dir.path()), None).unwrap());
+        assert!(decision.actions.is_empty());
+        let error = decision.error.unwrap();
+        assert_eq!((error.file.as_str(), error.line), ("20-b.rhai", 2));
+        assert_eq!(decision.decided_by.as_deref(), Some("20-b.rhai"));
+    }
+}

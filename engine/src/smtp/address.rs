@@ -129,6 +129,32 @@ mod tests {
     }
 
     #[test]
+    fn issue_2_relay_forms_are_refused_as_relaying() {
+        // The exact forms of issue #2, as they sit between the brackets of RCPT TO:<...>.
+        for (text, want) in [
+            ("@a:b@example.org", AddressError::SourceRoute),
+            ("\"x@y\"@example.org", AddressError::Quoted),
+            ("\"x\"@example.org", AddressError::Quoted),
+            ("x\\@y@example.org", AddressError::Quoted),
+            ("x%y@example.org", AddressError::RoutingHack),
+            ("y!x@example.org", AddressError::RoutingHack),
+            ("x@y!example.org", AddressError::RoutingHack),
+        ] {
+            assert_eq!(parse_mailbox(text, false), Err(want.clone()), "{text}");
+            assert_eq!(parse_mailbox(text, true), Err(want), "{text} with SMTPUTF8");
+        }
+    }
+
+    #[test]
+    fn local_part_cannot_name_a_path() {
+        for bad in ["../x@example.org", "./x@example.org", "x/..@example.org", "x\0y@example.org", "x\ty@example.org"] {
+            assert!(parse_mailbox(bad, true).is_err(), "{bad:?} accepted");
+        }
+        // '/' is atext: allowed, and made harmless by the Maildir template later
+        assert!(parse_mailbox("a/b@example.org", false).is_ok());
+    }
+
+    #[test]
     fn syntax_errors() {
         for bad in
             ["", "a", "a@", "@", "a@b..c", ".a@b.c", "a.@b.c", "a..b@c.d", "a b@c.d", "a@-b.c", "a@b_c.d", "a@[1.2.3]"]

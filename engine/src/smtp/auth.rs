@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 
-use super::credentials::{verify, MAX_FAILURES};
+use super::credentials::{verify_bounded, MAX_FAILURES};
 use super::reply::Reply;
 use super::session::{Flow, Session};
 
@@ -79,8 +79,11 @@ impl Session {
             Err(Step::Closed) => return Ok(Flow::Close),
         };
         let users = self.shared.config.smtp.auth_users.clone();
-        let check_user = user.clone();
-        let ok = tokio::task::spawn_blocking(move || verify(&users, &check_user, &password)).await.unwrap_or(false);
+        let Some(ok) = verify_bounded(users, user.clone(), password).await else {
+            tracing::warn!("AUTH: no password verification slot free in time");
+            self.reply(Reply::new(454, "4.7.0", "Server busy; try again later"));
+            return Ok(Flow::Continue);
+        };
         if ok {
             self.shared.auth_failures.succeed(self.remote_ip);
             tracing::info!(user = %user, "authenticated");
@@ -88,7 +91,8 @@ impl Session {
             self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
         } else {
             let delay = self.shared.auth_failures.fail(self.remote_ip);
-            tracing::warn!(user = %user, "authentication failed");
+            // The name is whatever the client sent: escaped, so it cannot forge log lines.
+            tracing::warn!(user = %shown(&user), "authentication failed");
             tokio::time::sleep(delay).await;
             self.reply(Reply::new(535, "5.7.8", "Authentication credentials invalid"));
         }
@@ -142,7 +146,29 @@ impl Session {
     }
 }
 
+/// A client-supplied name fit for one log line: control characters escaped, length bounded.
+fn shown(name: &str) -> String {
+    let mut out: String = name.chars().take(64).flat_map(char::escape_debug).collect();
+    if name.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
 fn decode_text(b64: &str) -> Result<String, Step> {
     let bytes = B64.decode(b64.trim()).map_err(|_| Step::Malformed)?;
     String::from_utf8(bytes).map_err(|_| Step::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn shown_names_stay_on_one_line() {
+        assert_eq!(shown("me"), "me");
+        assert_eq!(shown("a\nINFO forged"), "a\\nINFO forged");
+        assert_eq!(shown("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(shown(&"x".repeat(100)).chars().count(), 65);
+    }
 }

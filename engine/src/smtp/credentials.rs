@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::rand_core::OsRng;
@@ -20,6 +20,44 @@ pub const MAX_FAILURES: u32 = 10;
 /// Delay added per recent failure before answering 535, capped.
 const DELAY_PER_FAILURE: Duration = Duration::from_millis(500);
 const MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// At most this many password verifications run at once, each on one of as many dedicated
+/// threads. An argon2 verification holds its `m` parameter in memory (19 MiB by default): on the
+/// blocking pool (up to 512 threads) a burst of clients sending AUTH together would take
+/// gigabytes, and every thread's malloc arena would keep its share afterwards.
+pub const MAX_CONCURRENT_VERIFY: usize = 4;
+/// How long an AUTH waits for a verification slot before it is told to come back later.
+const VERIFY_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+static VERIFY_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_VERIFY);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The verifier threads' queue, started on first use; `None` if no thread could be started.
+fn verifiers() -> Option<&'static mpsc::Sender<Job>> {
+    static QUEUE: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    QUEUE
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let rx = Arc::new(Mutex::new(rx));
+            let mut started = 0;
+            for n in 0..MAX_CONCURRENT_VERIFY {
+                let rx = rx.clone();
+                let worker = move || loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                };
+                match std::thread::Builder::new().name(format!("mailflow-auth-{n}")).spawn(worker) {
+                    Ok(_) => started += 1,
+                    Err(e) => tracing::error!(error = %e, "cannot start a password verification thread"),
+                }
+            }
+            (started > 0).then_some(tx)
+        })
+        .as_ref()
+}
 
 /// A PHC string for `password` (argon2id, random salt).
 pub fn hash_password(password: &str) -> Result<String, String> {
@@ -42,6 +80,31 @@ pub fn verify(users: &BTreeMap<String, String>, user: &str, password: &str) -> b
     };
     let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
     ok && known
+}
+
+/// [`verify`] off the async threads, at most [`MAX_CONCURRENT_VERIFY`] at a time. `None` when no
+/// slot came free in time (the server is busy: a temporary failure, not a wrong password).
+pub async fn verify_bounded(users: BTreeMap<String, String>, user: String, password: String) -> Option<bool> {
+    let _permit = tokio::time::timeout(VERIFY_QUEUE_TIMEOUT, VERIFY_SLOTS.acquire()).await.ok()?.ok()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(verify(&users, &user, &password));
+    });
+    match verifiers() {
+        Some(queue) => queue.send(job).ok()?,
+        None => tokio::task::spawn_blocking(job).await.ok()?,
+    }
+    Some(rx.await.unwrap_or(false))
+}
+
+/// Checks an `auth_users` value when the config is loaded: it must be an argon2 PHC string (a
+/// password pasted there in clear would otherwise only show up as failed logins).
+pub fn check_hash(hash: &str) -> Result<(), String> {
+    match PasswordHash::new(hash) {
+        Ok(parsed) if parsed.algorithm.as_str().starts_with("argon2") => Ok(()),
+        Ok(parsed) => Err(format!("hash algorithm {} is not argon2", parsed.algorithm)),
+        Err(_) => Err("not an argon2 PHC string ($argon2id$...)".to_string()),
+    }
 }
 
 /// Recent AUTH failures per client address.
@@ -95,6 +158,21 @@ mod tests {
         assert!(verify(&users, "me", "s3cret"));
         assert!(!verify(&users, "me", "wrong"));
         assert!(!verify(&users, "nobody", "s3cret"));
+    }
+
+    #[test]
+    fn check_hash_wants_argon2_phc() {
+        assert!(check_hash(&hash_password("x").unwrap()).is_ok());
+        assert!(check_hash("plaintextpassword").is_err());
+        assert!(check_hash("").is_err());
+        assert!(check_hash("$pbkdf2-sha256$i=1000$c2FsdA$aGFzaA").is_err());
+    }
+
+    #[tokio::test]
+    async fn verify_bounded_verifies() {
+        let users = BTreeMap::from([("me".to_string(), hash_password("s3cret").unwrap())]);
+        assert_eq!(verify_bounded(users.clone(), "me".into(), "s3cret".into()).await, Some(true));
+        assert_eq!(verify_bounded(users, "me".into(), "nope".into()).await, Some(false));
     }
 
     #[test]

@@ -21,12 +21,13 @@ impl Session {
             return Flow::Continue;
         }
         let utf8 = from.flags & MAIL_SMTPUTF8 != 0;
-        if (utf8 || from.size > 0 || from.flags != 0) && !self.esmtp {
+        let size = from.size.max(declared_size(raw));
+        if (utf8 || size > 0 || from.flags != 0) && !self.esmtp {
             self.reply(Reply::new(555, "5.5.4", "MAIL parameters need EHLO"));
             return Flow::Continue;
         }
         let max = self.shared.config.smtp.max_message_size;
-        if from.size > max {
+        if size > max {
             self.reply(Reply::new(552, "5.3.4", format!("Message size exceeds fixed limit of {max} bytes")));
             return Flow::Continue;
         }
@@ -57,6 +58,20 @@ impl Session {
     }
 }
 
+/// The SIZE parameter as the client wrote it on the raw MAIL line. smtp-proto saturates a
+/// value past `usize::MAX` but then restarts from the next digit, so `SIZE=99999999999999999999999`
+/// reaches us as a small number; read the digits here, saturating for real. 0 when absent.
+fn declared_size(raw: &str) -> usize {
+    let params = raw.rsplit_once('>').map_or("", |(_, rest)| rest);
+    params
+        .split_ascii_whitespace()
+        .filter_map(|p| p.get(..5).filter(|k| k.eq_ignore_ascii_case("SIZE=")).map(|_| &p[5..]))
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(|v| v.parse::<usize>().unwrap_or(usize::MAX))
+        .max()
+        .unwrap_or(0)
+}
+
 /// The reply for an address refused by [`parse_mailbox`]; `syntax_status` is 5.1.7 (sender) or
 /// 5.1.3 (recipient).
 pub(super) fn address_reply(error: &AddressError, syntax_status: &str, role: &str) -> Reply {
@@ -66,5 +81,21 @@ pub(super) fn address_reply(error: &AddressError, syntax_status: &str, role: &st
         }
         AddressError::NeedsSmtpUtf8 => Reply::new(553, "5.6.7", format!("Non-ASCII {role} address needs SMTPUTF8")),
         AddressError::Syntax => Reply::new(501, syntax_status, format!("Bad {role} address syntax")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::declared_size;
+
+    #[test]
+    fn declared_size_saturates_instead_of_wrapping() {
+        assert_eq!(declared_size("MAIL FROM:<a@b.c> SIZE=1000"), 1000);
+        assert_eq!(declared_size("MAIL FROM:<a@b.c> body=8BITMIME size=42"), 42);
+        assert_eq!(declared_size("MAIL FROM:<a@b.c> SIZE=99999999999999999999999"), usize::MAX);
+        assert_eq!(declared_size("MAIL FROM:<a@b.c>"), 0);
+        assert_eq!(declared_size("MAIL FROM:<> SIZE=abc"), 0);
+        assert_eq!(declared_size("MAIL FROM:<j\u{f6}@b.c> SMTPUTF8 SIZE=7"), 7);
+        assert_eq!(declared_size("MAIL FROM:<a@b.c> X\u{f6}\u{f6}=1 SIZE=8"), 8);
     }
 }

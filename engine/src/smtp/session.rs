@@ -370,3 +370,34 @@ fn syntax_reply(error: &ProtoError, raw: &str) -> Reply {
         ProtoError::ResponseTooLong | ProtoError::InvalidResponse { .. } => Reply::new(500, "5.5.2", "Syntax error"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply_for(line: &str) -> Option<Reply> {
+        let raw = line.trim_end_matches(['\r', '\n']);
+        Request::parse(&mut line.as_bytes().iter()).err().map(|e| syntax_reply(&e, raw))
+    }
+
+    #[test]
+    fn command_edge_cases_get_the_contract_codes() {
+        let code = |line: &str| reply_for(line).map(|r| (r.code, r.status));
+        assert_eq!(code("FROB x\r\n"), Some((500, "5.5.2".into())));
+        assert_eq!(code("\r\n"), Some((500, "5.5.2".into())));
+        assert_eq!(code("MAIL FROM:a@b.c\r\n").map(|c| c.0), Some(501));
+        assert_eq!(code("RCPT TO:<a@b.c> <d@e.f>\r\n").map(|c| c.0), Some(501));
+        assert_eq!(code("MAIL FROM:<a@b.c> FROB=1\r\n").map(|c| c.0), Some(555));
+        assert_eq!(code("NOOP\r\n"), None);
+        assert_eq!(code("quit\n"), None);
+    }
+
+    #[test]
+    fn unknown_verb_is_echoed_without_controls_and_short() {
+        let reply = reply_for("\x1b[31mEVIL\x07VERB_THAT_IS_VERY_LONG_INDEED\r\n").unwrap();
+        let wire = reply.to_wire();
+        assert!(wire.starts_with("500 5.5.2 "), "{wire}");
+        assert!(!wire[..wire.len() - 2].chars().any(char::is_control), "{wire:?}");
+        assert!(wire.len() < 80, "{wire}");
+    }
+}

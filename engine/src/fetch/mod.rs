@@ -1,0 +1,185 @@
+//! receive: the POP3 and IMAP pollers (SPEC §3 `[[accounts]]`, §4 stage `fetched`).
+//!
+//! Every account runs in its own task (one per mailbox for IMAP, each with its own
+//! connection and IDLE), so one bad password or dead server never stops the others. A failed
+//! connection is retried with exponential backoff and jitter. Each message goes fetch → hook
+//! → actions → durable state → server-side move/deletion (see `imap` and `pop3`), which is
+//! what makes "each message once" hold across crashes and restarts.
+//!
+//! Security: server responses are untrusted; every read is bounded.
+
+pub mod imap;
+pub mod net;
+pub mod pop3;
+pub mod process;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::config::{AccountConfig, AccountProtocol};
+use crate::deliver::Deliverer;
+use crate::script::ScriptHost;
+
+/// First and longest wait between reconnection attempts.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// What the pollers share.
+#[derive(Clone)]
+pub struct FetchDeps {
+    pub scripts: Arc<ScriptHost>,
+    pub store: Arc<redb::Database>,
+    pub deliverer: Deliverer,
+}
+
+/// The running pollers of one account.
+pub struct AccountTasks {
+    pub config: AccountConfig,
+    stop: watch::Sender<bool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl AccountTasks {
+    /// Stops the account's tasks (IMAP logs out; a POP3 round in progress finishes).
+    pub async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        for handle in self.handles {
+            if tokio::time::timeout(grace, handle).await.is_err() {
+                tracing::warn!(account = %self.config.name, "poller did not stop in time");
+            }
+        }
+    }
+}
+
+/// The mailboxes an IMAP account watches: `mailboxes`, plus `mailbox`, default INBOX.
+pub fn mailboxes(account: &AccountConfig) -> Vec<String> {
+    let mut all: Vec<String> = account.mailboxes.clone();
+    if let Some(m) = &account.mailbox {
+        if !all.contains(m) {
+            all.insert(0, m.clone());
+        }
+    }
+    if all.is_empty() {
+        all.push("INBOX".to_string());
+    }
+    all
+}
+
+/// Starts the pollers of `account`.
+pub fn start(deps: &FetchDeps, account: AccountConfig) -> AccountTasks {
+    let (stop, stop_rx) = watch::channel(false);
+    let mut handles = Vec::new();
+    match account.protocol {
+        AccountProtocol::Imap => {
+            for mailbox in mailboxes(&account) {
+                let span =
+                    tracing::info_span!("poller", account = %account.name, protocol = "imap", mailbox = %mailbox);
+                handles.push(tokio::spawn(
+                    run_imap(deps.clone(), account.clone(), mailbox, stop_rx.clone()).instrument(span),
+                ));
+            }
+        }
+        AccountProtocol::Pop3 => {
+            let span = tracing::info_span!("poller", account = %account.name, protocol = "pop3");
+            handles.push(tokio::spawn(run_pop3(deps.clone(), account.clone(), stop_rx).instrument(span)));
+        }
+    }
+    AccountTasks { config: account, stop, handles }
+}
+
+async fn run_imap(deps: FetchDeps, account: AccountConfig, mailbox: String, mut stop: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let mut connected = false;
+        let result = match password(&account).await {
+            Ok(password) => imap::session(&deps, &account, &mailbox, &password, &mut stop, &mut connected)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                if connected {
+                    backoff = BACKOFF_START;
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, "IMAP connection failed; reconnecting");
+            }
+        }
+        if wait_or_stop(jitter(backoff), &mut stop).await {
+            return;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn run_pop3(deps: FetchDeps, account: AccountConfig, mut stop: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let result = match password(&account).await {
+            Ok(password) => pop3::round(&deps, &account, &password).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let wait = match result {
+            Ok(_) => {
+                backoff = BACKOFF_START;
+                account.poll_interval
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "POP3 round failed; retrying");
+                let wait = jitter(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                wait.min(account.poll_interval.max(BACKOFF_START))
+            }
+        };
+        if wait_or_stop(wait, &mut stop).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps `wait`; true when asked to stop meanwhile.
+async fn wait_or_stop(wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+/// ±20 % so many accounts failing together do not reconnect in lockstep.
+fn jitter(base: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.8..1.2);
+    base.mul_f64(factor)
+}
+
+/// The account's password: `password`, or the first line of `password_command`'s output
+/// (run with `sh -c`, like fetchmail's and mbsync's `PassCmd`).
+async fn password(account: &AccountConfig) -> Result<String, String> {
+    if let Some(password) = &account.password {
+        return Ok(password.clone());
+    }
+    let Some(command) = account.password_command.clone() else {
+        return Err("no password or password_command".into());
+    };
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("sh").arg("-c").arg(&command).output(),
+    )
+    .await
+    .map_err(|_| "password_command timed out".to_string())?
+    .map_err(|e| format!("password_command: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("password_command exited with {}", output.status));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text.lines().next().unwrap_or("").to_string())
+}

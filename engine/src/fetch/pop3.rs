@@ -1,0 +1,274 @@
+//! A small POP3 client (RFC 1939, RFC 2449 CAPA, RFC 2595 STLS) and the POP3 poller.
+//!
+//! No sound maintained crate exists (see DEPENDENCIES.md), so this is ours: every read is
+//! bounded (line length, UIDL length, message size), so a hostile server gets an error, not
+//! a crash or an unbounded buffer. Order per round: UIDL → RETR new → hook → actions →
+//! durable state → DELE (when `delete_after_fetch` or a script's `delete()`) → QUIT commits.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use md5::{Digest, Md5};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use super::net::{ClientStream, CONNECT_TIMEOUT};
+use super::state::{self, MAX_ATTEMPTS};
+use super::{process, FetchDeps};
+use crate::config::{AccountConfig, AccountTls};
+use crate::message::MessageView;
+use crate::script::{Action, Verdict};
+
+/// RFC 1939 allows 512 octets per response line; be generous, but bounded.
+pub const MAX_LINE: usize = 8192;
+/// RFC 1939 §7: a UIDL is 1 to 70 characters 0x21–0x7E.
+pub const MAX_UIDL: usize = 70;
+/// Largest message accepted from a server.
+pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Pop3Error {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server said: {0}")]
+    Negative(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// One POP3 connection.
+pub struct Pop3Client {
+    stream: BufReader<ClientStream>,
+    /// The APOP timestamp from the greeting, when the server offers APOP.
+    timestamp: Option<String>,
+}
+
+impl Pop3Client {
+    pub async fn connect(host: &str, port: u16, tls: AccountTls) -> Result<Pop3Client, Pop3Error> {
+        let mut stream = ClientStream::connect(host, port).await?;
+        if tls == AccountTls::Implicit {
+            stream = stream.into_tls(host).await?;
+        }
+        let mut client = Pop3Client { stream: BufReader::new(stream), timestamp: None };
+        let greeting = client.status_line().await?;
+        client.timestamp =
+            greeting.find('<').and_then(|s| greeting[s..].find('>').map(|e| greeting[s..s + e + 1].to_string()));
+        if tls == AccountTls::Starttls {
+            client.command("STLS").await?;
+            // Anything buffered before the handshake is dropped with the reader.
+            let stream = client.stream.into_inner().into_tls(host).await?;
+            client = Pop3Client { stream: BufReader::new(stream), timestamp: None };
+        }
+        Ok(client)
+    }
+
+    /// USER/PASS, or APOP when the server offered it on a connection without TLS.
+    pub async fn login(&mut self, user: &str, password: &str, tls: bool) -> Result<(), Pop3Error> {
+        if let (Some(timestamp), false) = (self.timestamp.clone(), tls) {
+            let digest = Md5::digest(format!("{timestamp}{password}").as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            if self.command(&format!("APOP {user} {hex}")).await.is_ok() {
+                return Ok(());
+            }
+        }
+        self.command(&format!("USER {user}")).await?;
+        self.command(&format!("PASS {password}")).await.map(|_| ()).map_err(|e| match e {
+            Pop3Error::Negative(_) => Pop3Error::Negative("authentication failed".into()),
+            other => other,
+        })
+    }
+
+    /// `UIDL`: (message number, unique id) for every message.
+    pub async fn uidl(&mut self) -> Result<Vec<(u32, String)>, Pop3Error> {
+        self.command("UIDL").await?;
+        let mut out = Vec::new();
+        for line in self.multiline_lines().await? {
+            let mut parts = line.split_whitespace();
+            let (Some(n), Some(uid)) = (parts.next(), parts.next()) else {
+                return Err(Pop3Error::Protocol(format!("bad UIDL line {line:?}")));
+            };
+            if uid.len() > MAX_UIDL || !uid.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+                return Err(Pop3Error::Protocol("UIDL longer than 70 characters or not printable".into()));
+            }
+            let n = n.parse().map_err(|_| Pop3Error::Protocol(format!("bad message number {n:?}")))?;
+            out.push((n, uid.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// `RETR n`: the message, dot-unstuffed, line ends as sent.
+    pub async fn retr(&mut self, n: u32) -> Result<Vec<u8>, Pop3Error> {
+        self.command(&format!("RETR {n}")).await?;
+        self.multiline_bytes(MAX_MESSAGE).await
+    }
+
+    /// `TOP n lines`.
+    pub async fn top(&mut self, n: u32, lines: u32) -> Result<Vec<u8>, Pop3Error> {
+        self.command(&format!("TOP {n} {lines}")).await?;
+        self.multiline_bytes(MAX_MESSAGE).await
+    }
+
+    pub async fn stat(&mut self) -> Result<(u32, u64), Pop3Error> {
+        let line = self.command("STAT").await?;
+        let mut parts = line.split_whitespace().skip(1);
+        let count = parts.next().and_then(|c| c.parse().ok()).ok_or_else(|| Pop3Error::Protocol(line.clone()))?;
+        let size = parts.next().and_then(|c| c.parse().ok()).ok_or_else(|| Pop3Error::Protocol(line.clone()))?;
+        Ok((count, size))
+    }
+
+    pub async fn dele(&mut self, n: u32) -> Result<(), Pop3Error> {
+        self.command(&format!("DELE {n}")).await.map(|_| ())
+    }
+
+    pub async fn rset(&mut self) -> Result<(), Pop3Error> {
+        self.command("RSET").await.map(|_| ())
+    }
+
+    pub async fn noop(&mut self) -> Result<(), Pop3Error> {
+        self.command("NOOP").await.map(|_| ())
+    }
+
+    /// `QUIT`: the server commits DELEs only now.
+    pub async fn quit(mut self) -> Result<(), Pop3Error> {
+        self.command("QUIT").await.map(|_| ())
+    }
+
+    async fn command(&mut self, command: &str) -> Result<String, Pop3Error> {
+        let stream = self.stream.get_mut();
+        stream.write_all(command.as_bytes()).await?;
+        stream.write_all(b"\r\n").await?;
+        stream.flush().await?;
+        self.status_line().await
+    }
+
+    async fn status_line(&mut self) -> Result<String, Pop3Error> {
+        let line = self.line().await?;
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        if text.starts_with("+OK") {
+            Ok(text)
+        } else if let Some(rest) = text.strip_prefix("-ERR") {
+            Err(Pop3Error::Negative(rest.trim().to_string()))
+        } else {
+            Err(Pop3Error::Protocol(format!("unexpected response {:?}", text.chars().take(80).collect::<String>())))
+        }
+    }
+
+    /// One line with its line end, at most [`MAX_LINE`] bytes.
+    async fn line(&mut self) -> Result<Vec<u8>, Pop3Error> {
+        let mut line = Vec::new();
+        let read = tokio::time::timeout(
+            CONNECT_TIMEOUT * 4,
+            (&mut self.stream).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line),
+        )
+        .await
+        .map_err(|_| Pop3Error::Protocol("server timed out".into()))??;
+        if read == 0 {
+            return Err(Pop3Error::Protocol("connection closed".into()));
+        }
+        if line.len() > MAX_LINE {
+            return Err(Pop3Error::Protocol(format!("line longer than {MAX_LINE} bytes")));
+        }
+        Ok(line)
+    }
+
+    async fn multiline_lines(&mut self) -> Result<Vec<String>, Pop3Error> {
+        let bytes = self.multiline_bytes(16 * 1024 * 1024).await?;
+        Ok(String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect())
+    }
+
+    /// The body of a multi-line response, dot-unstuffed, up to the lone `.` line.
+    async fn multiline_bytes(&mut self, max: usize) -> Result<Vec<u8>, Pop3Error> {
+        let mut out = Vec::new();
+        loop {
+            let line = self.line().await?;
+            let content = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n")).unwrap_or(&line);
+            if content == b"." {
+                return Ok(out);
+            }
+            let unstuffed = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
+            if out.len() + unstuffed.len() > max {
+                return Err(Pop3Error::Protocol(format!("response larger than {max} bytes")));
+            }
+            out.extend_from_slice(unstuffed);
+        }
+    }
+}
+
+/// One POP3 round: fetch what is new, process it, commit.
+pub async fn round(deps: &FetchDeps, account: &AccountConfig, password: &str) -> Result<usize, Pop3Error> {
+    let port = account.port.unwrap_or(if account.tls == AccountTls::Implicit { 995 } else { 110 });
+    let mut client = Pop3Client::connect(&account.host, port, account.tls).await?;
+    client.login(&account.username, password, account.tls != AccountTls::None).await?;
+    let listing = client.uidl().await?;
+    let key = state::pop3_key(&account.name);
+    let (store, key2) = (deps.store.clone(), key.clone());
+    let mut state = tokio::task::spawn_blocking(move || state::load(&store, &key2))
+        .await
+        .map_err(|e| Pop3Error::Protocol(e.to_string()))?
+        .map_err(Pop3Error::Protocol)?;
+    let set = deps.scripts.current();
+    let mut to_delete = Vec::new();
+    let mut message_ids = Vec::new();
+    let mut processed = 0;
+    for (n, uidl) in &listing {
+        if state.done_uidls.contains(uidl) {
+            if account.delete_after_fetch {
+                // Done in an earlier round whose DELE did not complete: finish it now.
+                to_delete.push(*n);
+            }
+            continue;
+        }
+        let raw = client.retr(*n).await?;
+        let view = MessageView::new(Arc::new(raw));
+        let span = tracing::info_span!("fetched", uidl = %uidl);
+        let _enter = span.enter();
+        let decision = tokio::task::block_in_place(|| process::run_hook(&set, account, "pop3", "INBOX", uidl, &view));
+        let effects = if process::failed(&decision) {
+            Err(decision.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "tempfail".into()))
+        } else {
+            let (deliverer, account2, view2, decision2, uid2) =
+                (deps.deliverer.clone(), account.clone(), view.clone(), decision.clone(), uidl.clone());
+            tokio::task::spawn_blocking(move || {
+                process::local_effects(&deliverer, &account2, &uid2, &view2, &decision2)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+        };
+        if let Err(error) = effects {
+            let attempts = state.attempts.entry(uidl.clone()).or_insert(0);
+            *attempts += 1;
+            if *attempts >= MAX_ATTEMPTS {
+                tracing::error!(error = %error, "giving up on this message: left on the server and skipped");
+                state.done_uidls.insert(uidl.clone());
+            } else {
+                tracing::warn!(error = %error, attempts = *attempts, "hook or actions failed: message left on the server, retried next round");
+            }
+            continue;
+        }
+        let scripted_delete = !matches!(decision.verdict, Some(Verdict::Discard) | Some(Verdict::Reject { .. }))
+            && decision.actions.iter().any(|a| matches!(a, Action::Delete));
+        if account.delete_after_fetch || scripted_delete {
+            to_delete.push(*n);
+        }
+        state.done_uidls.insert(uidl.clone());
+        state.attempts.remove(uidl);
+        message_ids.push(view.parsed().message_id.clone());
+        processed += 1;
+    }
+    // Forget UIDLs the server no longer has, then make the state durable before any DELE.
+    let present: BTreeSet<&String> = listing.iter().map(|(_, u)| u).collect();
+    state.done_uidls.retain(|u| present.contains(u));
+    state.attempts.retain(|u, _| present.contains(u));
+    let (store, key2, snapshot) = (deps.store.clone(), key.clone(), state.clone());
+    tokio::task::spawn_blocking(move || state::save(&store, &key2, &snapshot, &message_ids))
+        .await
+        .map_err(|e| Pop3Error::Protocol(e.to_string()))?
+        .map_err(Pop3Error::Protocol)?;
+    for n in &to_delete {
+        client.dele(*n).await?;
+    }
+    client.quit().await?;
+    if processed > 0 || !to_delete.is_empty() {
+        tracing::info!(processed, deleted = to_delete.len(), "POP3 round done");
+    }
+    Ok(processed)
+}
