@@ -250,3 +250,49 @@ def test_unknown_plugin_key_is_config_error(tmp_path):
     out = subprocess.run([str(BIN), "check", "--config", str(tmp_path / "mailflow.toml")], capture_output=True, text=True)
     assert out.returncode == 1
     assert "alow" in out.stderr
+
+
+def test_notify_webhook_example_in_the_daemon(daemon, hook_server):
+    """examples/notify-webhook, run by the daemon against a real HTTP server: an invoice is
+    filed and notified, an ordinary message is neither."""
+    from conftest import REPO
+
+    example = REPO / "examples" / "notify-webhook"
+    script = (example / "scripts" / "10-notify.rhai").read_text().replace("127.0.0.1:8765", f"127.0.0.1:{hook_server}")
+    extra = f'[plugins]\nenabled = ["http"]\n[plugins.http]\nallow = ["http://127.0.0.1:{hook_server}/"]\ntimeout_ms = 2000\n'
+    d = daemon(scripts={"10-notify.rhai": script}, extra=extra)
+    for name in ["invoice.eml", "ordinary.eml"]:
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=20) as s:
+            s.sendmail("sender@remote.example", ["me@example.org"], (example / "mail" / name).read_bytes())
+    assert wait_for(lambda: d.messages("me@example.org", "Invoices"))
+    assert wait_for(lambda: d.messages("me@example.org"))
+    assert len(Hooks.received) == 1
+    path, _, body = Hooks.received[0]
+    assert path == "/notify"
+    assert json.loads(body) == {"from": "billing@shop.example", "subject": "Your invoice INV-77"}
+    assert "webhook answered 201" in d.log()
+
+
+def test_rate_limit_example_in_the_daemon(daemon):
+    """examples/rate-limit with its limit lowered to 3: the 4th message from one sender within
+    the hour is tempfailed, another sender is not affected."""
+    from conftest import REPO
+
+    example = REPO / "examples" / "rate-limit"
+    scripts = {p.name: p.read_text().replace("n > 20", "n > 3") for p in (example / "scripts").glob("*.rhai")}
+    d = daemon(scripts=scripts, extra=KV_CONFIG)
+    codes = []
+    for i in range(4):
+        try:
+            with smtplib.SMTP("127.0.0.1", d.port, timeout=20) as s:
+                s.sendmail("busy@remote.example", ["me@example.org"], f"From: busy@remote.example\r\nSubject: {i}\r\n\r\nx\r\n")
+            codes.append(250)
+        except smtplib.SMTPSenderRefused as e:
+            codes.append(e.smtp_code)
+    assert codes == [250, 250, 250, 451]
+    send(d.port, "other sender")
+    files = wait_for(lambda: d.messages("me@example.org") if len(d.messages("me@example.org")) == 4 else None)
+    first = [f for f in files if "Subject: 0" in f.read_text()][0]
+    assert header_of(first, "X-First-Contact") == "yes"
+    second = [f for f in files if "Subject: 1" in f.read_text()][0]
+    assert header_of(second, "X-First-Contact") is None
