@@ -9,7 +9,6 @@
 pub mod actions;
 pub mod maildir;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +18,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::outbound::Outbound;
-use crate::script::Action;
+use crate::script::apply;
 use crate::spool::{Segment, SpooledMessage};
 
 /// How long a failed delivery waits before the next try.
@@ -52,7 +51,8 @@ impl DeliveryTarget {
     pub fn deliver_local(&self, rcpt: &str, sender: &str, body: &[u8]) -> std::io::Result<PathBuf> {
         let root = maildir::root_for(&self.maildir_template, rcpt);
         let return_path = format!("Return-Path: <{sender}>\r\n");
-        deliver_one(self, &root, None, &return_path, body, "")
+        let mut paths = deliver_copies(self, &root, &[], &[return_path.as_bytes(), body], "")?;
+        Ok(paths.pop().unwrap_or(root))
     }
 }
 
@@ -138,24 +138,8 @@ fn deliver_segment(target: &Deliverer, segment: Segment) -> Option<Segment> {
 fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage) -> bool {
     let target = &deliverer.target;
     let record = &message.record;
-    let folders: BTreeSet<&str> = record
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::FileInto { folder } => Some(folder.as_str()),
-            _ => None,
-        })
-        .collect();
-    let flag_names: Vec<&str> = record
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Flag { flag } => Some(flag.as_str()),
-            Action::MarkSeen => Some("\\Seen"),
-            _ => None,
-        })
-        .collect();
-    let flags = maildir::info_flags(flag_names);
+    let folders = apply::folders(&record.actions);
+    let flags = maildir::info_flags(apply::flags(&record.actions));
     let mut all_ok = true;
     let outcome = actions::carry_out(deliverer, message, None);
     if !outcome.queued_ok {
@@ -169,15 +153,11 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage) -> bool {
             continue;
         }
         let root = maildir::root_for(&target.maildir_template, rcpt);
-        let targets: Vec<Option<&str>> =
-            if folders.is_empty() { vec![None] } else { folders.iter().map(|f| Some(*f)).collect() };
-        for folder in targets {
-            match deliver_one(target, &root, folder, &return_path, &message.body, &flags) {
-                Ok(path) => delivered.push(path),
-                Err(e) => {
-                    all_ok = false;
-                    tracing::error!(rcpt = %rcpt, folder = folder.unwrap_or("INBOX"), error = %e, "delivery failed; will retry");
-                }
+        match deliver_copies(target, &root, &folders, &[return_path.as_bytes(), &message.body], &flags) {
+            Ok(paths) => delivered.extend(paths),
+            Err(e) => {
+                all_ok = false;
+                tracing::error!(rcpt = %rcpt, error = %e, "delivery failed; will retry");
             }
         }
     }
@@ -195,20 +175,27 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage) -> bool {
     all_ok
 }
 
-fn deliver_one(
+/// Writes one copy per folder (`folders` empty: INBOX) under the Maildir `root`, creating the
+/// folders on demand. Blocking.
+pub fn deliver_copies(
     target: &DeliveryTarget,
     root: &std::path::Path,
-    folder: Option<&str>,
-    return_path: &str,
-    body: &[u8],
+    folders: &[&str],
+    parts: &[&[u8]],
     flags: &str,
-) -> std::io::Result<PathBuf> {
-    let dir = maildir::folder_dir(root, folder);
+) -> std::io::Result<Vec<PathBuf>> {
     maildir::ensure(root, false)?;
-    if dir != root {
-        maildir::ensure(&dir, true)?;
+    let targets: Vec<Option<&str>> =
+        if folders.is_empty() { vec![None] } else { folders.iter().map(|f| Some(*f)).collect() };
+    let mut paths = Vec::with_capacity(targets.len());
+    for folder in targets {
+        let dir = maildir::folder_dir(root, folder);
+        if dir != root {
+            maildir::ensure(&dir, true)?;
+        }
+        paths.push(maildir::write_message(&dir, &target.hostname, parts, flags)?);
     }
-    maildir::write_message(&dir, &target.hostname, &[return_path.as_bytes(), body], flags)
+    Ok(paths)
 }
 
 /// Spawns delivery of the segments a previous run left in the spool.

@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use tokio::sync::watch;
 
 use super::net::ClientStream;
-use super::state::{self, MailboxState, MAX_ATTEMPTS};
+use super::state::{self, MailboxState};
 use super::{process, FetchDeps};
 use crate::config::{AccountConfig, AccountTls};
 use crate::message::MessageView;
@@ -216,30 +216,15 @@ async fn decide(
             continue;
         }
         let uid_text = uid.to_string();
-        let decision =
-            tokio::task::block_in_place(|| process::run_hook(&set, account, "imap", mailbox, &uid_text, &view));
-        let effects = if process::failed(&decision) {
-            Err(decision.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "tempfail".into()))
-        } else {
-            let (deliverer, account2, view2, decision2, uid2) =
-                (deps.deliverer.clone(), account.clone(), view.clone(), decision.clone(), uid_text.clone());
-            tokio::task::spawn_blocking(move || {
-                process::local_effects(&deliverer, &account2, &uid2, &view2, &decision2)
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()))
-        };
-        if let Err(error) = effects {
-            let attempts = state.attempts.entry(uid_text).or_insert(0);
-            *attempts += 1;
-            if *attempts >= MAX_ATTEMPTS {
-                tracing::error!(error = %error, attempts = *attempts, "giving up on this message: left untouched and skipped");
-                state.done.insert(uid);
-            } else {
-                tracing::warn!(error = %error, attempts = *attempts, "hook or actions failed: message left untouched, retried next round");
+        let decision = match process::handle(deps, &set, account, "imap", mailbox, &uid_text, &view).await {
+            Ok(decision) => decision,
+            Err(error) => {
+                if state.failed(uid_text.clone(), &error) {
+                    state.done.insert(uid);
+                }
+                continue;
             }
-            continue;
-        }
+        };
         if !matches!(decision.verdict, Some(Verdict::Discard) | Some(Verdict::Reject { .. })) {
             let mut moved = false;
             for action in &decision.actions {

@@ -12,7 +12,7 @@ use md5::{Digest, Md5};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::net::{ClientStream, CONNECT_TIMEOUT};
-use super::state::{self, MAX_ATTEMPTS};
+use super::state;
 use super::{process, FetchDeps};
 use crate::config::{AccountConfig, AccountTls};
 use crate::message::MessageView;
@@ -221,29 +221,15 @@ pub async fn round(deps: &FetchDeps, account: &AccountConfig, password: &str) ->
         let view = MessageView::new(Arc::new(raw));
         let span = tracing::info_span!("fetched", uidl = %uidl);
         let _enter = span.enter();
-        let decision = tokio::task::block_in_place(|| process::run_hook(&set, account, "pop3", "INBOX", uidl, &view));
-        let effects = if process::failed(&decision) {
-            Err(decision.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "tempfail".into()))
-        } else {
-            let (deliverer, account2, view2, decision2, uid2) =
-                (deps.deliverer.clone(), account.clone(), view.clone(), decision.clone(), uidl.clone());
-            tokio::task::spawn_blocking(move || {
-                process::local_effects(&deliverer, &account2, &uid2, &view2, &decision2)
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()))
-        };
-        if let Err(error) = effects {
-            let attempts = state.attempts.entry(uidl.clone()).or_insert(0);
-            *attempts += 1;
-            if *attempts >= MAX_ATTEMPTS {
-                tracing::error!(error = %error, "giving up on this message: left on the server and skipped");
-                state.done_uidls.insert(uidl.clone());
-            } else {
-                tracing::warn!(error = %error, attempts = *attempts, "hook or actions failed: message left on the server, retried next round");
+        let decision = match process::handle(deps, &set, account, "pop3", "INBOX", uidl, &view).await {
+            Ok(decision) => decision,
+            Err(error) => {
+                if state.failed(uidl.clone(), &error) {
+                    state.done_uidls.insert(uidl.clone());
+                }
+                continue;
             }
-            continue;
-        }
+        };
         let scripted_delete = !matches!(decision.verdict, Some(Verdict::Discard) | Some(Verdict::Reject { .. }))
             && decision.actions.iter().any(|a| matches!(a, Action::Delete));
         if account.delete_after_fetch || scripted_delete {

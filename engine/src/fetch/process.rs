@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::AccountConfig;
-use crate::deliver::{actions, maildir, Deliverer};
+use crate::deliver::{actions, deliver_copies, maildir, Deliverer};
 use crate::message::MessageView;
-use crate::script::{Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verdict};
+use crate::script::{apply, Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verdict};
 use crate::spool::{Envelope, SpoolRecord, SpooledMessage};
 
 /// Runs the `fetched` stage on a message (blocking: the caller runs it where it may block).
@@ -30,6 +30,29 @@ pub fn run_hook(
         ..Context::default()
     });
     set.call(Stage::Fetched, &ctx, Some(view), &format!("{}/{}/{}", account.name, mailbox, uid))
+}
+
+/// The hook, then the local effects: `Ok(decision)` when both succeeded; `Err` means the
+/// message stays untouched for the next round.
+pub async fn handle(
+    deps: &super::FetchDeps,
+    set: &ScriptSet,
+    account: &AccountConfig,
+    protocol: &str,
+    mailbox: &str,
+    uid: &str,
+    view: &MessageView,
+) -> Result<Decision, String> {
+    let decision = tokio::task::block_in_place(|| run_hook(set, account, protocol, mailbox, uid, view));
+    if failed(&decision) {
+        return Err(decision.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "tempfail".into()));
+    }
+    let (deliverer, account, view, snapshot, uid) =
+        (deps.deliverer.clone(), account.clone(), view.clone(), decision.clone(), uid.to_string());
+    tokio::task::spawn_blocking(move || local_effects(&deliverer, &account, &uid, &view, &snapshot))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))?;
+    Ok(decision)
 }
 
 /// Whether the hook failed in a way that means "leave it, retry next round".
@@ -83,30 +106,9 @@ pub fn local_effects(
         return Ok(());
     }
     if let Some(root) = local_root(account) {
-        let folders: Vec<&str> = decision
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::FileInto { folder } => Some(folder.as_str()),
-                _ => None,
-            })
-            .collect();
-        let flags = maildir::info_flags(decision.actions.iter().filter_map(|a| match a {
-            Action::Flag { flag } => Some(flag.as_str()),
-            Action::MarkSeen => Some("\\Seen"),
-            _ => None,
-        }));
-        let targets: Vec<Option<&str>> =
-            if folders.is_empty() { vec![None] } else { folders.into_iter().map(Some).collect() };
-        for folder in targets {
-            let dir = maildir::folder_dir(&root, folder);
-            maildir::ensure(&root, false).map_err(|e| format!("local copy: {e}"))?;
-            if dir != root {
-                maildir::ensure(&dir, true).map_err(|e| format!("local copy: {e}"))?;
-            }
-            maildir::write_message(&dir, &deliverer.target.hostname, &[view.raw().as_slice()], &flags)
-                .map_err(|e| format!("local copy: {e}"))?;
-        }
+        let flags = maildir::info_flags(apply::flags(&decision.actions));
+        deliver_copies(&deliverer.target, &root, &apply::folders(&decision.actions), &[view.raw().as_slice()], &flags)
+            .map_err(|e| format!("local copy: {e}"))?;
     }
     let outbound: Vec<Action> = decision.actions.iter().filter(|a| a.is_outbound()).cloned().collect();
     if !outbound.is_empty() {

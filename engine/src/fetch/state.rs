@@ -33,6 +33,20 @@ pub struct MailboxState {
 }
 
 impl MailboxState {
+    /// Counts a failed attempt at `id` (a UID or UIDL); true when it is the last one allowed:
+    /// the caller then marks the message done (skipped) instead of retrying forever.
+    pub fn failed(&mut self, id: String, error: &str) -> bool {
+        let attempts = self.attempts.entry(id).or_insert(0);
+        *attempts += 1;
+        if *attempts >= MAX_ATTEMPTS {
+            tracing::error!(error = %error, attempts = *attempts, "giving up on this message: left untouched and skipped");
+            true
+        } else {
+            tracing::warn!(error = %error, attempts = *attempts, "hook or actions failed: message left untouched, retried next round");
+            false
+        }
+    }
+
     pub fn is_done(&self, uid: u32) -> bool {
         uid <= self.watermark || self.done.contains(&uid)
     }

@@ -35,6 +35,31 @@ pub fn recipient_edits(recipients: &[String], actions: &[Action]) -> Vec<String>
     out
 }
 
+/// The folders `file_into` named, in order, without repeats (none: INBOX).
+pub fn folders(actions: &[Action]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for action in actions {
+        if let Action::FileInto { folder } = action {
+            if !out.contains(&folder.as_str()) {
+                out.push(folder);
+            }
+        }
+    }
+    out
+}
+
+/// The IMAP flags `flag` and `mark_seen` asked for.
+pub fn flags(actions: &[Action]) -> Vec<&str> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Flag { flag } => Some(flag.as_str()),
+            Action::MarkSeen => Some("\\Seen"),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether a script redirected the message (then it is not delivered locally).
 pub fn redirected(actions: &[Action]) -> bool {
     actions.iter().any(|a| matches!(a, Action::Redirect { .. }))
