@@ -90,7 +90,22 @@ class Daemon:
         )
         if wait:
             wait_port(self.port, proc=self.proc)
+            self._check_it_is_ours()
         return self
+
+    def _check_it_is_ours(self, timeout=5.0):
+        """wait_port only proves that *something* listens on the port. When tests run in
+        parallel (several engineers, one machine) another daemon may hold it, ours then exits
+        with "cannot listen" and the test would talk to a stranger. `mailflow running` is logged
+        once every listener is bound: wait for it, or for our process to die."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mailflow exited with {self.proc.returncode}:\n{self.log()[-2000:]}")
+            if "mailflow running" in self.log():
+                return
+            time.sleep(0.01)
+        # RUST_LOG may filter info lines out: then the process being alive is all we know.
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
         if self.proc is None or self.proc.poll() is not None:
