@@ -235,7 +235,7 @@ def test_test_script_error_exits_1_with_file_line_col(project, tmp_path):
     r = mailflow("test", "--config", cfg, "--stage", "data", tmp_path / "msg.eml")
     assert r.returncode == 1
     out = r.stdout.splitlines()
-    assert out[1] == "verdict: tempfail 451 4.3.0 Temporary local problem, try again later (by 10-a.rhai)"
+    assert out[1] == "verdict: tempfail 451 4.3.0 Temporary local problem in script 10-a.rhai, try again later (by 10-a.rhai)"
     assert out[2].startswith("error: 10-a.rhai:3:5: ") and "nope" in out[2]
     # The failing stage's actions are dropped, as in the daemon.
     assert "action:" not in r.stdout

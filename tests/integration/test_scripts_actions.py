@@ -301,7 +301,7 @@ def test_failing_stage_tempfails_by_default_and_keeps_nothing(daemon):
     })
     out = send(d)
     assert out["data"].code == 451
-    assert out["data"].lines == ["4.3.0 Temporary local problem, try again later"]
+    assert out["data"].lines == ["4.3.0 Temporary local problem in script 20-fail.rhai, try again later"]
     log = wait_log(d, "20-fail.rhai:1:")
     assert "20-fail.rhai:1:" in log and "no_such_field" in log
     assert all_message_files(d) == []

@@ -114,7 +114,7 @@ def test_runtime_error_tempfails_and_names_file_and_line(daemon):
     """})
     out = transaction(d.port, "a@remote.example", ["bob@example.org"], make_message(subject="two words"))
     assert out["data"].code == 451
-    assert out["data"].lines == ["4.3.0 Temporary local problem, try again later"]
+    assert out["data"].lines == ["4.3.0 Temporary local problem in script 20-err.rhai, try again later"]
     log = wait_log(d, "20-err.rhai:4:")
     line = [l for l in log.splitlines() if "20-err.rhai:4:" in l][0]
     assert "stage=data" in line

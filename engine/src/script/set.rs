@@ -221,7 +221,7 @@ impl ScriptSet {
                         OnError::Tempfail => Some(Verdict::Tempfail {
                             code: 451,
                             status: "4.3.0".into(),
-                            text: "Temporary local problem, try again later".into(),
+                            text: format!("Temporary local problem in script {}, try again later", file.name),
                         }),
                         OnError::Accept => None,
                     };
