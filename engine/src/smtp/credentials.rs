@@ -4,14 +4,15 @@
 //! Security: passwords never leave this module and are never logged. Verification runs the
 //! same argon2 work for unknown users as for known ones, so timing does not reveal names.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 /// Failures from one address within this window count together.
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -78,8 +79,39 @@ pub fn verify(users: &BTreeMap<String, String>, user: &str, password: &str) -> b
         tracing::error!(user = %user, "auth_users entry is not a valid PHC hash (use mailflow hash-password)");
         return false;
     };
-    let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+    let ok = MEMORY.with(|memory| verify_phc(&parsed, password.as_bytes(), &mut memory.borrow_mut()));
     ok && known
+}
+
+thread_local! {
+    /// This thread's argon2 working memory (`m` KiB), kept for the next verification: allocating
+    /// it afresh each time leaves several copies per thread in the allocator's arenas.
+    static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What `PasswordVerifier::verify_password` does for argon2, with the caller's block memory.
+fn verify_phc(hash: &PasswordHash<'_>, password: &[u8], memory: &mut Vec<Block>) -> bool {
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (Algorithm::try_from(hash.algorithm), Params::try_from(hash)) else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from).transpose() {
+        Ok(version) => version.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let argon2 = Argon2::new(algorithm, version, params);
+    memory.resize(argon2.params().block_count(), Block::default());
+    let computed = Output::init_with(expected.len(), |out| {
+        Ok(argon2.hash_password_into_with_memory(password, salt, out, &mut memory[..])?)
+    });
+    // `Output` compares in constant time.
+    matches!(computed, Ok(computed) if computed == *expected)
 }
 
 /// [`verify`] off the async threads, at most [`MAX_CONCURRENT_VERIFY`] at a time. `None` when no
@@ -101,8 +133,11 @@ pub async fn verify_bounded(users: BTreeMap<String, String>, user: String, passw
 /// password pasted there in clear would otherwise only show up as failed logins).
 pub fn check_hash(hash: &str) -> Result<(), String> {
     match PasswordHash::new(hash) {
-        Ok(parsed) if parsed.algorithm.as_str().starts_with("argon2") => Ok(()),
-        Ok(parsed) => Err(format!("hash algorithm {} is not argon2", parsed.algorithm)),
+        Ok(parsed) if !parsed.algorithm.as_str().starts_with("argon2") => {
+            Err(format!("hash algorithm {} is not argon2", parsed.algorithm))
+        }
+        Ok(parsed) if parsed.salt.is_some() && parsed.hash.is_some() && Params::try_from(&parsed).is_ok() => Ok(()),
+        Ok(_) => Err("incomplete argon2 PHC string (parameters, salt or hash missing)".to_string()),
         Err(_) => Err("not an argon2 PHC string ($argon2id$...)".to_string()),
     }
 }
@@ -161,10 +196,47 @@ mod tests {
     }
 
     #[test]
+    fn verify_matches_the_argon2_crate() {
+        use argon2::password_hash::PasswordVerifier;
+        // Other parameters, algorithms and output lengths than the defaults.
+        let mut hashes = vec![hash_password("pw").unwrap()];
+        for (algorithm, m, t, p, len) in [
+            (Algorithm::Argon2i, 64, 3, 2, 32),
+            (Algorithm::Argon2d, 256, 1, 1, 16),
+            (Algorithm::Argon2id, 8, 1, 1, 64),
+        ] {
+            let argon2 = Argon2::new(algorithm, Version::V0x13, Params::new(m, t, p, Some(len)).unwrap());
+            let salt = SaltString::generate(&mut OsRng);
+            hashes.push(argon2.hash_password(b"pw", &salt).unwrap().to_string());
+        }
+        for hash in hashes {
+            let users = BTreeMap::from([("me".to_string(), hash.clone())]);
+            let parsed = PasswordHash::new(&hash).unwrap();
+            for password in ["pw", "pw ", "", "PW"] {
+                let reference = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+                assert_eq!(verify(&users, "me", password), reference, "{hash} {password:?}");
+                assert_eq!(reference, password == "pw");
+            }
+        }
+        // A hash whose output was tampered with, or with no output, never verifies.
+        let mut users = BTreeMap::from([("me".to_string(), hash_password("pw").unwrap())]);
+        let hash = users.get_mut("me").unwrap();
+        let last = hash.pop().unwrap();
+        hash.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(!verify(&users, "me", "pw"));
+        let truncated = users["me"].rsplit_once('$').unwrap().0.to_string();
+        users.insert("me".into(), truncated);
+        assert!(!verify(&users, "me", "pw"));
+    }
+
+    #[test]
     fn check_hash_wants_argon2_phc() {
         assert!(check_hash(&hash_password("x").unwrap()).is_ok());
         assert!(check_hash("plaintextpassword").is_err());
         assert!(check_hash("").is_err());
+        let full = hash_password("x").unwrap();
+        assert!(check_hash(full.rsplit_once('$').unwrap().0).is_err());
+        assert!(check_hash(&full.replace("m=19456", "m=1")).is_err());
         assert!(check_hash("$pbkdf2-sha256$i=1000$c2FsdA$aGFzaA").is_err());
     }
 

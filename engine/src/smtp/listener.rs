@@ -53,6 +53,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
                 continue;
             }
         };
+        // An IPv4 client of a dual-stack `[::]` listener is 1.2.3.4, not ::ffff:1.2.3.4.
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let _ = stream.set_nodelay(true);
         let id = new_id();
         let span = tracing::info_span!("session", id = %id, remote = %peer);

@@ -42,12 +42,30 @@ pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsErro
     if certs.is_empty() {
         return Err(TlsError::Cert { path: cert.display().to_string(), message: "no certificate in file".into() });
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::Key { path: key.display().to_string(), message: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.display().to_string(),
+        message: match e {
+            _ if is_encrypted_key(key) => {
+                "encrypted private keys are not supported: decrypt it (openssl pkey -in KEY -out PLAIN.key)".into()
+            }
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                "no private key in file (PEM \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\")".into()
+            }
+            other => other.to_string(),
+        },
+    })?;
     let config = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     Ok(Arc::new(config))
+}
+
+/// Whether a key file holds a password-protected key (which rustls cannot use).
+fn is_encrypted_key(path: &Path) -> bool {
+    let contains = |pem: &[u8], needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
+    // PKCS#8 "ENCRYPTED PRIVATE KEY", or OpenSSL's traditional "Proc-Type: 4,ENCRYPTED" header.
+    std::fs::read(path)
+        .is_ok_and(|pem| contains(&pem, b"BEGIN ENCRYPTED PRIVATE KEY") || contains(&pem, b"Proc-Type: 4,ENCRYPTED"))
 }
 
 /// What the `Received:` header and scripts learn about a TLS session.
