@@ -9,15 +9,27 @@ cd "$(dirname "$0")"
 need_apt=()
 command -v swaks >/dev/null || need_apt+=(swaks)
 command -v openssl >/dev/null || need_apt+=(openssl)
+# Postfix's smtp-sink: the independent SMTP server the outbound tests relay to. Installed
+# without configuring (or starting) a Postfix mail system.
+[ -x /usr/sbin/smtp-sink ] || command -v smtp-sink >/dev/null || need_apt+=(postfix)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing: ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update -qq
     apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+pip_install() {
+    python3 -m pip install -q "$@" 2>/dev/null || python3 -m pip install -q --break-system-packages "$@"
+}
 if ! python3 -c "import pytest" 2>/dev/null; then
     echo "== installing pytest"
-    python3 -m pip install -q pytest
+    pip_install pytest
+fi
+# dnslib: the test DNS server that answers MX queries in the outbound tests' mx mode.
+if ! python3 -c "import dnslib" 2>/dev/null; then
+    echo "== installing dnslib"
+    pip_install dnslib
 fi
 
 echo "== cargo build"

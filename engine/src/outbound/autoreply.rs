@@ -27,6 +27,8 @@ pub enum Suppressed {
     RobotSender(String),
     #[error("the sender {0} is this daemon's own address")]
     OwnAddress(String),
+    #[error("the sender {0} is the recipient's own address")]
+    ToSelf(String),
     #[error("the message has Auto-Submitted: {0}")]
     AutoSubmitted(String),
     #[error("the message has a {0} header (mailing list)")]
@@ -79,6 +81,10 @@ pub fn check_vacation(
     own: &[String],
 ) -> Result<(), Suppressed> {
     check_reply(msg, sender, own)?;
+    // Never a notice to oneself (RFC 5230 §4.6: not to the user's own addresses).
+    if std::iter::once(rcpt).chain(spec.addresses.iter().map(String::as_str)).any(|a| a.eq_ignore_ascii_case(sender)) {
+        return Err(Suppressed::ToSelf(sender.to_string()));
+    }
     let parsed = msg.parsed();
     let named = |a: &String| parsed.to.iter().chain(parsed.cc.iter()).any(|t| t.eq_ignore_ascii_case(a));
     let mine: Vec<String> = std::iter::once(rcpt.to_string()).chain(spec.addresses.iter().cloned()).collect();
@@ -148,6 +154,15 @@ pub fn build(
             .map(|r| r.trim_matches(['<', '>']).to_string())
             .filter(|r| !r.is_empty())
             .collect();
+        // No References: the parent's single In-Reply-To id stands in (RFC 5322 §3.6.4).
+        let parent_header = original.header("In-Reply-To");
+        let in_reply_to: Vec<&str> = parent_header.split_whitespace().collect();
+        if references.is_empty() && in_reply_to.len() == 1 {
+            let parent = in_reply_to[0].trim_matches(['<', '>']);
+            if !parent.is_empty() {
+                references.push(parent.to_string());
+            }
+        }
         references.push(parsed.message_id.clone());
         builder = builder.in_reply_to(parsed.message_id.clone()).references(references);
     }
@@ -200,8 +215,17 @@ mod tests {
             check_vacation(&view(PLAIN), "ann@x.org", "other@example.org", &spec, &[]),
             Err(Suppressed::NotAddressed)
         );
-        let alias = VacationSpec { addresses: vec!["me@example.org".into()], ..spec };
+        let alias = VacationSpec { addresses: vec!["me@example.org".into()], ..spec.clone() };
         assert_eq!(check_vacation(&view(PLAIN), "ann@x.org", "other@example.org", &alias, &[]), Ok(()));
+        // Mail from oneself (or one of one's addresses) gets no notice.
+        assert!(matches!(
+            check_vacation(&view(PLAIN), "Me@Example.org", "me@example.org", &spec, &[]),
+            Err(Suppressed::ToSelf(_))
+        ));
+        assert!(matches!(
+            check_vacation(&view(PLAIN), "me@example.org", "other@example.org", &alias, &[]),
+            Err(Suppressed::ToSelf(_))
+        ));
     }
 
     #[test]
@@ -223,5 +247,8 @@ mod tests {
         assert!(text.contains("In-Reply-To: <m1@x.org>\r\n"), "{text}");
         assert!(text.contains("References: <m1@x.org>\r\n"), "{text}");
         assert!(text.contains("I am away"), "{text}");
+        let child = format!("In-Reply-To: <m0@x.org>\n{PLAIN}");
+        let text = String::from_utf8(build(&view(&child), "me@example.org", "ann@x.org", None, "x").unwrap()).unwrap();
+        assert!(text.contains("References: <m0@x.org> <m1@x.org>\r\n"), "{text}");
     }
 }

@@ -97,6 +97,11 @@ pub fn save(dir: &Path, entry: &QueueEntry) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Whether the entry (its state file) is still in the queue.
+pub fn exists(dir: &Path, id: &str) -> bool {
+    json_path(dir, id).exists()
+}
+
 pub fn load(dir: &Path, id: &str) -> std::io::Result<QueueEntry> {
     let bytes = fs::read(json_path(dir, id))?;
     serde_json::from_slice(&bytes).map_err(std::io::Error::other)

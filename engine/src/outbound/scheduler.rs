@@ -132,40 +132,62 @@ async fn attempt(outbound: &Outbound, transport: &Transport, settings: &Settings
         }
     }
     let dir = outbound.dir().to_path_buf();
-    if entry.pending().next().is_none() {
-        bounce(outbound, settings, &entry, &raw);
+    // The bounce is queued (durably) before the entry goes, so a crash in between can repeat
+    // it but never lose it; when it cannot be queued the entry stays and bounces next time.
+    if entry.pending().next().is_none() && bounce(outbound, settings, &entry, &raw).await {
         let id = entry.id.clone();
         let _ = tokio::task::spawn_blocking(move || entry::remove(&dir, &id)).await;
     } else {
         entry.next_try = now + retry_delay(&settings.retry, entry.attempts).as_secs();
-        let saved = tokio::task::spawn_blocking(move || entry::save(&dir, &entry)).await;
-        if !matches!(saved, Ok(Ok(()))) {
-            tracing::error!("cannot save queue entry state; it will be retried as it was");
+        let saved = tokio::task::spawn_blocking(move || {
+            // `mailflow queue delete` while this attempt was in flight: keep it deleted.
+            if !entry::exists(&dir, &entry.id) {
+                let _ = entry::remove(&dir, &entry.id);
+                return Ok(false);
+            }
+            entry::save(&dir, &entry).map(|()| true)
+        })
+        .await;
+        match saved {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::info!("entry deleted while it was being sent; not kept"),
+            _ => tracing::error!("cannot save queue entry state; it will be retried as it was"),
         }
     }
 }
 
-/// Sends a DSN for the failed recipients to the envelope sender (never to the null sender,
-/// never for a bounce).
-fn bounce(outbound: &Outbound, settings: &Settings, entry: &QueueEntry, original: &[u8]) {
+/// Queues a DSN for the failed recipients to the envelope sender (never to the null sender,
+/// never for a bounce). False when it could not be queued (the caller keeps the entry).
+async fn bounce(outbound: &Outbound, settings: &Settings, entry: &QueueEntry, original: &[u8]) -> bool {
     let failed: Vec<_> = entry.recipients.iter().filter(|r| r.status == RcptStatus::Failed).collect();
     if failed.is_empty() {
-        return;
+        return true;
     }
     if entry.sender.is_empty() || entry.kind == EntryKind::Bounce {
         tracing::info!("no bounce: the failed message had a null sender");
-        return;
+        return true;
     }
-    match dsn::build(&settings.hostname, entry, &failed, original) {
-        Ok(report) => {
-            let (outbound, sender, origin) = (outbound.clone(), entry.sender.clone(), entry.id.clone());
-            // A small file write; do it off the runtime like every queue write.
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = outbound.enqueue(EntryKind::Bounce, "", &[sender], &report, &origin) {
-                    tracing::error!(error = %e, "cannot queue the bounce");
-                }
-            });
+    let report = match dsn::build(&settings.hostname, entry, &failed, original) {
+        Ok(report) => report,
+        Err(e) => {
+            // Building is deterministic: retrying would fail the same way.
+            tracing::error!(error = %e, "cannot build the bounce");
+            return true;
         }
-        Err(e) => tracing::error!(error = %e, "cannot build the bounce"),
+    };
+    let (outbound, sender, origin) = (outbound.clone(), entry.sender.clone(), entry.id.clone());
+    // A small file write; do it off the runtime like every queue write.
+    let queued =
+        tokio::task::spawn_blocking(move || outbound.enqueue(EntryKind::Bounce, "", &[sender], &report, &origin)).await;
+    match queued {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot queue the bounce; will try again");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot queue the bounce; will try again");
+            false
+        }
     }
 }

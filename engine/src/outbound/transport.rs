@@ -147,14 +147,7 @@ fn relay(config: &OutboundConfig, hostname: &str) -> Result<Smtp, String> {
     } else {
         return Err(format!("[outbound] relay {:?}: use smtp://host:port or smtps://host:port", config.relay));
     };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-            h.trim_matches(['[', ']']).to_string(),
-            p.parse::<u16>().map_err(|_| format!("[outbound] relay: bad port {p:?}"))?,
-        ),
-        _ => (rest.to_string(), if implicit_tls { 465 } else { 25 }),
-    };
+    let (host, port) = host_port(rest.trim_end_matches('/'), if implicit_tls { 465 } else { 25 })?;
     if host.is_empty() {
         return Err("[outbound] relay: no host".into());
     }
@@ -178,6 +171,27 @@ fn relay(config: &OutboundConfig, hostname: &str) -> Result<Smtp, String> {
         builder = builder.credentials(Credentials::new(config.relay_user.clone(), config.relay_password.clone()));
     }
     Ok(builder.build())
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`, with `default` when no port is given.
+fn host_port(rest: &str, default: u16) -> Result<(String, u16), String> {
+    let port = |p: &str| p.parse::<u16>().map_err(|_| format!("[outbound] relay: bad port {p:?}"));
+    if let Some(inner) = rest.strip_prefix('[') {
+        let (host, after) = inner
+            .split_once(']')
+            .ok_or_else(|| format!("[outbound] relay: no ']' after the IPv6 address in {rest:?}"))?;
+        return match after {
+            "" => Ok((host.to_string(), default)),
+            _ => match after.strip_prefix(':') {
+                Some(p) => Ok((host.to_string(), port(p)?)),
+                None => Err(format!("[outbound] relay: unexpected {after:?} after the IPv6 address")),
+            },
+        };
+    }
+    match rest.rsplit_once(':') {
+        Some((host, p)) => Ok((host.to_string(), port(p)?)),
+        None => Ok((rest.to_string(), default)),
+    }
 }
 
 /// The pooled transport for one MX address; opportunistic STARTTLS without certificate
@@ -210,7 +224,18 @@ fn mx_transport(
 
 #[cfg(test)]
 mod tests {
-    use super::wire_body;
+    use super::{host_port, wire_body};
+
+    #[test]
+    fn relay_host_and_port() {
+        assert_eq!(host_port("smtp.example:587", 25), Ok(("smtp.example".into(), 587)));
+        assert_eq!(host_port("smtp.example", 25), Ok(("smtp.example".into(), 25)));
+        assert_eq!(host_port("[::1]:2526", 25), Ok(("::1".into(), 2526)));
+        assert_eq!(host_port("[::1]", 465), Ok(("::1".into(), 465)));
+        assert!(host_port("smtp.example:x", 25).is_err());
+        assert!(host_port("[::1", 25).is_err());
+        assert!(host_port("[::1]x", 25).is_err());
+    }
 
     #[test]
     fn the_final_crlf_is_left_to_the_data_terminator() {
