@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Ingest measurement: Postfix's smtp-source against smtp-sink (protocol ceiling), a private
+# Postfix instance delivering to Maildir, and mailflow (durable spool, then Maildir), side by
+# side on loopback. Writes bench/results/ingest.md and prints it. See bench/README.md.
+#
+# Environment:
+#   BENCH_COUNT=5000        messages per run (at most 20000)
+#   BENCH_SESSIONS="1 20"   smtp-source -s values
+#   BENCH_REPEAT=3          runs per server and session count (median, min-max)
+#   BENCH_SERVERS="smtp-sink postfix mailflow"
+#   BENCH_TIMEOUT=2700      seconds for the whole measurement; runs past it are skipped
+#   MAILFLOW_BIN=path       use this binary instead of building target/release/mailflow
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+export PATH="$PATH:/usr/sbin:/sbin"
+
+need_postfix=0
+for tool in smtp-source smtp-sink postfix; do
+    command -v "$tool" >/dev/null 2>&1 || need_postfix=1
+done
+if [ "$need_postfix" = 1 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "bench: smtp-source/smtp-sink missing; install Debian's postfix package (as root: see bench/README.md)" >&2
+        exit 1
+    fi
+    echo "bench: installing Debian's postfix package (no system instance is configured or started)" >&2
+    # "No configuration": the package installs its programs but no /etc/postfix/main.cf,
+    # so no system instance starts and nothing binds port 25.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y postfix >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y postfix >/dev/null
+    fi
+fi
+
+if [ -z "${MAILFLOW_BIN:-}" ]; then
+    echo "bench: cargo build --release --bins" >&2
+    (cd "$root" && cargo build --release --bins)
+    MAILFLOW_BIN="${CARGO_TARGET_DIR:-$root/target}/release/mailflow"
+fi
+if [ ! -x "$MAILFLOW_BIN" ]; then
+    echo "bench: no mailflow binary at $MAILFLOW_BIN" >&2
+    exit 1
+fi
+
+exec python3 "$here/ingest.py" --mailflow "$MAILFLOW_BIN" --out "$here/results/ingest.md"
