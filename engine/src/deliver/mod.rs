@@ -23,6 +23,8 @@ use crate::spool::{Segment, SpooledMessage};
 
 /// How long a failed delivery waits before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Segments delivered at the same time.
+const DELIVERY_WORKERS: usize = 4;
 
 /// Local Maildir delivery: what the deliverer and the outbound queue (for local recipients
 /// of forwards and bounces) need from the config.
@@ -97,19 +99,28 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let target = Arc::new(target);
     tokio::spawn(async move {
+        // Segments are delivered by a few blocking workers at once: their fsyncs overlap (the
+        // filesystem journal commits them together), so delivery keeps up with ingest.
+        let workers = Arc::new(tokio::sync::Semaphore::new(DELIVERY_WORKERS));
+        let mut running = tokio::task::JoinSet::new();
         while let Some(segment) = rx.recv().await {
-            let target = target.clone();
-            let result = tokio::task::spawn_blocking(move || deliver_segment(&target, segment)).await;
-            if let Ok(Some(rest)) = result {
-                let retry = retry.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(RETRY_AFTER).await;
-                    if let Some(tx) = retry.upgrade() {
-                        let _ = tx.send(rest).await;
-                    }
-                });
-            }
+            while running.try_join_next().is_some() {}
+            let Ok(permit) = workers.clone().acquire_owned().await else { break };
+            let (target, retry) = (target.clone(), retry.clone());
+            running.spawn(async move {
+                let result = tokio::task::spawn_blocking(move || deliver_segment(&target, segment)).await;
+                drop(permit);
+                if let Ok(Some(rest)) = result {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RETRY_AFTER).await;
+                        if let Some(tx) = retry.upgrade() {
+                            let _ = tx.send(rest).await;
+                        }
+                    });
+                }
+            });
         }
+        while running.join_next().await.is_some() {}
     })
 }
 
