@@ -161,7 +161,7 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
     let failed = report.runs.iter().any(|r| r.error.is_some());
     if args.json {
         match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => emit(&format!("{text}\n")),
             Err(e) => {
                 eprintln!("cannot print JSON: {e}");
                 return 1;
@@ -208,37 +208,55 @@ fn report(rcpt: Option<String>, decision: Decision) -> RunReport {
     }
 }
 
+/// Writes the report as text; a closed pipe (`| head`) ends the output quietly.
 fn print_text(report: &Report) {
-    println!("stage: {}", report.stage);
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "stage: {}", report.stage);
     for run in &report.runs {
         if let Some(rcpt) = &run.rcpt {
-            println!("rcpt: {rcpt}");
+            let _ = writeln!(out, "rcpt: {rcpt}");
         }
         match (&run.reply, &run.decided_by) {
-            (Some(reply), Some(file)) => println!("verdict: {} {} (by {file})", run.verdict, reply),
-            (None, Some(file)) => println!("verdict: {} (by {file})", run.verdict),
-            (Some(reply), None) => println!("verdict: {} {}", run.verdict, reply),
-            (None, None) => println!("verdict: accept (default: no script decided)"),
+            (Some(reply), Some(file)) => {
+                let _ = writeln!(out, "verdict: {} {} (by {file})", run.verdict, reply);
+            }
+            (None, Some(file)) => {
+                let _ = writeln!(out, "verdict: {} (by {file})", run.verdict);
+            }
+            (Some(reply), None) => {
+                let _ = writeln!(out, "verdict: {} {}", run.verdict, reply);
+            }
+            (None, None) => {
+                let _ = writeln!(out, "verdict: accept (default: no script decided)");
+            }
         }
         if let Some(error) = &run.error {
-            println!("error: {error}");
+            let _ = writeln!(out, "error: {error}");
         }
         for action in &run.actions {
-            println!("action: {action}");
+            let _ = writeln!(out, "action: {action}");
         }
         for line in &run.logs {
-            println!("log: {line}");
+            let _ = writeln!(out, "log: {line}");
         }
     }
     if !report.recipients.is_empty() {
-        println!("recipients: {}", report.recipients.join(", "));
+        let _ = writeln!(out, "recipients: {}", report.recipients.join(", "));
     }
     for line in &report.outbound {
-        println!("outbound: {line}");
+        let _ = writeln!(out, "outbound: {line}");
     }
-    println!("subject: {}", report.subject);
-    println!("headers:");
+    let _ = writeln!(out, "subject: {}", report.subject);
+    let _ = writeln!(out, "headers:");
     for (name, value) in &report.headers {
-        println!("  {name}: {value}");
+        let _ = writeln!(out, "  {name}: {value}");
     }
+    emit(&out);
+}
+
+/// Prints to stdout, ignoring a reader that went away.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }

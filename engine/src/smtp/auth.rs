@@ -85,7 +85,8 @@ impl Session {
             return Ok(Flow::Continue);
         };
         if ok {
-            self.shared.auth_failures.succeed(self.remote_ip);
+            // A success does not wipe this address's recent failures: one valid account must
+            // not let a client guess other accounts' passwords at the lowest delay.
             tracing::info!(user = %user, "authenticated");
             self.auth_user = Some(user);
             self.reply(Reply::new(235, "2.7.0", "Authentication successful"));

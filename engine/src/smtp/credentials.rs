@@ -175,10 +175,6 @@ impl FailureLimiter {
         entry.0 += 1;
         (DELAY_PER_FAILURE * entry.0).min(MAX_DELAY)
     }
-
-    pub fn succeed(&self, ip: IpAddr) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&ip);
-    }
 }
 
 #[cfg(test)]
@@ -254,7 +250,5 @@ mod tests {
         assert_eq!(limiter.fail(ip), Duration::from_millis(500));
         assert_eq!(limiter.fail(ip), Duration::from_millis(1000));
         assert_eq!(limiter.recent(ip), 2);
-        limiter.succeed(ip);
-        assert_eq!(limiter.recent(ip), 0);
     }
 }
