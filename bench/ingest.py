@@ -405,17 +405,36 @@ maillog_file = {self.dir}/server.log
         return r.stdout.strip()
 
 
+SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
+
+# mailflow variants: name -> (scripts folder under bench/scripts or None, plugins, Maildir++ folder)
+MAILFLOW_VARIANTS = {
+    "mailflow": (None, [], None),
+    "mailflow-rules": ("rules", [], "Bench"),
+    "mailflow-rules-kv": ("kv", ["kv"], "Bench"),
+}
+
+
 class Mailflow(Server):
     name = "mailflow"
 
-    def __init__(self, root, binary):
+    def __init__(self, root, binary, name="mailflow"):
+        self.name = name
         super().__init__(root)
         self.binary = binary
-        self.maildir_new = os.path.join(self.dir, "mail", f"{RCPT}", "new")
+        self.scripts_src, self.plugins, folder = MAILFLOW_VARIANTS[name]
+        box = os.path.join(self.dir, "mail", f"{RCPT}")
+        self.maildir_new = os.path.join(box, f".{folder}" if folder else "", "new")
 
     def start(self):
         scripts = os.path.join(self.dir, "scripts")
         os.makedirs(scripts, exist_ok=True)
+        if self.scripts_src:
+            src = os.path.join(SCRIPTS_DIR, self.scripts_src)
+            for f in sorted(os.listdir(src)):
+                if f.endswith(".rhai"):
+                    shutil.copy(os.path.join(src, f), scripts)
+        plugins = ", ".join(f'"{p}"' for p in self.plugins)
         config = os.path.join(self.dir, "mailflow.toml")
         with open(config, "w") as f:
             f.write(f"""\
@@ -433,6 +452,9 @@ maildir = "{self.dir}/mail/{{local}}@{{domain}}"
 
 [state]
 dir = "{self.dir}/data/state"
+
+[plugins]
+enabled = [{plugins}]
 """)
         self.popen([self.binary, "run", "--config", config], cwd=self.dir)
         self.wait_ready()
@@ -530,7 +552,7 @@ def fmt_range(values, fmt="{:.0f}"):
 
 
 def report(results, meta, servers, notes):
-    lines = ["# Ingest: smtp-source against smtp-sink, Postfix and mailflow", ""]
+    lines = ["# Ingest: smtp-source against smtp-sink, Postfix and mailflow (with and without scripts)", ""]
     lines.append(f"{meta['count']} messages of {MSG_LEN} bytes per run, one connection per message "
                  f"(`smtp-source -s S -m {meta['count']} -l {MSG_LEN}`), {meta['repeat']} runs per row: "
                  "median (min–max). msgs/s = messages / wall seconds of smtp-source; a 250 after DATA "
@@ -561,6 +583,30 @@ def report(results, meta, servers, notes):
                 drain, dlv = "n/a (stores nothing)", "n/a"
             lines.append(f"| {s.name} | {sessions} | {rate} | {rss_s} | {pss:.1f} | {cpu} | {drain} | {dlv} |")
     lines.append("")
+    lines.append("mailflow variants: `mailflow` = empty scripts folder; `mailflow-rules` = "
+                 "`bench/scripts/rules` (20 rules over connect/helo/mail_from/rcpt_to/data, the last "
+                 "files every message into the Maildir++ folder `.Bench`); `mailflow-rules-kv` = the same "
+                 "plus `bench/scripts/kv/20-kv.rhai` (one durable `kv::incr` per message).")
+    lines.append("")
+    # ratios between runs of the same repetition (interleaved, so they saw the same background load)
+    names = [s.name for s in servers]
+    pairs = [(a, b) for a in names if a.startswith("mailflow") for b in ("postfix", "mailflow") if b in names and b != a]
+    if pairs:
+        lines.append("Throughput ratios, computed run by run between interleaved runs of the same repetition: median (min–max).")
+        lines.append("")
+        lines.append("| ratio | sessions | msgs/s ratio |")
+        lines.append("|---|---|---|")
+        for a, b in pairs:
+            for sessions in meta["sessions"]:
+                vals = []
+                for rep in sorted({r.get("rep") for r in results}):
+                    ra = [r for r in results if r["server"] == a and r["sessions"] == sessions and r.get("rep") == rep and r["msgs_per_s"]]
+                    rb = [r for r in results if r["server"] == b and r["sessions"] == sessions and r.get("rep") == rep and r["msgs_per_s"]]
+                    if ra and rb:
+                        vals.append(ra[0]["msgs_per_s"] / rb[0]["msgs_per_s"])
+                if vals:
+                    lines.append(f"| {a} / {b} | {sessions} | {fmt_range(vals, '{:.2f}')} |")
+        lines.append("")
     lines.append("Columns: peak RSS/PSS are the highest of samples taken every "
                  f"{SAMPLE_EVERY}s during the runs of that row (Postfix: summed over master and all "
                  "its children; RSS double-counts shared pages, PSS does not). Server CPU is user+system "
@@ -575,9 +621,9 @@ def report(results, meta, servers, notes):
     lines.append("- Noise: load generator, servers and any other work on the machine share the same cores; "
                  "the servers are interleaved run by run so background load hits all of them alike. "
                  "Compare rows from the same run, not across runs.")
-    if meta.get("mailflow_hwm_kb"):
-        lines.append(f"- mailflow VmHWM at the end (kernel's exact peak RSS over the whole invocation, "
-                     f"warm-up included): {meta['mailflow_hwm_kb'] / 1024:.1f} MB")
+    for name, kb in (meta.get("mailflow_hwm_kb") or {}).items():
+        lines.append(f"- {name} VmHWM at the end (kernel's exact peak RSS over the whole invocation, "
+                     f"warm-up included): {kb / 1024:.1f} MB")
     for n in notes:
         lines.append(f"- {n}")
     lines.append("")
@@ -607,8 +653,8 @@ def main():
     sessions_list = [int(x) for x in os.environ.get("BENCH_SESSIONS", "1 20").split()]
     if not sessions_list or any(not 1 <= s <= 100 for s in sessions_list):
         sys.exit("bench: BENCH_SESSIONS must be numbers in [1, 100]")
-    wanted = os.environ.get("BENCH_SERVERS", "smtp-sink postfix mailflow").split()
-    unknown = set(wanted) - {"smtp-sink", "postfix", "mailflow"}
+    wanted = os.environ.get("BENCH_SERVERS", "smtp-sink postfix " + " ".join(MAILFLOW_VARIANTS)).split()
+    unknown = set(wanted) - {"smtp-sink", "postfix"} - set(MAILFLOW_VARIANTS)
     if unknown:
         sys.exit(f"bench: unknown server(s) in BENCH_SERVERS: {' '.join(sorted(unknown))}")
     # a run that needs more than 50 ms a message is broken, not slow
@@ -643,7 +689,7 @@ def main():
     try:
         for name in wanted:
             server = {"smtp-sink": SmtpSink, "postfix": Postfix}.get(name)
-            s = server(root) if server else Mailflow(root, os.path.abspath(args.mailflow))
+            s = server(root) if server else Mailflow(root, os.path.abspath(args.mailflow), name)
             try:
                 log(f"starting {s.name} on {HOST}:{s.port}")
                 s.start()
@@ -652,7 +698,7 @@ def main():
                 notes.append(f"{s.name} not measured: {e}".replace("\n", " "))
                 log(notes[-1])
                 s.stop()
-        meta["mailflow"] = next((s.version() for s in servers if s.name == "mailflow"), "")
+        meta["mailflow"] = next((s.version() for s in servers if s.name.startswith("mailflow")), "")
         meta["postfix"] = next((s.version() for s in servers if s.name == "postfix"), "")
 
         warm = min(200, count)
@@ -711,8 +757,8 @@ def main():
             if how:
                 notes.append(f"{s.name} was no longer running at the end ({how}): "
                              + " | ".join(s.log_tail(3).splitlines()))
-            elif s.name == "mailflow":
-                meta["mailflow_hwm_kb"] = s.peak_hwm_kb()
+            elif s.name.startswith("mailflow"):
+                meta.setdefault("mailflow_hwm_kb", {})[s.name] = s.peak_hwm_kb()
     finally:
         for s in reversed(servers):
             log(f"stopping {s.name}")

@@ -10,6 +10,7 @@
 #   BENCH_SERVERS="smtp-sink postfix mailflow"
 #   BENCH_TIMEOUT=2700      seconds for the whole measurement; runs past it are skipped
 #   MAILFLOW_BIN=path       use this binary instead of building target/release/mailflow
+#   BENCH_OUT=file.md       report path (default bench/results/ingest.md; the .json goes next to it)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -45,4 +46,4 @@ if [ ! -x "$MAILFLOW_BIN" ]; then
     exit 1
 fi
 
-exec python3 "$here/ingest.py" --mailflow "$MAILFLOW_BIN" --out "$here/results/ingest.md"
+exec python3 "$here/ingest.py" --mailflow "$MAILFLOW_BIN" --out "${BENCH_OUT:-$here/results/ingest.md}"
