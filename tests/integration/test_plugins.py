@@ -153,7 +153,7 @@ def test_http_post_json_and_get(daemon, hook_server):
     notify = [f for f in files if "Subject: notify" in f.read_text()][0]
     assert header_of(notify, "X-Status") == "201"
     assert header_of(notify, "X-Body") == "created"
-    path, ctype, body = Hooks.received[0]
+    path, ctype, body = [r for r in Hooks.received if r[0] == "/hook"][0]
     assert path == "/hook" and ctype == "application/json"
     assert json.loads(body) == {"subject": "notify", "from": "a@sender.example"}
     ping = [f for f in files if "Subject: ping" in f.read_text()][0]
@@ -266,10 +266,10 @@ def test_notify_webhook_example_in_the_daemon(daemon, hook_server):
             s.sendmail("sender@remote.example", ["me@example.org"], (example / "mail" / name).read_bytes())
     assert wait_for(lambda: d.messages("me@example.org", "Invoices"))
     assert wait_for(lambda: d.messages("me@example.org"))
-    assert len(Hooks.received) == 1
-    path, _, body = Hooks.received[0]
-    assert path == "/notify"
-    assert json.loads(body) == {"from": "billing@shop.example", "subject": "Your invoice INV-77"}
+    # A slow handler of an earlier test may still append to the shared list: look at ours.
+    notified = [r for r in Hooks.received if r[0] == "/notify"]
+    assert len(notified) == 1
+    assert json.loads(notified[0][2]) == {"from": "billing@shop.example", "subject": "Your invoice INV-77"}
     assert "webhook answered 201" in d.log()
 
 

@@ -133,6 +133,8 @@ pub fn list(dir: &Path) -> Vec<QueueEntry> {
             }
             match load(dir, &id) {
                 Ok(entry) => Some(entry),
+                // Sent and removed between the listing and the read: nothing to report.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
                 Err(err) => {
                     tracing::warn!(id = %id, error = %err, "unreadable queue entry skipped");
                     None

@@ -50,6 +50,8 @@ impl Session {
 
     async fn read_data(&mut self) -> Result<DataOutcome, ReadError> {
         let mut reader = DataReader::new(self.shared.config.smtp.max_message_size);
+        // Message data comes in bulk: read it in large chunks.
+        self.inbuf_mut().reserve(64 * 1024);
         let timeout = self.shared.config.smtp.data_timeout;
         loop {
             let buffered = self.inbuf_mut();

@@ -21,6 +21,8 @@ use crate::script::{Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verd
 pub const MAX_LINE_LEN: usize = 512;
 /// Read granularity.
 const READ_CHUNK: usize = 64 * 1024;
+/// Below this much spare room in `inbuf`, the next read first grows it by `READ_CHUNK`.
+const MIN_READ_ROOM: usize = 1024;
 
 /// What the command loop does after a handler.
 #[derive(Debug, PartialEq, Eq)]
@@ -267,8 +269,12 @@ impl Session {
 
     /// Reads more input into `inbuf`. With `watch_shutdown`, a shutdown interrupts the wait.
     pub(super) async fn fill(&mut self, timeout: Duration, watch_shutdown: bool) -> Result<(), ReadError> {
-        let mut chunk = [0u8; READ_CHUNK];
-        let read = tokio::time::timeout(timeout, self.stream.read(&mut chunk));
+        // Read straight into `inbuf`'s spare room: a session waiting for input holds no
+        // read buffer of its own (idle connections cost a few KB, not 64 KiB each).
+        if self.inbuf.capacity() - self.inbuf.len() < MIN_READ_ROOM {
+            self.inbuf.reserve(READ_CHUNK);
+        }
+        let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.inbuf));
         let n = if watch_shutdown {
             if *self.shutdown.borrow() {
                 return Err(ReadError::Shutdown);
@@ -284,10 +290,7 @@ impl Session {
             Err(_) => Err(ReadError::Timeout),
             Ok(Err(e)) => Err(ReadError::Io(e)),
             Ok(Ok(0)) => Err(ReadError::Eof),
-            Ok(Ok(n)) => {
-                self.inbuf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
+            Ok(Ok(_)) => Ok(()),
         }
     }
 
