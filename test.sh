@@ -12,12 +12,20 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # Postfix's smtp-sink: the independent SMTP server the outbound tests relay to. Installed
 # without configuring (or starting) a Postfix mail system.
 [ -x /usr/sbin/smtp-sink ] || command -v smtp-sink >/dev/null || need_apt+=(postfix)
+# Dovecot: the real IMAP/POP3 server the poller tests start private instances of (as the
+# unprivileged user mfmail, on free loopback ports; the system instance is not used).
+[ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
+[ -x /usr/lib/dovecot/pop3 ] || need_apt+=(dovecot-pop3d)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing: ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update -qq
     apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ "$(id -u)" = 0 ] && ! id mfmail >/dev/null 2>&1; then
+    echo "== creating user mfmail (mail processes of the test Dovecot)"
+    useradd -r -M -s /usr/sbin/nologin mfmail
 fi
 pip_install() {
     python3 -m pip install -q "$@" 2>/dev/null || python3 -m pip install -q --break-system-packages "$@"

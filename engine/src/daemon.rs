@@ -61,7 +61,12 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         .with_context(|| format!("opening the outbound queue in {}", queue_dir.display()))?;
 
     let delivery = Deliverer::from_config(&config, outbound, store.clone());
-    let fetch_deps = FetchDeps { scripts: scripts.clone(), store: store.clone(), deliverer: delivery.clone() };
+    let fetch_deps = FetchDeps {
+        scripts: scripts.clone(),
+        store: store.clone(),
+        deliverer: delivery.clone(),
+        journal_dir: config.state.dir.join("fetch-journal"),
+    };
     let mut pollers: BTreeMap<String, AccountTasks> =
         config.accounts.iter().map(|a| (a.name.clone(), fetch::start(&fetch_deps, a.clone()))).collect();
     if !pollers.is_empty() {

@@ -1,26 +1,35 @@
 //! The IMAP poller: one task per (account, mailbox), its own connection, push via IDLE.
 //!
-//! New messages are found by UIDVALIDITY + UID against the stored state, fetched in batches
-//! with `BODY.PEEK[]` (fetching never sets `\Seen`), run through the `fetched` hook, and the
-//! scripts' server actions are applied by UID set: flags first, then the state is made
-//! durable, then moves (`UID MOVE`, else `UID COPY` + `\Deleted` + `UID EXPUNGE`/`EXPUNGE`)
-//! and deletions — so a crash never repeats a move and never loses a message.
+//! New messages are found by UIDVALIDITY + UID against the stored state and fetched in
+//! batches with `BODY.PEEK[]` (fetching never sets `\Seen`). Per message: the `fetched` hook,
+//! its local effects (local copy, queued mail), then one journal record (see
+//! [`state::Journal`]). Per batch: the scripts' server actions by UID set (flags, then
+//! `UID MOVE` — else `UID COPY` + `\Deleted` + `UID EXPUNGE`/`EXPUNGE` — then deletions), then
+//! one durable commit of the state. A crash anywhere replays the journal at the next session:
+//! finished messages are not run again and their server actions, all idempotent, are
+//! re-applied — nothing is lost, nothing is done twice (except the hook of the one message
+//! being processed at the crash).
+//!
+//! Folder names from scripts and the config use `/` for hierarchy, like the SMTP path; they
+//! are translated to the server's hierarchy delimiter and to modified UTF-7 (RFC 3501 §5.1.3).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_imap::types::{Fetch, Flag};
+use async_imap::types::{Fetch, Flag, UnsolicitedResponse};
 use async_imap::{Client, Session};
+use base64::Engine as _;
 use futures::TryStreamExt;
 use tokio::sync::watch;
 
 use super::net::ClientStream;
-use super::state::{self, MailboxState};
+use super::state::{self, Done, Journal, MailboxState, ServerActions};
 use super::{process, FetchDeps};
 use crate::config::{AccountConfig, AccountTls};
 use crate::message::MessageView;
-use crate::script::{Action, Verdict};
+use crate::script::Action;
 
 type ImapSession = Session<ClientStream>;
 
@@ -28,6 +37,25 @@ type ImapSession = Session<ClientStream>;
 const BATCH: usize = 200;
 /// IDLE is re-issued before the server's 30-minute limit (RFC 2177: 29 minutes).
 const IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
+/// Longest wait for the answer to a command: a server (or a NAT box) that silently dropped
+/// the connection must not hang the poller forever.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for one batch's `UID FETCH` (up to 200 whole messages).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `fut`, or an I/O timeout error after `limit`.
+async fn timed<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, async_imap::error::Error>>,
+) -> Result<T, async_imap::error::Error> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(async_imap::error::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from the server within {} s", limit.as_secs()),
+        ))),
+    }
+}
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +66,22 @@ pub enum ImapError {
     Imap(#[from] async_imap::error::Error),
     #[error("{0}")]
     Other(String),
+}
+
+/// One mailbox's poller within a session.
+struct Poller<'a> {
+    deps: &'a FetchDeps,
+    account: &'a AccountConfig,
+    /// The mailbox as configured (what scripts see in `ctx.mailbox`).
+    mailbox: &'a str,
+    /// The mailbox's name on the server.
+    server_mailbox: String,
+    key: String,
+    has_move: bool,
+    has_uidplus: bool,
+    delimiter: Option<String>,
+    /// Folders this session already made sure exist.
+    created: HashSet<String>,
 }
 
 /// Connects, logs in, processes new mail, then waits (IDLE or poll) until shutdown or error.
@@ -59,125 +103,95 @@ pub async fn session(
         stream = stream.into_tls(&account.host).await?;
     }
     let mut client = Client::new(stream);
-    client.read_response().await?.ok_or_else(|| ImapError::Other("connection closed before the greeting".into()))?;
+    timed(COMMAND_TIMEOUT, async { Ok(client.read_response().await?) })
+        .await?
+        .ok_or_else(|| ImapError::Other("connection closed before the greeting".into()))?;
     if account.tls == AccountTls::Starttls {
-        client.run_command_and_check_ok("STARTTLS", None).await?;
+        timed(COMMAND_TIMEOUT, client.run_command_and_check_ok("STARTTLS", None)).await?;
         // Whatever the server sent before the handshake is dropped with the old client.
         let stream = client.into_inner().into_tls(&account.host).await?;
         client = Client::new(stream);
     }
-    let mut session = client.login(&account.username, password).await.map_err(|(e, _)| e)?;
-    let caps = session.capabilities().await?;
+    let mut session =
+        timed(COMMAND_TIMEOUT, async { client.login(&account.username, password).await.map_err(|(e, _)| e) }).await?;
+    let caps = timed(COMMAND_TIMEOUT, session.capabilities()).await?;
     let has_idle = caps.has_str("IDLE");
-    let has_move = caps.has_str("MOVE");
-    let has_uidplus = caps.has_str("UIDPLUS");
-    *connected = true;
+    let delimiter = {
+        let names: Vec<_> =
+            timed(COMMAND_TIMEOUT, async { session.list(None, None).await?.try_collect().await }).await?;
+        names.first().and_then(|n| n.delimiter().map(str::to_string))
+    };
+    let mut poller = Poller {
+        deps,
+        account,
+        mailbox,
+        server_mailbox: server_name(mailbox, delimiter.as_deref()),
+        key: state::imap_key(&account.name, mailbox),
+        has_move: caps.has_str("MOVE"),
+        has_uidplus: caps.has_str("UIDPLUS"),
+        delimiter,
+        created: HashSet::new(),
+    };
     tracing::info!(idle = has_idle && account.idle, "IMAP session open");
+    // Empties the unsolicited-responses channel; true when it held an EXISTS (new mail) or was
+    // full (async-imap then drops responses, maybe an EXISTS among them).
+    let unsolicited = session.unsolicited_responses.clone();
+    let drain = || {
+        let full = unsolicited.is_full();
+        let mut exists = false;
+        while let Ok(response) = unsolicited.try_recv() {
+            exists |= matches!(response, UnsolicitedResponse::Exists(_));
+        }
+        exists || full
+    };
     loop {
-        let selected = session.select(mailbox).await?;
+        drain();
+        let selected = timed(COMMAND_TIMEOUT, session.select(&poller.server_mailbox)).await?;
+        // Only now is the session good: a missing folder keeps backing off like a bad login.
+        *connected = true;
         let uidvalidity = selected.uid_validity.unwrap_or(0);
-        process_new(deps, account, mailbox, &mut session, uidvalidity, has_move, has_uidplus).await?;
+        let retry_pending = poller.process_new(&mut session, uidvalidity, selected.uid_next, shutdown).await?;
         if *shutdown.borrow() {
-            let _ = session.logout().await;
+            let _ = timed(COMMAND_TIMEOUT, session.logout()).await;
             return Ok(());
         }
+        // Mail that arrived while this round ran was announced (EXISTS) in the replies to its
+        // commands, not to the IDLE below: look again now. An overflowing channel may have
+        // dropped an EXISTS: look again too.
+        if drain() {
+            continue;
+        }
+        // A message whose hook failed is retried after `poll_interval`, even while idling.
+        let wait = if retry_pending { account.poll_interval.min(IDLE_RENEW) } else { IDLE_RENEW };
         if account.idle && has_idle {
             let mut idle = session.idle();
-            idle.init().await?;
-            let stopped = {
-                let (wait, _interrupt) = idle.wait_with_timeout(IDLE_RENEW);
+            timed(COMMAND_TIMEOUT, idle.init()).await?;
+            // An EXISTS sent right at the start of IDLE is routed to the channel, not to wait().
+            let early = drain();
+            let stopped = if early {
+                false
+            } else {
+                let (wait, _interrupt) = idle.wait_with_timeout(wait);
                 tokio::select! {
                     r = wait => { r?; false }
                     _ = shutdown.changed() => true,
                 }
             };
-            session = idle.done().await?;
+            session = timed(COMMAND_TIMEOUT, idle.done()).await?;
             if stopped {
-                let _ = session.logout().await;
+                let _ = timed(COMMAND_TIMEOUT, session.logout()).await;
                 return Ok(());
             }
         } else {
             tokio::select! {
-                _ = tokio::time::sleep(account.poll_interval) => {}
+                _ = tokio::time::sleep(account.poll_interval.min(wait)) => {}
                 _ = shutdown.changed() => {
-                    let _ = session.logout().await;
+                    let _ = timed(COMMAND_TIMEOUT, session.logout()).await;
                     return Ok(());
                 }
             }
         }
     }
-}
-
-/// Processes every UID not yet done.
-async fn process_new(
-    deps: &FetchDeps,
-    account: &AccountConfig,
-    mailbox: &str,
-    session: &mut ImapSession,
-    uidvalidity: u32,
-    has_move: bool,
-    has_uidplus: bool,
-) -> Result<(), ImapError> {
-    let key = state::imap_key(&account.name, mailbox);
-    let store = deps.store.clone();
-    let key2 = key.clone();
-    let mut state = tokio::task::spawn_blocking(move || state::load(&store, &key2))
-        .await
-        .map_err(|e| ImapError::Other(e.to_string()))?
-        .map_err(ImapError::Other)?;
-    let validity_changed = state.uidvalidity != 0 && state.uidvalidity != uidvalidity;
-    if state.uidvalidity != uidvalidity {
-        if validity_changed {
-            tracing::warn!(
-                old = state.uidvalidity,
-                new = uidvalidity,
-                "UIDVALIDITY changed: rescanning, deduplicating by Message-ID"
-            );
-        }
-        state = MailboxState { uidvalidity, ..MailboxState::default() };
-    }
-    let present: BTreeSet<u32> = session
-        .uid_search(format!("UID {}:*", state.watermark + 1))
-        .await?
-        .into_iter()
-        .filter(|&u| u > state.watermark)
-        .collect();
-    let todo: Vec<u32> = present.iter().copied().filter(|&u| !state.is_done(u)).collect();
-    if todo.is_empty() {
-        return Ok(());
-    }
-    tracing::debug!(count = todo.len(), "new messages");
-    for chunk in todo.chunks(BATCH) {
-        let fetches: Vec<Fetch> =
-            session.uid_fetch(uid_set(chunk), "(UID FLAGS RFC822.SIZE BODY.PEEK[])").await?.try_collect().await?;
-        let plan = decide(deps, account, mailbox, &key, &mut state, &fetches, validity_changed).await;
-        // Flags are idempotent: apply before the state is durable.
-        for (flag, uids) in &plan.flags {
-            let _: Vec<Fetch> =
-                session.uid_store(uid_set(uids), format!("+FLAGS.SILENT ({flag})")).await?.try_collect().await?;
-        }
-        state.compact(&present);
-        let (store, key2, snapshot, ids) = (deps.store.clone(), key.clone(), state.clone(), plan.message_ids.clone());
-        tokio::task::spawn_blocking(move || state::save(&store, &key2, &snapshot, &ids))
-            .await
-            .map_err(|e| ImapError::Other(e.to_string()))?
-            .map_err(ImapError::Other)?;
-        for (folder, uids) in &plan.moves {
-            move_to(session, folder, uids, has_move, has_uidplus).await?;
-        }
-        if !plan.deletes.is_empty() {
-            let _: Vec<Fetch> =
-                session.uid_store(uid_set(&plan.deletes), "+FLAGS.SILENT (\\Deleted)").await?.try_collect().await?;
-            expunge(session, &plan.deletes, has_uidplus).await?;
-        }
-        tracing::info!(
-            processed = plan.processed,
-            moved = plan.moves.values().map(Vec::len).sum::<usize>(),
-            deleted = plan.deletes.len(),
-            "batch done"
-        );
-    }
-    Ok(())
 }
 
 /// The server actions of a batch, grouped by target so each is one command per UID set.
@@ -186,90 +200,292 @@ struct Plan {
     flags: BTreeMap<String, Vec<u32>>,
     moves: BTreeMap<String, Vec<u32>>,
     deletes: Vec<u32>,
+}
+
+impl Plan {
+    fn add(&mut self, uid: u32, actions: &ServerActions) {
+        for flag in &actions.flags {
+            self.flags.entry(flag.clone()).or_default().push(uid);
+        }
+        if let Some(folder) = &actions.move_to {
+            self.moves.entry(folder.clone()).or_default().push(uid);
+        }
+        if actions.delete {
+            self.deletes.push(uid);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.flags.is_empty() && self.moves.is_empty() && self.deletes.is_empty()
+    }
+}
+
+/// What a batch leaves for the durable commit.
+#[derive(Default)]
+struct Pending {
     message_ids: Vec<String>,
-    processed: usize,
+    dirs: BTreeSet<PathBuf>,
 }
 
-/// Runs the hook on each fetched message and marks the successful ones done in `state`.
-async fn decide(
-    deps: &FetchDeps,
-    account: &AccountConfig,
-    mailbox: &str,
-    key: &str,
-    state: &mut MailboxState,
-    fetches: &[Fetch],
-    validity_changed: bool,
-) -> Plan {
-    let set = deps.scripts.current();
-    let local_mode = process::local_root(account).is_some();
-    let mut plan = Plan::default();
-    for fetch in fetches {
-        let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) else { continue };
-        let flags: Vec<String> = fetch.flags().map(|f| flag_name(&f)).collect();
-        let view = MessageView::with_flags(Arc::new(body.to_vec()), flags);
-        let message_id = view.parsed().message_id.clone();
-        let span = tracing::info_span!("fetched", uid, message_id = %message_id);
-        let _enter = span.enter();
-        if validity_changed && state::seen_message_id(&deps.store, key, &message_id) {
-            tracing::info!("already processed before the UIDVALIDITY change: skipped");
-            state.done.insert(uid);
-            continue;
+impl Poller<'_> {
+    /// Replays what an interrupted run left in the journal, then processes every UID not yet
+    /// done. Returns whether failed messages wait for a retry.
+    async fn process_new(
+        &mut self,
+        session: &mut ImapSession,
+        uidvalidity: u32,
+        uid_next: Option<u32>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<bool, ImapError> {
+        let (store, key) = (self.deps.store.clone(), self.key.clone());
+        let mut state = tokio::task::spawn_blocking(move || state::load(&store, &key))
+            .await
+            .map_err(|e| ImapError::Other(e.to_string()))?
+            .map_err(ImapError::Other)?;
+        let mut journal = Journal::open(&self.deps.journal_dir, &self.key);
+        let replay = journal.read();
+        let mut pending = Pending::default();
+        let mut previous = state.uidvalidity;
+        for record in &replay {
+            pending.dirs.extend(state::finish_copies(&record.copies)?);
+            pending.message_ids.push(record.mid.clone());
+            if previous == 0 {
+                previous = record.v;
+            }
         }
-        let uid_text = uid.to_string();
-        let decision = match process::handle(deps, &set, account, "imap", mailbox, &uid_text, &view).await {
-            Ok(decision) => decision,
-            Err(error) => {
-                if state.failed(uid_text.clone(), &error) {
+        let mut dirty = !replay.is_empty();
+        if previous != uidvalidity {
+            state = MailboxState { uidvalidity, ..MailboxState::default() };
+            if previous != 0 {
+                // Everything now in the mailbox may be an old message under a new UID.
+                state.dedupe_below = uid_next.map_or(u32::MAX, |n| n.saturating_sub(1));
+                tracing::warn!(
+                    old = previous,
+                    new = uidvalidity,
+                    "UIDVALIDITY changed: rescanning, skipping messages whose Message-ID was processed"
+                );
+            }
+            dirty = true;
+        }
+        if !replay.is_empty() {
+            let mut plan = Plan::default();
+            for record in replay.iter().filter(|r| r.v == uidvalidity) {
+                state.done.insert(record.uid);
+                plan.add(record.uid, &record.act);
+            }
+            tracing::info!(messages = replay.len(), "resuming an interrupted batch from the journal");
+            self.apply(session, &plan).await?;
+        }
+        if dirty {
+            self.commit(&state, std::mem::take(&mut pending), &mut journal).await?;
+        }
+
+        let search = format!("UID {}:*", state.watermark.saturating_add(1));
+        let present: BTreeSet<u32> = timed(COMMAND_TIMEOUT, session.uid_search(search))
+            .await?
+            .into_iter()
+            .filter(|&u| u > state.watermark)
+            .collect();
+        let todo: Vec<u32> = present.iter().copied().filter(|&u| !state.is_done(u)).collect();
+        if !todo.is_empty() {
+            tracing::debug!(count = todo.len(), "new messages");
+        }
+        for chunk in todo.chunks(BATCH) {
+            if *shutdown.borrow() {
+                break;
+            }
+            let fetches: Vec<Fetch> = timed(FETCH_TIMEOUT, async {
+                session.uid_fetch(uid_set(chunk), "(UID FLAGS RFC822.SIZE BODY.PEEK[])").await?.try_collect().await
+            })
+            .await?;
+            let mut plan = Plan::default();
+            let mut pending = Pending::default();
+            let mut processed = 0;
+            for fetch in &fetches {
+                let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) else { continue };
+                if state.is_done(uid) {
+                    continue;
+                }
+                let flags: Vec<String> = fetch.flags().map(|f| flag_name(&f)).collect();
+                let view = MessageView::with_flags(Arc::new(body.to_vec()), flags);
+                let message_id = view.parsed().message_id.clone();
+                let span = tracing::info_span!("fetched", uid, message_id = %message_id);
+                let _enter = span.enter();
+                let mut record = Done { v: uidvalidity, uid, ..Done::default() };
+                if uid <= state.dedupe_below
+                    && !message_id.is_empty()
+                    && (pending.message_ids.contains(&message_id)
+                        || state::seen_message_id(&self.deps.store, &self.key, &message_id))
+                {
+                    tracing::info!("already processed before the UIDVALIDITY change: skipped");
+                    journal.append(&record)?;
                     state.done.insert(uid);
+                    continue;
                 }
-                continue;
-            }
-        };
-        if !matches!(decision.verdict, Some(Verdict::Discard) | Some(Verdict::Reject { .. })) {
-            let mut moved = false;
-            for action in &decision.actions {
-                match action {
-                    Action::FileInto { folder } if !local_mode && !moved => {
-                        plan.moves.entry(folder.clone()).or_default().push(uid);
-                        moved = true;
+                let uid_text = uid.to_string();
+                let set = self.deps.scripts.current();
+                let handled = match process::handle(
+                    self.deps,
+                    &set,
+                    self.account,
+                    "imap",
+                    self.mailbox,
+                    &uid_text,
+                    &view,
+                )
+                .await
+                {
+                    Ok(handled) => handled,
+                    Err(error) => {
+                        if state.failed(uid_text, &error) {
+                            journal.append(&record)?;
+                            state.done.insert(uid);
+                        }
+                        continue;
                     }
-                    Action::Flag { flag } => plan.flags.entry(flag.clone()).or_default().push(uid),
-                    Action::MarkSeen => plan.flags.entry("\\Seen".to_string()).or_default().push(uid),
-                    Action::Delete => plan.deletes.push(uid),
-                    _ => {}
+                };
+                record.act = self.server_actions(&handled.decision);
+                record.mid = message_id.clone();
+                record.copies = handled.copies;
+                journal.append(&record)?;
+                pending.dirs.extend(state::finish_copies(&record.copies)?);
+                state.done.insert(uid);
+                state.attempts.remove(&uid.to_string());
+                plan.add(uid, &record.act);
+                pending.message_ids.push(message_id);
+                processed += 1;
+            }
+            self.apply(session, &plan).await?;
+            state.compact(&present);
+            let (moved, deleted) = (plan.moves.values().map(Vec::len).sum::<usize>(), plan.deletes.len());
+            self.commit(&state, pending, &mut journal).await?;
+            tracing::info!(processed, moved, deleted, "batch done");
+        }
+        Ok(state.attempts.keys().any(|k| k.parse::<u32>().is_ok_and(|u| !state.is_done(u))))
+    }
+
+    /// What the hook asked of the server: flags (and `mark_seen`), the first `file_into`
+    /// (unless `deliver` makes folders local, or it names this very mailbox), `delete`.
+    /// Nothing after `discard()`/`reject()`.
+    fn server_actions(&self, decision: &crate::script::Decision) -> ServerActions {
+        let mut out = ServerActions::default();
+        if process::dropped(decision) {
+            return out;
+        }
+        let local_mode = process::local_root(self.account).is_some();
+        for action in &decision.actions {
+            match action {
+                Action::FileInto { folder } if !local_mode && out.move_to.is_none() => {
+                    let target = server_name(folder, self.delimiter.as_deref());
+                    if same_mailbox(&target, &self.server_mailbox) {
+                        tracing::debug!(folder, "file_into names the polled mailbox: nothing to move");
+                    } else {
+                        out.move_to = Some(target);
+                    }
                 }
+                Action::Flag { flag } => match valid_flag(flag) {
+                    Some(flag) if !out.flags.contains(&flag) => out.flags.push(flag),
+                    Some(_) => {}
+                    None => tracing::warn!(flag, "not a valid IMAP flag: ignored"),
+                },
+                Action::MarkSeen if !out.flags.iter().any(|f| f == "\\Seen") => out.flags.push("\\Seen".into()),
+                Action::Delete => out.delete = true,
+                _ => {}
             }
         }
-        state.done.insert(uid);
-        plan.message_ids.push(message_id);
-        plan.processed += 1;
+        out
     }
-    plan
+
+    /// Makes a batch durable: local copies' folders fsynced, state and Message-IDs committed,
+    /// then the journal emptied.
+    async fn commit(&self, state: &MailboxState, pending: Pending, journal: &mut Journal) -> Result<(), ImapError> {
+        let (store, key, snapshot) = (self.deps.store.clone(), self.key.clone(), state.clone());
+        tokio::task::spawn_blocking(move || {
+            state::sync_dirs(&pending.dirs).map_err(|e| format!("local copies: {e}"))?;
+            let ids: Vec<String> = pending.message_ids.into_iter().filter(|m| !m.is_empty()).collect();
+            state::save(&store, &key, &snapshot, &ids)
+        })
+        .await
+        .map_err(|e| ImapError::Other(e.to_string()))?
+        .map_err(ImapError::Other)?;
+        journal.clear()?;
+        Ok(())
+    }
+
+    /// Applies a batch's server actions. A refusal (NO/BAD: a folder that cannot be created, a
+    /// flag the server rejects) is logged and skipped — retrying would not help; a lost
+    /// connection is an error, and the journal replays the actions at the next session.
+    async fn apply(&mut self, session: &mut ImapSession, plan: &Plan) -> Result<(), ImapError> {
+        if plan.is_empty() {
+            return Ok(());
+        }
+        // Flags first: a moved message keeps them.
+        for (flag, uids) in &plan.flags {
+            let result: Result<Vec<Fetch>, _> = timed(COMMAND_TIMEOUT, async {
+                session.uid_store(uid_set(uids), format!("+FLAGS.SILENT ({flag})")).await?.try_collect().await
+            })
+            .await;
+            refused_is_ok(result.map(|_| ()), "setting a flag", flag)?;
+        }
+        for (folder, uids) in &plan.moves {
+            let result = timed(COMMAND_TIMEOUT * 2, self.move_to(session, folder, uids)).await;
+            refused_is_ok(result, "moving messages", folder)?;
+        }
+        if !plan.deletes.is_empty() {
+            let result: Result<Vec<Fetch>, _> = timed(COMMAND_TIMEOUT, async {
+                session.uid_store(uid_set(&plan.deletes), "+FLAGS.SILENT (\\Deleted)").await?.try_collect().await
+            })
+            .await;
+            refused_is_ok(result.map(|_| ()), "deleting messages", "")?;
+            let result = timed(COMMAND_TIMEOUT, expunge(session, &plan.deletes, self.has_uidplus)).await;
+            refused_is_ok(result, "expunging", "")?;
+        }
+        Ok(())
+    }
+
+    async fn move_to(
+        &mut self,
+        session: &mut ImapSession,
+        folder: &str,
+        uids: &[u32],
+    ) -> Result<(), async_imap::error::Error> {
+        if !self.created.contains(folder) {
+            // CREATE fails when the folder exists: that is fine.
+            if let Err(e) = session.create(folder).await {
+                tracing::trace!(folder, error = %e, "CREATE (folder probably exists)");
+            }
+            self.created.insert(folder.to_string());
+        }
+        let set = uid_set(uids);
+        if self.has_move {
+            session.uid_mv(&set, folder).await?;
+        } else {
+            session.uid_copy(&set, folder).await?;
+            let _: Vec<Fetch> = session.uid_store(&set, "+FLAGS.SILENT (\\Deleted)").await?.try_collect().await?;
+            expunge(session, uids, self.has_uidplus).await?;
+        }
+        Ok(())
+    }
 }
 
-async fn move_to(
-    session: &mut ImapSession,
-    folder: &str,
-    uids: &[u32],
-    has_move: bool,
-    has_uidplus: bool,
-) -> Result<(), ImapError> {
-    // CREATE fails when the folder exists: that is fine.
-    if let Err(e) = session.create(folder).await {
-        tracing::trace!(folder, error = %e, "CREATE (folder probably exists)");
+/// A NO or BAD answer becomes a logged error and `Ok`; anything else stays an error.
+fn refused_is_ok(result: Result<(), async_imap::error::Error>, what: &str, target: &str) -> Result<(), ImapError> {
+    use async_imap::error::Error;
+    match result {
+        Ok(()) => Ok(()),
+        Err(Error::No(text)) | Err(Error::Bad(text)) => {
+            tracing::error!(target_name = target, server = %text, "the server refused {what}: skipped");
+            Ok(())
+        }
+        Err(Error::Validate(e)) => {
+            tracing::error!(target_name = target, error = %e, "cannot send {what}: skipped");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
-    let set = uid_set(uids);
-    if has_move {
-        session.uid_mv(&set, folder).await?;
-    } else {
-        session.uid_copy(&set, folder).await?;
-        let _: Vec<Fetch> = session.uid_store(&set, "+FLAGS.SILENT (\\Deleted)").await?.try_collect().await?;
-        expunge(session, uids, has_uidplus).await?;
-    }
-    Ok(())
 }
 
-async fn expunge(session: &mut ImapSession, uids: &[u32], has_uidplus: bool) -> Result<(), ImapError> {
+async fn expunge(session: &mut ImapSession, uids: &[u32], has_uidplus: bool) -> Result<(), async_imap::error::Error> {
     if has_uidplus {
         let _: Vec<u32> = session.uid_expunge(uid_set(uids)).await?.try_collect().await?;
     } else {
@@ -289,6 +505,69 @@ fn flag_name(flag: &Flag<'_>) -> String {
         Flag::MayCreate => "\\*".into(),
         Flag::Custom(name) => name.to_string(),
     }
+}
+
+/// A flag as it may be sent: a system flag (`\Seen`, any case) or a keyword atom (RFC 3501
+/// `flag-keyword`: no space, parenthesis, brace, quote, backslash, `%`, `*`, `]` or control).
+/// Anything else (a flag built from message text, say) is refused rather than sent raw.
+pub fn valid_flag(flag: &str) -> Option<String> {
+    const SYSTEM: [&str; 5] = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"];
+    if let Some(system) = SYSTEM.iter().find(|s| s.eq_ignore_ascii_case(flag)) {
+        return Some(system.to_string());
+    }
+    let atom = !flag.is_empty()
+        && flag.len() <= 200
+        && flag.bytes().all(|b| b > 0x20 && b < 0x7f && !b"(){%*\"\\]".contains(&b));
+    atom.then(|| flag.to_string())
+}
+
+/// A folder name as the server spells it: `/` becomes the server's hierarchy delimiter, and
+/// the result is in modified UTF-7. `INBOX` in any case is `INBOX`.
+pub fn server_name(folder: &str, delimiter: Option<&str>) -> String {
+    if folder.eq_ignore_ascii_case("INBOX") {
+        return "INBOX".into();
+    }
+    let folder = match delimiter {
+        Some(d) if d != "/" => folder.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(d),
+        _ => folder.to_string(),
+    };
+    mutf7(&folder)
+}
+
+fn same_mailbox(a: &str, b: &str) -> bool {
+    a == b || (a.eq_ignore_ascii_case("INBOX") && b.eq_ignore_ascii_case("INBOX"))
+}
+
+/// Modified UTF-7 (RFC 3501 §5.1.3): printable ASCII as is (`&` as `&-`), everything else as
+/// `&` + base64 of UTF-16BE with `,` for `/` + `-`.
+pub fn mutf7(name: &str) -> String {
+    fn flush(units: &mut Vec<u16>, out: &mut String) {
+        if units.is_empty() {
+            return;
+        }
+        let bytes: Vec<u8> = units.iter().flat_map(|u| u.to_be_bytes()).collect();
+        out.push('&');
+        out.push_str(&base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes).replace('/', ","));
+        out.push('-');
+        units.clear();
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut units = Vec::new();
+    for c in name.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut units, &mut out);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut buf = [0u16; 2];
+            units.extend_from_slice(c.encode_utf16(&mut buf));
+        }
+    }
+    flush(&mut units, &mut out);
+    out
 }
 
 /// `1:3,5,7:9` for sorted or unsorted UIDs.
@@ -313,12 +592,41 @@ pub fn uid_set(uids: &[u32]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::uid_set;
+    use super::*;
 
     #[test]
     fn uid_sets() {
         assert_eq!(uid_set(&[5, 1, 2, 3, 9, 7, 8]), "1:3,5,7:9");
         assert_eq!(uid_set(&[4]), "4");
         assert_eq!(uid_set(&[2, 2]), "2");
+    }
+
+    #[test]
+    fn modified_utf7() {
+        assert_eq!(mutf7("Archive"), "Archive");
+        assert_eq!(mutf7("Entwürfe"), "Entw&APw-rfe");
+        assert_eq!(mutf7("R&D"), "R&-D");
+        assert_eq!(mutf7("日本語"), "&ZeVnLIqe-");
+        assert_eq!(mutf7("~peter/mail/台北/日本語"), "~peter/mail/&U,BTFw-/&ZeVnLIqe-");
+    }
+
+    #[test]
+    fn folder_names_follow_the_server_delimiter() {
+        assert_eq!(server_name("Lists/rust", Some(".")), "Lists.rust");
+        assert_eq!(server_name("Lists/rust", Some("/")), "Lists/rust");
+        assert_eq!(server_name("Lists/rust", None), "Lists/rust");
+        assert_eq!(server_name("inbox", Some(".")), "INBOX");
+        assert_eq!(server_name("Büro/2026", Some(".")), "B&APw-ro.2026");
+    }
+
+    #[test]
+    fn flags_are_validated() {
+        assert_eq!(valid_flag("\\flagged").as_deref(), Some("\\Flagged"));
+        assert_eq!(valid_flag("$Label1").as_deref(), Some("$Label1"));
+        assert_eq!(valid_flag("Junk").as_deref(), Some("Junk"));
+        assert_eq!(valid_flag("a b"), None);
+        assert_eq!(valid_flag("x) A1 DELETE INBOX"), None);
+        assert_eq!(valid_flag("\\Recent"), None);
+        assert_eq!(valid_flag(""), None);
     }
 }

@@ -14,6 +14,7 @@ pub mod pop3;
 pub mod process;
 pub mod state;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub struct FetchDeps {
     pub scripts: Arc<ScriptHost>,
     pub store: Arc<redb::Database>,
     pub deliverer: Deliverer,
+    /// Where the per-mailbox progress journals live (`[state] dir`/fetch-journal).
+    pub journal_dir: PathBuf,
 }
 
 /// The running pollers of one account.
@@ -123,7 +126,7 @@ async fn run_pop3(deps: FetchDeps, account: AccountConfig, mut stop: watch::Rece
     let mut backoff = BACKOFF_START;
     loop {
         let result = match password(&account).await {
-            Ok(password) => pop3::round(&deps, &account, &password).await.map_err(|e| e.to_string()),
+            Ok(password) => pop3::round(&deps, &account, &password, &stop).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
         let wait = match result {

@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use md5::{Digest, Md5};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
 
 use super::net::{ClientStream, CONNECT_TIMEOUT};
-use super::state;
+use super::state::{self, Done, Journal};
 use super::{process, FetchDeps};
 use crate::config::{AccountConfig, AccountTls};
 use crate::message::MessageView;
-use crate::script::{Action, Verdict};
+use crate::script::Action;
 
 /// RFC 1939 allows 512 octets per response line; be generous, but bounded.
 pub const MAX_LINE: usize = 8192;
@@ -152,20 +153,25 @@ impl Pop3Client {
         }
     }
 
-    /// One line with its line end, at most [`MAX_LINE`] bytes.
+    /// One status line with its line end, at most [`MAX_LINE`] bytes.
     async fn line(&mut self) -> Result<Vec<u8>, Pop3Error> {
+        self.line_up_to(MAX_LINE).await
+    }
+
+    /// One line with its line end, at most `max` bytes.
+    async fn line_up_to(&mut self, max: usize) -> Result<Vec<u8>, Pop3Error> {
         let mut line = Vec::new();
         let read = tokio::time::timeout(
             CONNECT_TIMEOUT * 4,
-            (&mut self.stream).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line),
+            (&mut self.stream).take(max as u64 + 1).read_until(b'\n', &mut line),
         )
         .await
         .map_err(|_| Pop3Error::Protocol("server timed out".into()))??;
         if read == 0 {
             return Err(Pop3Error::Protocol("connection closed".into()));
         }
-        if line.len() > MAX_LINE {
-            return Err(Pop3Error::Protocol(format!("line longer than {MAX_LINE} bytes")));
+        if line.len() > max {
+            return Err(Pop3Error::Protocol(format!("line longer than {max} bytes")));
         }
         Ok(line)
     }
@@ -179,7 +185,9 @@ impl Pop3Client {
     async fn multiline_bytes(&mut self, max: usize) -> Result<Vec<u8>, Pop3Error> {
         let mut out = Vec::new();
         loop {
-            let line = self.line().await?;
+            // Message lines may be longer than a status line (mail is not always RFC 5322
+            // clean); the response as a whole stays bounded by `max`.
+            let line = self.line_up_to((max - out.len()).max(MAX_LINE) + 2).await?;
             let content = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n")).unwrap_or(&line);
             if content == b"." {
                 return Ok(out);
@@ -193,8 +201,14 @@ impl Pop3Client {
     }
 }
 
-/// One POP3 round: fetch what is new, process it, commit.
-pub async fn round(deps: &FetchDeps, account: &AccountConfig, password: &str) -> Result<usize, Pop3Error> {
+/// One POP3 round: replay the journal of an interrupted round, fetch what is new, process it
+/// (journaling each message), commit durably, DELE, QUIT. Stops early, cleanly, when asked.
+pub async fn round(
+    deps: &FetchDeps,
+    account: &AccountConfig,
+    password: &str,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<usize, Pop3Error> {
     let port = account.port.unwrap_or(if account.tls == AccountTls::Implicit { 995 } else { 110 });
     let mut client = Pop3Client::connect(&account.host, port, account.tls).await?;
     client.login(&account.username, password, account.tls != AccountTls::None).await?;
@@ -205,50 +219,82 @@ pub async fn round(deps: &FetchDeps, account: &AccountConfig, password: &str) ->
         .await
         .map_err(|e| Pop3Error::Protocol(e.to_string()))?
         .map_err(Pop3Error::Protocol)?;
+    let mut journal = Journal::open(&deps.journal_dir, &key);
+    let replay = journal.read();
+    let mut message_ids = Vec::new();
+    let mut dirs = BTreeSet::new();
+    for record in &replay {
+        dirs.extend(state::finish_copies(&record.copies)?);
+        state.done_uidls.insert(record.uidl.clone());
+        if record.act.delete {
+            state.delete_uidls.insert(record.uidl.clone());
+        }
+        message_ids.push(record.mid.clone());
+    }
+    if !replay.is_empty() {
+        tracing::info!(messages = replay.len(), "resuming an interrupted round from the journal");
+    }
     let set = deps.scripts.current();
     let mut to_delete = Vec::new();
-    let mut message_ids = Vec::new();
     let mut processed = 0;
     for (n, uidl) in &listing {
         if state.done_uidls.contains(uidl) {
-            if account.delete_after_fetch {
+            if state.delete_uidls.contains(uidl) {
                 // Done in an earlier round whose DELE did not complete: finish it now.
                 to_delete.push(*n);
             }
             continue;
         }
+        if *shutdown.borrow() {
+            break;
+        }
         let raw = client.retr(*n).await?;
         let view = MessageView::new(Arc::new(raw));
         let span = tracing::info_span!("fetched", uidl = %uidl);
         let _enter = span.enter();
-        let decision = match process::handle(deps, &set, account, "pop3", "INBOX", uidl, &view).await {
-            Ok(decision) => decision,
+        let mut record = Done { uidl: uidl.clone(), ..Done::default() };
+        let handled = match process::handle(deps, &set, account, "pop3", "INBOX", uidl, &view).await {
+            Ok(handled) => handled,
             Err(error) => {
                 if state.failed(uidl.clone(), &error) {
+                    // Skipped, never deleted: it stays on the server untouched.
+                    journal.append(&record)?;
                     state.done_uidls.insert(uidl.clone());
                 }
                 continue;
             }
         };
-        let scripted_delete = !matches!(decision.verdict, Some(Verdict::Discard) | Some(Verdict::Reject { .. }))
-            && decision.actions.iter().any(|a| matches!(a, Action::Delete));
-        if account.delete_after_fetch || scripted_delete {
+        let scripted_delete = !process::dropped(&handled.decision)
+            && handled.decision.actions.iter().any(|a| matches!(a, Action::Delete));
+        record.act.delete = account.delete_after_fetch || scripted_delete;
+        record.mid = view.parsed().message_id.clone();
+        record.copies = handled.copies;
+        journal.append(&record)?;
+        dirs.extend(state::finish_copies(&record.copies)?);
+        if record.act.delete {
             to_delete.push(*n);
+            state.delete_uidls.insert(uidl.clone());
         }
         state.done_uidls.insert(uidl.clone());
         state.attempts.remove(uidl);
-        message_ids.push(view.parsed().message_id.clone());
+        message_ids.push(record.mid);
         processed += 1;
     }
     // Forget UIDLs the server no longer has, then make the state durable before any DELE.
     let present: BTreeSet<&String> = listing.iter().map(|(_, u)| u).collect();
     state.done_uidls.retain(|u| present.contains(u));
+    state.delete_uidls.retain(|u| present.contains(u));
     state.attempts.retain(|u, _| present.contains(u));
     let (store, key2, snapshot) = (deps.store.clone(), key.clone(), state.clone());
-    tokio::task::spawn_blocking(move || state::save(&store, &key2, &snapshot, &message_ids))
-        .await
-        .map_err(|e| Pop3Error::Protocol(e.to_string()))?
-        .map_err(Pop3Error::Protocol)?;
+    tokio::task::spawn_blocking(move || {
+        state::sync_dirs(&dirs).map_err(|e| format!("local copies: {e}"))?;
+        let ids: Vec<String> = message_ids.into_iter().filter(|m| !m.is_empty()).collect();
+        state::save(&store, &key2, &snapshot, &ids)
+    })
+    .await
+    .map_err(|e| Pop3Error::Protocol(e.to_string()))?
+    .map_err(Pop3Error::Protocol)?;
+    journal.clear()?;
     for n in &to_delete {
         client.dele(*n).await?;
     }

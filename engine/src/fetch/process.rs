@@ -2,11 +2,14 @@
 //! the server (a local copy for accounts with `deliver`, outbound mail for `forward`,
 //! `redirect`, `reply`, `vacation`). Server-side actions are the protocol modules' job.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::AccountConfig;
-use crate::deliver::{actions, deliver_copies, maildir, Deliverer};
+use crate::deliver::{actions, maildir, Deliverer};
 use crate::message::MessageView;
 use crate::script::{apply, Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verdict};
 use crate::spool::{Envelope, SpoolRecord, SpooledMessage};
@@ -32,8 +35,16 @@ pub fn run_hook(
     set.call(Stage::Fetched, &ctx, Some(view), &format!("{}/{}/{}", account.name, mailbox, uid))
 }
 
-/// The hook, then the local effects: `Ok(decision)` when both succeeded; `Err` means the
-/// message stays untouched for the next round.
+/// A message the hook and its local effects are done with.
+pub struct Handled {
+    pub decision: Decision,
+    /// Local copies written to `tmp/` (file fsynced), to be moved into place with
+    /// [`super::state::finish_copies`] once the message is in the journal.
+    pub copies: Vec<(PathBuf, PathBuf)>,
+}
+
+/// The hook, then the local effects: `Ok` when both succeeded; `Err` means the message stays
+/// untouched for the next round.
 pub async fn handle(
     deps: &super::FetchDeps,
     set: &ScriptSet,
@@ -42,17 +53,29 @@ pub async fn handle(
     mailbox: &str,
     uid: &str,
     view: &MessageView,
-) -> Result<Decision, String> {
+) -> Result<Handled, String> {
     let decision = tokio::task::block_in_place(|| run_hook(set, account, protocol, mailbox, uid, view));
     if failed(&decision) {
         return Err(decision.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "tempfail".into()));
     }
+    if !has_local_effects(account, &decision) {
+        return Ok(Handled { decision, copies: Vec::new() });
+    }
     let (deliverer, account, view, snapshot, uid) =
         (deps.deliverer.clone(), account.clone(), view.clone(), decision.clone(), uid.to_string());
-    tokio::task::spawn_blocking(move || local_effects(&deliverer, &account, &uid, &view, &snapshot))
+    let copies = tokio::task::spawn_blocking(move || local_effects(&deliverer, &account, &uid, &view, &snapshot))
         .await
         .unwrap_or_else(|e| Err(e.to_string()))?;
-    Ok(decision)
+    Ok(Handled { decision, copies })
+}
+
+/// Whether `discard()` or `reject()` decided: the message counts as processed, with no actions.
+pub fn dropped(decision: &Decision) -> bool {
+    matches!(decision.verdict, Some(Verdict::Discard) | Some(Verdict::Reject { .. }))
+}
+
+fn has_local_effects(account: &AccountConfig, decision: &Decision) -> bool {
+    !dropped(decision) && (local_root(account).is_some() || decision.actions.iter().any(Action::is_outbound))
 }
 
 /// Whether the hook failed in a way that means "leave it, retry next round".
@@ -93,21 +116,26 @@ pub fn local_root(account: &AccountConfig) -> Option<PathBuf> {
     })
 }
 
-/// The local copy (with `file_into` folders and flags, when `deliver` is set) and the
-/// outbound actions. Blocking. An error means: not done, retry next round.
+/// The local copy (with `file_into` folders and flags, when `deliver` is set; none after a
+/// `redirect`) and the outbound actions. Blocking. Returns the staged copies (see
+/// [`Handled::copies`]). An error means: not done, retry next round.
 pub fn local_effects(
     deliverer: &Deliverer,
     account: &AccountConfig,
     uid: &str,
     view: &MessageView,
     decision: &Decision,
-) -> Result<(), String> {
-    if matches!(decision.verdict, Some(Verdict::Discard) | Some(Verdict::Reject { .. })) {
-        return Ok(());
+) -> Result<Vec<(PathBuf, PathBuf)>, String> {
+    if dropped(decision) {
+        return Ok(Vec::new());
     }
-    if let Some(root) = local_root(account) {
+    // Header edits (set_header, set_subject, exec::rewrite...) shape the local copy and what is
+    // sent; the message on the server stays as it is.
+    let body = Arc::new(apply::message_edits(view.raw(), &decision.actions));
+    let mut copies = Vec::new();
+    if let Some(root) = local_root(account).filter(|_| !apply::redirected(&decision.actions)) {
         let flags = maildir::info_flags(apply::flags(&decision.actions));
-        deliver_copies(&deliverer.target, &root, &apply::folders(&decision.actions), &[view.raw().as_slice()], &flags)
+        copies = stage_copies(&deliverer.target.hostname, &root, &apply::folders(&decision.actions), &body, &flags)
             .map_err(|e| format!("local copy: {e}"))?;
     }
     let outbound: Vec<Action> = decision.actions.iter().filter(|a| a.is_outbound()).cloned().collect();
@@ -121,12 +149,71 @@ pub fn local_effects(
                 deliver_locally: false,
                 received_at: crate::spool::unix_now(),
             },
-            body: Arc::clone(view.raw()),
+            body,
         };
         let outcome = actions::carry_out(deliverer, &message, me.as_deref());
         if !outcome.queued_ok {
+            for (tmp, _) in &copies {
+                let _ = std::fs::remove_file(tmp);
+            }
             return Err("outbound queue unavailable".into());
         }
     }
-    Ok(())
+    Ok(copies)
+}
+
+static COPIES: AtomicU64 = AtomicU64::new(0);
+
+/// Writes the message into `tmp/` of each target folder (INBOX of `root` when `folders` is
+/// empty), fsynced, and returns (tmp path, final path) pairs: `new/NAME`, or `cur/NAME:2,FLAGS`.
+/// The rename comes later, after the message is in the journal, so a crash in between
+/// neither loses nor duplicates the copy.
+fn stage_copies(
+    hostname: &str,
+    root: &Path,
+    folders: &[&str],
+    raw: &[u8],
+    flags: &str,
+) -> std::io::Result<Vec<(PathBuf, PathBuf)>> {
+    maildir::ensure(root, false)?;
+    let targets: Vec<Option<&str>> =
+        if folders.is_empty() { vec![None] } else { folders.iter().map(|f| Some(*f)).collect() };
+    let mut out = Vec::with_capacity(targets.len());
+    for folder in targets {
+        let dir = maildir::folder_dir(root, folder);
+        if dir != root {
+            maildir::ensure(&dir, true)?;
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let host = hostname.replace('/', "\\057").replace(':', "\\072");
+        let name = format!(
+            "{}.M{}P{}F{}.{},S={}",
+            now.as_secs(),
+            now.subsec_micros(),
+            std::process::id(),
+            COPIES.fetch_add(1, Ordering::Relaxed),
+            host,
+            raw.len()
+        );
+        let tmp = dir.join("tmp").join(&name);
+        let dest = if flags.is_empty() {
+            dir.join("new").join(&name)
+        } else {
+            dir.join("cur").join(format!("{name}:2,{flags}"))
+        };
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(raw)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            for (t, _) in &out {
+                let _ = std::fs::remove_file(t);
+            }
+            return Err(e);
+        }
+        out.push((tmp, dest));
+    }
+    Ok(out)
 }
