@@ -207,6 +207,15 @@ mod tests {
         Arc::new(redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap())
     }
 
+    /// A kv plugin on an empty in-memory store, its table created as `build` does.
+    fn fresh_kv() -> Kv {
+        let kv = Kv { store: store() };
+        let txn = kv.store.begin_write().unwrap();
+        txn.open_table(TABLE).unwrap();
+        txn.commit().unwrap();
+        kv
+    }
+
     fn engine(kv: &Kv) -> rhai::Engine {
         let mut engine = rhai::Engine::new();
         engine.register_static_module("kv", kv.module().into());
@@ -215,14 +224,7 @@ mod tests {
 
     #[test]
     fn set_get_incr_delete() {
-        let kv = Kv { store: store() };
-        kv.store
-            .begin_write()
-            .map(|t| {
-                t.open_table(TABLE).unwrap();
-                t.commit().unwrap();
-            })
-            .unwrap();
+        let kv = fresh_kv();
         let engine = engine(&kv);
         let out: i64 = engine.eval(r#"kv::set("a", 5); kv::incr("a"); kv::incr("a") + 0"#).unwrap();
         assert_eq!(out, 7);
@@ -240,14 +242,7 @@ mod tests {
 
     #[test]
     fn expired_keys_vanish() {
-        let kv = Kv { store: store() };
-        kv.store
-            .begin_write()
-            .map(|t| {
-                t.open_table(TABLE).unwrap();
-                t.commit().unwrap();
-            })
-            .unwrap();
+        let kv = fresh_kv();
         // An entry that expired a second ago reads as missing.
         let bytes = serde_json::to_vec(&Entry { value: Value::Int(3), expires: now() - 1 }).unwrap();
         let txn = kv.store.begin_write().unwrap();
