@@ -16,6 +16,7 @@ pub mod dsn;
 pub mod entry;
 pub mod mx;
 pub mod normalize;
+mod pool;
 mod scheduler;
 pub mod transport;
 

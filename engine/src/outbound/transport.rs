@@ -2,9 +2,7 @@
 //! recipient domain's MX (`mx`). lettre speaks SMTP; mailflow hands it the stored bytes (with
 //! CRLF line ends) and an explicit envelope, so nothing is re-encoded.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use lettre::address::Envelope;
@@ -15,6 +13,7 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::mx::{self, MxResolver};
+use super::pool::{Destination, Pool, StartTls};
 use crate::config::{OutboundConfig, OutboundMode, StartTlsPolicy};
 
 type Smtp = AsyncSmtpTransport<Tokio1Executor>;
@@ -30,22 +29,25 @@ pub struct SendError {
 }
 
 impl SendError {
-    fn transient(message: impl Into<String>) -> SendError {
+    pub(super) fn transient(message: impl Into<String>) -> SendError {
         SendError { permanent: false, message: message.into() }
     }
 
-    fn permanent(message: impl Into<String>) -> SendError {
+    pub(super) fn permanent(message: impl Into<String>) -> SendError {
         SendError { permanent: true, message: message.into() }
     }
 
-    fn from_smtp(e: lettre::transport::smtp::Error) -> SendError {
+    pub(super) fn from_smtp(e: lettre::transport::smtp::Error) -> SendError {
         SendError { permanent: e.is_permanent(), message: e.to_string() }
     }
 }
 
 /// Where outbound mail goes.
 pub enum Transport {
-    Relay(Box<Smtp>),
+    /// `smtps://`: lettre's own transport (implicit TLS from the first byte).
+    RelayImplicitTls(Box<Smtp>),
+    /// `smtp://`: our pooled connections.
+    Relay(Box<(Pool, Destination)>),
     Mx(Box<MxTransport>),
 }
 
@@ -54,14 +56,13 @@ pub enum Transport {
 pub struct MxTransport {
     resolver: MxResolver,
     port: u16,
-    hello: String,
-    transports: Mutex<HashMap<SocketAddr, Smtp>>,
+    pool: Pool,
 }
 
 impl Transport {
     pub fn from_config(config: &OutboundConfig, hostname: &str) -> Result<Transport, String> {
         match config.mode {
-            OutboundMode::Relay => relay(config, hostname).map(|t| Transport::Relay(Box::new(t))),
+            OutboundMode::Relay => relay(config, hostname),
             OutboundMode::Mx => {
                 let dns = if config.dns_server.is_empty() {
                     None
@@ -71,8 +72,7 @@ impl Transport {
                 Ok(Transport::Mx(Box::new(MxTransport {
                     resolver: MxResolver::new(dns)?,
                     port: config.mx_port,
-                    hello: hostname.to_string(),
-                    transports: Mutex::new(HashMap::new()),
+                    pool: Pool::new(hostname),
                 })))
             }
         }
@@ -89,9 +89,12 @@ impl Transport {
         let envelope = Envelope::new(from, vec![to]).map_err(|e| SendError::permanent(e.to_string()))?;
         let message = wire_body(message);
         match self {
-            Transport::Relay(smtp) => smtp.send_raw(&envelope, message).await.map(|_| ()).map_err(SendError::from_smtp),
+            Transport::RelayImplicitTls(smtp) => {
+                smtp.send_raw(&envelope, message).await.map(|_| ()).map_err(SendError::from_smtp)
+            }
+            Transport::Relay(relay) => relay.0.send(&relay.1, &envelope, message).await,
             Transport::Mx(mx_transport_state) => {
-                let MxTransport { resolver, port, hello, transports } = mx_transport_state.as_ref();
+                let MxTransport { resolver, port, pool } = mx_transport_state.as_ref();
                 let domain = rcpt.rsplit_once('@').map_or(rcpt, |(_, d)| d);
                 let records = resolver.records(domain).await.map_err(|e| SendError::transient(e.to_string()))?;
                 let hosts = mx::plan(domain, records).map_err(|e| SendError::permanent(e.to_string()))?;
@@ -106,17 +109,16 @@ impl Transport {
                     };
                     for ip in addresses {
                         let addr = SocketAddr::new(ip, *port);
-                        let smtp = match mx_transport(transports, addr, &host, hello) {
-                            Ok(smtp) => smtp,
-                            Err(e) => {
-                                last = SendError::transient(e);
-                                continue;
-                            }
+                        let destination = Destination {
+                            host: ip.to_string(),
+                            port: *port,
+                            tls_name: host.clone(),
+                            starttls: StartTls::Opportunistic { verify: false },
+                            credentials: None,
                         };
-                        match smtp.send_raw(&envelope, message).await {
-                            Ok(_) => return Ok(()),
-                            Err(e) => {
-                                let error = SendError::from_smtp(e);
+                        match pool.send(&destination, &envelope, message).await {
+                            Ok(()) => return Ok(()),
+                            Err(error) => {
                                 // A 5xx from a reachable MX is the domain's answer: stop.
                                 if error.permanent {
                                     return Err(error);
@@ -139,7 +141,7 @@ fn wire_body(message: &[u8]) -> &[u8] {
     message.strip_suffix(b"\r\n").unwrap_or(message)
 }
 
-fn relay(config: &OutboundConfig, hostname: &str) -> Result<Smtp, String> {
+fn relay(config: &OutboundConfig, hostname: &str) -> Result<Transport, String> {
     let (implicit_tls, rest) = if let Some(rest) = config.relay.strip_prefix("smtps://") {
         (true, rest)
     } else if let Some(rest) = config.relay.strip_prefix("smtp://") {
@@ -151,26 +153,28 @@ fn relay(config: &OutboundConfig, hostname: &str) -> Result<Smtp, String> {
     if host.is_empty() {
         return Err("[outbound] relay: no host".into());
     }
-    let params = || TlsParameters::new_rustls(host.clone()).map_err(|e| format!("[outbound] relay TLS: {e}"));
-    let tls = if implicit_tls {
-        Tls::Wrapper(params()?)
-    } else {
-        match config.starttls {
-            StartTlsPolicy::Never => Tls::None,
-            StartTlsPolicy::Opportunistic => Tls::Opportunistic(params()?),
-            StartTlsPolicy::Required => Tls::Required(params()?),
-        }
-    };
+    let credentials = (!config.relay_user.is_empty())
+        .then(|| Credentials::new(config.relay_user.clone(), config.relay_password.clone()));
+    if !implicit_tls {
+        let starttls = match config.starttls {
+            StartTlsPolicy::Never => StartTls::Never,
+            StartTlsPolicy::Opportunistic => StartTls::Opportunistic { verify: true },
+            StartTlsPolicy::Required => StartTls::Required,
+        };
+        let destination = Destination { host: host.clone(), port, tls_name: host, starttls, credentials };
+        return Ok(Transport::Relay(Box::new((Pool::new(hostname), destination))));
+    }
+    let params = TlsParameters::new_rustls(host.clone()).map_err(|e| format!("[outbound] relay TLS: {e}"))?;
     let mut builder = Smtp::builder_dangerous(host.as_str())
         .port(port)
-        .tls(tls)
+        .tls(Tls::Wrapper(params))
         .timeout(Some(SMTP_TIMEOUT))
         .hello_name(ClientId::Domain(hostname.to_string()))
         .pool_config(PoolConfig::new().max_size(10));
-    if !config.relay_user.is_empty() {
-        builder = builder.credentials(Credentials::new(config.relay_user.clone(), config.relay_password.clone()));
+    if let Some(credentials) = credentials {
+        builder = builder.credentials(credentials);
     }
-    Ok(builder.build())
+    Ok(Transport::RelayImplicitTls(Box::new(builder.build())))
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`, with `default` when no port is given.
@@ -192,34 +196,6 @@ fn host_port(rest: &str, default: u16) -> Result<(String, u16), String> {
         Some((host, p)) => Ok((host.to_string(), port(p)?)),
         None => Ok((rest.to_string(), default)),
     }
-}
-
-/// The pooled transport for one MX address; opportunistic STARTTLS without certificate
-/// checks, as MX-to-MX TLS is (Postfix's `may` level).
-fn mx_transport(
-    cache: &Mutex<HashMap<SocketAddr, Smtp>>,
-    addr: SocketAddr,
-    host: &str,
-    hello: &str,
-) -> Result<Smtp, String> {
-    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(smtp) = cache.get(&addr) {
-        return Ok(smtp.clone());
-    }
-    let params = TlsParameters::builder(host.to_string())
-        .dangerous_accept_invalid_certs(true)
-        .dangerous_accept_invalid_hostnames(true)
-        .build_rustls()
-        .map_err(|e| e.to_string())?;
-    let smtp = Smtp::builder_dangerous(addr.ip().to_string())
-        .port(addr.port())
-        .tls(Tls::Opportunistic(params))
-        .timeout(Some(SMTP_TIMEOUT))
-        .hello_name(ClientId::Domain(hello.to_string()))
-        .pool_config(PoolConfig::new().max_size(4))
-        .build();
-    cache.insert(addr, smtp.clone());
-    Ok(smtp)
 }
 
 #[cfg(test)]

@@ -1,0 +1,166 @@
+//! Outbound SMTP connections: opened by us with TCP_NODELAY (lettre's own transport never sets
+//! it, so the 5-byte end of DATA waited ~40 ms for a delayed ACK on every message), driven by
+//! lettre's SMTP client, and kept for reuse per destination.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+
+use super::transport::SendError;
+
+/// Connect, and each whole transaction, are bounded.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(600);
+/// Idle connections kept per destination.
+const MAX_IDLE: usize = 10;
+
+/// STARTTLS policy of one destination.
+#[derive(Clone)]
+pub enum StartTls {
+    Never,
+    /// Use it when offered; `verify` = check the certificate (relay) or not (MX, like
+    /// Postfix's `may`).
+    Opportunistic {
+        verify: bool,
+    },
+    Required,
+}
+
+/// Where to send and how.
+#[derive(Clone)]
+pub struct Destination {
+    /// Host name or IP to connect to.
+    pub host: String,
+    pub port: u16,
+    /// The name TLS checks the certificate against.
+    pub tls_name: String,
+    pub starttls: StartTls,
+    pub credentials: Option<Credentials>,
+}
+
+impl Destination {
+    fn key(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Idle connections per destination.
+pub struct Pool {
+    hello: ClientId,
+    idle: Mutex<HashMap<String, Vec<AsyncSmtpConnection>>>,
+}
+
+impl Pool {
+    pub fn new(hostname: &str) -> Pool {
+        Pool { hello: ClientId::Domain(hostname.to_string()), idle: Mutex::new(HashMap::new()) }
+    }
+
+    /// One transaction to `destination`, on an idle connection when there is one (a broken
+    /// idle connection is replaced once).
+    pub async fn send(&self, destination: &Destination, envelope: &Envelope, body: &[u8]) -> Result<(), SendError> {
+        let key = destination.key();
+        if let Some(conn) = self.take(&key) {
+            match self.transact(conn, envelope, body).await {
+                Ok(conn) => {
+                    self.put(key, conn);
+                    return Ok(());
+                }
+                // The server answered: that is the result. Otherwise the idle connection had
+                // died; try a fresh one below.
+                Err(Some(error)) => return Err(error),
+                Err(None) => {}
+            }
+        }
+        let conn = self.connect(destination).await?;
+        match self.transact(conn, envelope, body).await {
+            Ok(conn) => {
+                self.put(key, conn);
+                Ok(())
+            }
+            Err(Some(error)) => Err(error),
+            Err(None) => Err(SendError::transient(format!("connection to {key} lost during the transaction"))),
+        }
+    }
+
+    /// `Err(None)`: the connection failed without an SMTP answer.
+    async fn transact(
+        &self,
+        mut conn: AsyncSmtpConnection,
+        envelope: &Envelope,
+        body: &[u8],
+    ) -> Result<AsyncSmtpConnection, Option<SendError>> {
+        match tokio::time::timeout(TRANSACTION_TIMEOUT, conn.send(envelope, body)).await {
+            Ok(Ok(_)) => Ok(conn),
+            // An SMTP answer (4xx/5xx, or an unparsable one): that is the server's result.
+            Ok(Err(e)) if e.is_transient() || e.is_permanent() || e.is_response() => {
+                conn.abort().await;
+                Err(Some(SendError::from_smtp(e)))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "outbound connection failed");
+                conn.abort().await;
+                Err(None)
+            }
+            Err(_) => {
+                conn.abort().await;
+                Err(Some(SendError::transient("SMTP transaction timed out")))
+            }
+        }
+    }
+
+    async fn connect(&self, d: &Destination) -> Result<AsyncSmtpConnection, SendError> {
+        let target = format!("{}:{}", d.host, d.port);
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((d.host.as_str(), d.port)))
+            .await
+            .map_err(|_| SendError::transient(format!("connecting to {target} timed out")))?
+            .map_err(|e| SendError::transient(format!("connecting to {target}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let setup = async {
+            let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await?;
+            let use_tls = match d.starttls {
+                StartTls::Never => false,
+                StartTls::Opportunistic { .. } => conn.can_starttls(),
+                StartTls::Required => true,
+            };
+            if use_tls {
+                let verify = !matches!(d.starttls, StartTls::Opportunistic { verify: false });
+                let params = TlsParameters::builder(d.tls_name.clone())
+                    .dangerous_accept_invalid_certs(!verify)
+                    .dangerous_accept_invalid_hostnames(!verify)
+                    .build_rustls()?;
+                conn.starttls(params, &self.hello).await?;
+            }
+            if let Some(credentials) = &d.credentials {
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await?;
+            }
+            Ok::<_, lettre::transport::smtp::Error>(conn)
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) if e.is_permanent() => Err(SendError::from_smtp(e)),
+            Ok(Err(e)) => Err(SendError::transient(format!("{target}: {e}"))),
+            Err(_) => Err(SendError::transient(format!("{target}: greeting or EHLO timed out"))),
+        }
+    }
+
+    fn take(&self, key: &str) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.get_mut(key).and_then(Vec::pop)
+    }
+
+    fn put(&self, key: String, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(conn);
+        }
+    }
+}
