@@ -78,6 +78,21 @@ impl Pop3Client {
         })
     }
 
+    /// `LIST`: (message number, size in octets) for every message.
+    pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, Pop3Error> {
+        self.command("LIST").await?;
+        let mut out = Vec::new();
+        for line in self.multiline_lines().await? {
+            let mut parts = line.split_whitespace();
+            let parsed = (parts.next().and_then(|n| n.parse().ok()), parts.next().and_then(|s| s.parse().ok()));
+            let (Some(n), Some(size)) = parsed else {
+                return Err(Pop3Error::Protocol(format!("bad LIST line {line:?}")));
+            };
+            out.push((n, size));
+        }
+        Ok(out)
+    }
+
     /// `UIDL`: (message number, unique id) for every message.
     pub async fn uidl(&mut self) -> Result<Vec<(u32, String)>, Pop3Error> {
         self.command("UIDL").await?;
@@ -213,6 +228,8 @@ pub async fn round(
     let mut client = Pop3Client::connect(&account.host, port, account.tls).await?;
     client.login(&account.username, password, account.tls != AccountTls::None).await?;
     let listing = client.uidl().await?;
+    // Sizes first: a message over MAX_MESSAGE would fail RETR every round; say so once per round.
+    let sizes: std::collections::HashMap<u32, u64> = client.list().await?.into_iter().collect();
     let key = state::pop3_key(&account.name);
     let (store, key2) = (deps.store.clone(), key.clone());
     let mut state = tokio::task::spawn_blocking(move || state::load(&store, &key2))
@@ -247,6 +264,10 @@ pub async fn round(
         }
         if *shutdown.borrow() {
             break;
+        }
+        if sizes.get(n).is_some_and(|&size| size > MAX_MESSAGE as u64) {
+            tracing::warn!(uidl = %uidl, size = sizes[n], "message larger than the fetch limit: left on the server");
+            continue;
         }
         let raw = client.retr(*n).await?;
         let view = MessageView::new(Arc::new(raw));
