@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mail_builder::headers::raw::Raw;
 use mail_builder::MessageBuilder;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use crate::message::MessageView;
 use crate::script::decision::{ReplySpec, VacationSpec};
@@ -115,16 +115,6 @@ pub fn vacation_due(store: &Arc<redb::Database>, rcpt: &str, sender: &str, days:
     };
     txn.commit().map_err(|e| e.to_string())?;
     Ok(due)
-}
-
-/// Read-only look at the vacation memory (for `mailflow test`).
-pub fn vacation_answered(store: &Arc<redb::Database>, rcpt: &str, sender: &str, days: i64) -> bool {
-    let key = format!("{}\0{}", rcpt.to_ascii_lowercase(), sender.to_ascii_lowercase());
-    let Ok(txn) = store.begin_read() else { return false };
-    let Ok(table) = txn.open_table(VACATION) else { return false };
-    let last = table.get(key.as_str()).ok().flatten().map(|v| v.value());
-    let period = u64::try_from(days.max(1)).unwrap_or(1) * 86_400;
-    last.is_some_and(|t| now().saturating_sub(t) < period)
 }
 
 /// The answer: from `from` to the envelope sender, `Auto-Submitted: auto-replied`, threaded
@@ -234,7 +224,6 @@ mod tests {
             Arc::new(redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap());
         assert!(vacation_due(&store, "me@x", "ann@y", 7).unwrap());
         assert!(!vacation_due(&store, "me@x", "ANN@y", 7).unwrap());
-        assert!(vacation_answered(&store, "me@x", "ann@y", 7));
         assert!(vacation_due(&store, "me@x", "bob@y", 7).unwrap());
     }
 

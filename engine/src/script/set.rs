@@ -46,8 +46,6 @@ pub struct ScriptSet {
     timeout: Duration,
     max_operations: u64,
     on_error: OnError,
-    /// When this set was compiled (for reload latency measurements).
-    pub loaded_at: Instant,
 }
 
 /// Extension point for plugins: called on the engine before any script is compiled.
@@ -155,7 +153,6 @@ impl ScriptSet {
             timeout: Duration::from_millis(config.timeout_ms),
             max_operations: config.max_operations,
             on_error: config.on_error,
-            loaded_at: Instant::now(),
         })
     }
 

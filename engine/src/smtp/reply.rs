@@ -34,10 +34,6 @@ impl Reply {
         }
     }
 
-    pub fn is_positive(&self) -> bool {
-        self.code < 400
-    }
-
     /// The wire form, CRLF-terminated lines, `-` continuation on all but the last.
     pub fn to_wire(&self) -> String {
         let mut out = String::new();
