@@ -139,6 +139,52 @@ def test_file_into_flags_and_seen_on_the_server(daemon, dovecot):
     assert set(counts.values()) == {1}
 
 
+HEADERS_ONLY = """
+fn fetched(ctx, msg) {
+    log("processed [" + msg.message_id + "] size=" + msg.size);
+    if msg.subject == "forward me" { msg.forward("keeper@example.org"); }
+}
+"""
+
+BODY_READER = """
+fn fetched(ctx, msg) {
+    log("processed [" + msg.message_id + "] size=" + msg.size + " secret=" + msg.body_text.contains("secret"));
+}
+"""
+
+
+def test_header_only_fetch_completes_a_forwarded_message(daemon, dovecot):
+    """A script that reads no body gets only the header block from the server
+    (BODY.PEEK[HEADER]); a message it forwards is fetched whole before it goes out."""
+    from smtpclient import wait_delivered
+
+    dv = dovecot()
+    body = "line one\n" + "x" * 5000 + "\nlast line\n"
+    seeded = [message(1, subject="forward me", body=body), message(2, subject="keep")]
+    dv.seed(seeded)
+    d = start(daemon, dv, {"10-fwd.rhai": HEADERS_ONLY}, [dv.account()])
+    wait_processed(d, ids(1, 2))
+    assert wait_for(lambda: "headers_only=true" in d.log()), d.log()[-2000:]
+    files = wait_delivered(d, "keeper@example.org", timeout=10)
+    assert len(files) == 1, d.log()[-3000:]
+    got = files[0].read_bytes()
+    assert b"x" * 5000 in got and b"last line" in got and b"Subject: forward me" in got
+    # msg.size is the server's size of the whole message, not the size of the header block.
+    for n, text in ((1, seeded[0]), (2, seeded[1])):
+        sizes = re.findall(rf"processed \[{n}@test.example\] size=(\d+)", d.log())
+        assert sizes == [str(len(text.replace("\n", "\r\n").encode()))]
+
+
+def test_a_script_reading_the_body_gets_whole_messages(daemon, dovecot):
+    dv = dovecot()
+    dv.seed([message(1, body="the secret is here\n"), message(2)])
+    d = start(daemon, dv, {"10-body.rhai": BODY_READER}, [dv.account()])
+    wait_processed(d, ids(1, 2))
+    assert wait_for(lambda: "headers_only=false" in d.log())
+    assert re.search(r"processed \[1@test.example\] size=\d+ secret=true", d.log())
+    assert re.search(r"processed \[2@test.example\] size=\d+ secret=false", d.log())
+
+
 def test_restart_processes_nothing_twice(daemon, dovecot):
     dv = dovecot()
     dv.seed([message(n) for n in range(5)])

@@ -43,7 +43,10 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
 
     let view = MessageView::new(message.body.clone());
     let loop_marker = target.hostname.to_ascii_lowercase();
-    let looped = view.headers("X-Loop").iter().any(|v| v.trim().eq_ignore_ascii_case(&loop_marker));
+    // Parsing the header block costs more than the rest of delivery: only when a forward asks.
+    let looped = std::cell::OnceCell::new();
+    let looped =
+        || *looped.get_or_init(|| view.headers("X-Loop").iter().any(|v| v.trim().eq_ignore_ascii_case(&loop_marker)));
     let first_local =
         me.map(str::to_string).or_else(|| envelope.recipients.iter().find(|r| target.is_local(r)).cloned());
     let own = deliverer.own_addresses();
@@ -54,7 +57,7 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
             Action::Forward { addr } | Action::Redirect { addr } => {
                 let kind =
                     if matches!(action, Action::Forward { .. }) { EntryKind::Forward } else { EntryKind::Redirect };
-                if looped {
+                if looped() {
                     tracing::warn!(action = %action, reason = "mail loop: X-Loop names this host", "forward suppressed");
                     redirect_suppressed |= kind == EntryKind::Redirect;
                     continue;

@@ -53,7 +53,9 @@ impl DeliveryTarget {
     pub fn deliver_local(&self, rcpt: &str, sender: &str, body: &[u8]) -> std::io::Result<PathBuf> {
         let root = maildir::root_for(&self.maildir_template, rcpt);
         let return_path = format!("Return-Path: <{sender}>\r\n");
-        let mut paths = deliver_copies(self, &root, &[], &[return_path.as_bytes(), body], "")?;
+        let mut pending = maildir::PendingDirs::default();
+        let mut paths = deliver_copies(self, &root, &[], &[return_path.as_bytes(), body], "", &mut pending)?;
+        pending.sync()?;
         Ok(paths.pop().unwrap_or(root))
     }
 }
@@ -125,15 +127,26 @@ pub fn spawn(
 }
 
 /// Delivers every message of the segment; removes the segment file when all succeeded, else
-/// returns the undelivered rest.
+/// returns the undelivered rest. The Maildir folders are fsynced once for the whole segment,
+/// before the segment file goes.
 fn deliver_segment(target: &Deliverer, segment: Segment) -> Option<Segment> {
     let mut failed = Vec::new();
+    let mut done = Vec::new();
+    let mut pending = maildir::PendingDirs::default();
     for message in segment.messages {
         let span = tracing::info_span!("message", id = %message.record.id);
-        let ok = span.in_scope(|| deliver_message(target, &message));
-        if !ok {
+        let ok = span.in_scope(|| deliver_message(target, &message, &mut pending));
+        if ok {
+            done.push(message);
+        } else {
             failed.push(message);
         }
+    }
+    if let Err(e) = pending.sync() {
+        // The files may not survive a crash: keep the whole segment (a retry may duplicate a
+        // message, which beats losing one).
+        tracing::error!(segment = %segment.path.display(), error = %e, "cannot fsync Maildir folders; will retry");
+        failed.extend(done);
     }
     if failed.is_empty() {
         if let Err(e) = std::fs::remove_file(&segment.path) {
@@ -146,7 +159,7 @@ fn deliver_segment(target: &Deliverer, segment: Segment) -> Option<Segment> {
 }
 
 /// True when every local recipient got the message and every outbound copy is queued.
-fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage) -> bool {
+fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mut maildir::PendingDirs) -> bool {
     let target = &deliverer.target;
     let record = &message.record;
     let folders = apply::folders(&record.actions);
@@ -164,7 +177,7 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage) -> bool {
             continue;
         }
         let root = maildir::root_for(&target.maildir_template, rcpt);
-        match deliver_copies(target, &root, &folders, &[return_path.as_bytes(), &message.body], &flags) {
+        match deliver_copies(target, &root, &folders, &[return_path.as_bytes(), &message.body], &flags, pending) {
             Ok(paths) => delivered.extend(paths),
             Err(e) => {
                 all_ok = false;
@@ -194,17 +207,26 @@ pub fn deliver_copies(
     folders: &[&str],
     parts: &[&[u8]],
     flags: &str,
+    pending: &mut maildir::PendingDirs,
 ) -> std::io::Result<Vec<PathBuf>> {
-    maildir::ensure(root, false)?;
     let targets: Vec<Option<&str>> =
         if folders.is_empty() { vec![None] } else { folders.iter().map(|f| Some(*f)).collect() };
     let mut paths = Vec::with_capacity(targets.len());
     for folder in targets {
         let dir = maildir::folder_dir(root, folder);
-        if dir != root {
-            maildir::ensure(&dir, true)?;
-        }
-        paths.push(maildir::write_message(&dir, &target.hostname, parts, flags)?);
+        // Optimistic: the folders almost always exist, so write first and create them only
+        // when the write finds one missing (saves six stat calls per delivery).
+        let path = match maildir::write_message(&dir, &target.hostname, parts, flags, pending) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                maildir::ensure(root, false)?;
+                if dir != root {
+                    maildir::ensure(&dir, true)?;
+                }
+                maildir::write_message(&dir, &target.hostname, parts, flags, pending)?
+            }
+            other => other?,
+        };
+        paths.push(path);
     }
     Ok(paths)
 }

@@ -13,6 +13,7 @@
 //! Folder names from scripts and the config use `/` for hierarchy, like the SMTP path; they
 //! are translated to the server's hierarchy delimiter and to modified UTF-7 (RFC 3501 §5.1.3).
 
+use crate::script::{ScriptSet, Stage};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -294,20 +295,33 @@ impl Poller<'_> {
             if *shutdown.borrow() {
                 break;
             }
-            let fetches: Vec<Fetch> = timed(FETCH_TIMEOUT, async {
-                session.uid_fetch(uid_set(chunk), "(UID FLAGS RFC822.SIZE BODY.PEEK[])").await?.try_collect().await
-            })
-            .await?;
+            // One script set per batch: it decides whether headers are enough.
+            let set = self.deps.scripts.current();
+            let headers_only = process::local_root(self.account).is_none() && !set.stage_reads_body(Stage::Fetched);
+            let query = if headers_only {
+                "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER])"
+            } else {
+                "(UID FLAGS RFC822.SIZE BODY.PEEK[])"
+            };
+            let fetches: Vec<Fetch> =
+                timed(FETCH_TIMEOUT, async { session.uid_fetch(uid_set(chunk), query).await?.try_collect().await })
+                    .await?;
             let mut plan = Plan::default();
             let mut pending = Pending::default();
             let mut processed = 0;
             for fetch in &fetches {
-                let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) else { continue };
+                let raw = if headers_only { fetch.header() } else { fetch.body() };
+                let (Some(uid), Some(raw)) = (fetch.uid, raw) else { continue };
                 if state.is_done(uid) {
                     continue;
                 }
                 let flags: Vec<String> = fetch.flags().map(|f| flag_name(&f)).collect();
-                let view = MessageView::with_flags(Arc::new(body.to_vec()), flags);
+                let view = if headers_only {
+                    let size = fetch.size.map_or(raw.len(), |s| s as usize);
+                    MessageView::headers_only(Arc::new(raw.to_vec()), flags, size)
+                } else {
+                    MessageView::with_flags(Arc::new(raw.to_vec()), flags)
+                };
                 let message_id = view.parsed().message_id.clone();
                 let span = tracing::info_span!("fetched", uid, message_id = %message_id);
                 let _enter = span.enter();
@@ -323,18 +337,7 @@ impl Poller<'_> {
                     continue;
                 }
                 let uid_text = uid.to_string();
-                let set = self.deps.scripts.current();
-                let handled = match process::handle(
-                    self.deps,
-                    &set,
-                    self.account,
-                    "imap",
-                    self.mailbox,
-                    &uid_text,
-                    &view,
-                )
-                .await
-                {
+                let handled = match self.handle(session, &set, uid, &view).await? {
                     Ok(handled) => handled,
                     Err(error) => {
                         if state.failed(uid_text, &error) {
@@ -359,9 +362,38 @@ impl Poller<'_> {
             state.compact(&present);
             let (moved, deleted) = (plan.moves.values().map(Vec::len).sum::<usize>(), plan.deletes.len());
             self.commit(&state, pending, &mut journal).await?;
-            tracing::info!(processed, moved, deleted, "batch done");
+            tracing::info!(processed, moved, deleted, headers_only, "batch done");
         }
         Ok(state.attempts.keys().any(|k| k.parse::<u32>().is_ok_and(|u| !state.is_done(u))))
+    }
+
+    /// The hook, then its local effects. A header-only `view` is completed by fetching the
+    /// whole message when the decision needs it (a forward, a local copy...): rare, so most
+    /// messages never cross the network in full. The outer error is the connection's.
+    async fn handle(
+        &self,
+        session: &mut ImapSession,
+        set: &ScriptSet,
+        uid: u32,
+        view: &MessageView,
+    ) -> Result<Result<process::Handled, String>, ImapError> {
+        let uid_text = uid.to_string();
+        let decision = match process::hook(set, self.account, "imap", self.mailbox, &uid_text, view).await {
+            Ok(decision) => decision,
+            Err(error) => return Ok(Err(error)),
+        };
+        if !(view.is_headers_only() && process::needs_whole_message(self.account, &decision)) {
+            return Ok(process::effects(self.deps, self.account, &uid_text, view, decision).await);
+        }
+        let fetches: Vec<Fetch> = timed(FETCH_TIMEOUT, async {
+            session.uid_fetch(&uid_text, "(UID BODY.PEEK[])").await?.try_collect().await
+        })
+        .await?;
+        let Some(body) = fetches.iter().find(|f| f.uid == Some(uid)).and_then(|f| f.body()) else {
+            return Ok(Err("message vanished from the server before its body was fetched".into()));
+        };
+        let whole = MessageView::with_flags(Arc::new(body.to_vec()), view.flags().to_vec());
+        Ok(process::effects(self.deps, self.account, &uid_text, &whole, decision).await)
     }
 
     /// What the hook asked of the server: flags (and `mark_seen`), the first `file_into`

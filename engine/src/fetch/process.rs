@@ -15,7 +15,7 @@ use crate::script::{apply, Action, Context, Decision, ScriptCtx, ScriptSet, Stag
 use crate::spool::{Envelope, SpoolRecord, SpooledMessage};
 
 /// Runs the `fetched` stage on a message (blocking: the caller runs it where it may block).
-pub fn run_hook(
+pub async fn run_hook(
     set: &ScriptSet,
     account: &AccountConfig,
     protocol: &str,
@@ -32,7 +32,7 @@ pub fn run_hook(
         recipients: account_address(account, view).into_iter().collect(),
         ..Context::default()
     });
-    set.call(Stage::Fetched, &ctx, Some(view), &format!("{}/{}/{}", account.name, mailbox, uid))
+    set.call_from_async(Stage::Fetched, &ctx, Some(view), &format!("{}/{}/{}", account.name, mailbox, uid)).await
 }
 
 /// A message the hook and its local effects are done with.
@@ -54,10 +54,40 @@ pub async fn handle(
     uid: &str,
     view: &MessageView,
 ) -> Result<Handled, String> {
-    let decision = tokio::task::block_in_place(|| run_hook(set, account, protocol, mailbox, uid, view));
+    let decision = hook(set, account, protocol, mailbox, uid, view).await?;
+    effects(deps, account, uid, view, decision).await
+}
+
+/// The hook alone: `Err` when it failed (error or `tempfail`: retry next round).
+pub async fn hook(
+    set: &ScriptSet,
+    account: &AccountConfig,
+    protocol: &str,
+    mailbox: &str,
+    uid: &str,
+    view: &MessageView,
+) -> Result<Decision, String> {
+    let decision = run_hook(set, account, protocol, mailbox, uid, view).await;
     if failed(&decision) {
         return Err(decision.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "tempfail".into()));
     }
+    Ok(decision)
+}
+
+/// Whether carrying out `decision` needs the whole message: a local copy or outbound mail.
+pub fn needs_whole_message(account: &AccountConfig, decision: &Decision) -> bool {
+    has_local_effects(account, decision)
+}
+
+/// The local effects of a decision the hook made (see [`local_effects`]); `view` must be the
+/// whole message when [`needs_whole_message`] says so.
+pub async fn effects(
+    deps: &super::FetchDeps,
+    account: &AccountConfig,
+    uid: &str,
+    view: &MessageView,
+    decision: Decision,
+) -> Result<Handled, String> {
     if !has_local_effects(account, &decision) {
         return Ok(Handled { decision, copies: Vec::new() });
     }

@@ -1,13 +1,14 @@
 //! The message as every stage sees it: the raw bytes, plus a parsed view built once, on first
 //! use. A `mail_from` hook never pays for parsing; a `data` hook that reads only `subject` pays
-//! once however many files ask.
+//! once however many files ask — and only for the header block: the body (text, HTML,
+//! attachments) is decoded on the first access to one of those, in a second pass.
 
 pub mod date;
 pub mod headers;
 
 use std::sync::{Arc, OnceLock};
 
-use mail_parser::{HeaderValue, MessageParser, MimeHeaders};
+use mail_parser::{HeaderName, HeaderValue, MessageParser, MimeHeaders, PartType};
 
 /// Raw message bytes and their lazily parsed view. Cheap to clone.
 #[derive(Clone)]
@@ -18,7 +19,11 @@ pub struct MessageView {
 struct Inner {
     raw: Arc<Vec<u8>>,
     parsed: OnceLock<Parsed>,
+    body: OnceLock<Body>,
     flags: Vec<String>,
+    /// For a header-only view (an IMAP message fetched without its body): the full size the
+    /// server reported. `None`: `raw` is the whole message.
+    full_size: Option<usize>,
 }
 
 /// An attachment as scripts see it.
@@ -29,7 +34,7 @@ pub struct Attachment {
     pub size: usize,
 }
 
-/// What scripts read from a message; owned, so the parser's borrows end here.
+/// What scripts read from a message's header block; owned, so the parser's borrows end here.
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub subject: String,
@@ -41,8 +46,15 @@ pub struct Parsed {
     /// Every header field in order: name as written, value unfolded (decoded when the parser
     /// decodes that field).
     pub headers: Vec<(String, String)>,
-    pub body_text: String,
-    pub body_html: String,
+}
+
+/// What scripts read from a message's body: decoded only when a script asks.
+#[derive(Debug, Default)]
+pub struct Body {
+    /// The first text/plain part, decoded (converted from HTML when there is only HTML).
+    pub text: String,
+    /// The first text/html part, decoded; "" when the message has none.
+    pub html: String,
     pub attachments: Vec<Attachment>,
 }
 
@@ -59,24 +71,51 @@ impl MessageView {
 
     /// A fetched message, with the flags the server reported.
     pub fn with_flags(raw: Arc<Vec<u8>>, flags: Vec<String>) -> MessageView {
-        MessageView { inner: Arc::new(Inner { raw, parsed: OnceLock::new(), flags }) }
+        MessageView {
+            inner: Arc::new(Inner { raw, parsed: OnceLock::new(), body: OnceLock::new(), flags, full_size: None }),
+        }
+    }
+
+    /// A fetched message of which only the header block was downloaded (`raw` = the header
+    /// block): for hooks that never read the body. `size` is the server's RFC822.SIZE.
+    pub fn headers_only(header: Arc<Vec<u8>>, flags: Vec<String>, full_size: usize) -> MessageView {
+        MessageView {
+            inner: Arc::new(Inner {
+                raw: header,
+                parsed: OnceLock::new(),
+                body: OnceLock::new(),
+                flags,
+                full_size: Some(full_size),
+            }),
+        }
     }
 
     pub fn raw(&self) -> &Arc<Vec<u8>> {
         &self.inner.raw
     }
 
+    /// The message's size in bytes (the server's figure for a header-only view).
     pub fn size(&self) -> usize {
-        self.inner.raw.len()
+        self.inner.full_size.unwrap_or(self.inner.raw.len())
+    }
+
+    /// Whether `raw` is only the header block (see [`MessageView::headers_only`]).
+    pub fn is_headers_only(&self) -> bool {
+        self.inner.full_size.is_some()
     }
 
     pub fn flags(&self) -> &[String] {
         &self.inner.flags
     }
 
-    /// The parsed view, built on first call.
+    /// The parsed header block, built on first call.
     pub fn parsed(&self) -> &Parsed {
-        self.inner.parsed.get_or_init(|| parse(&self.inner.raw))
+        self.inner.parsed.get_or_init(|| parse_headers(&self.inner.raw))
+    }
+
+    /// The decoded body, built on first call (a full MIME parse).
+    pub fn body(&self) -> &Body {
+        self.inner.body.get_or_init(|| parse_body(&self.inner.raw))
     }
 
     /// First value of header `name` (any case), "" if absent.
@@ -99,8 +138,23 @@ impl MessageView {
     }
 }
 
-fn parse(raw: &[u8]) -> Parsed {
-    let Some(message) = MessageParser::default().parse(raw) else {
+/// Parses only the fields `Parsed` decodes; every other field stays raw text (we unfold it
+/// ourselves). The default parser also tokenizes `Received`, `List-*`, MIME fields... which cost
+/// more than all the rest of a data-stage hook.
+fn header_parser() -> MessageParser {
+    MessageParser::new()
+        .header_text(HeaderName::Subject)
+        .header_text(HeaderName::Comments)
+        .header_address(HeaderName::From)
+        .header_address(HeaderName::To)
+        .header_address(HeaderName::Cc)
+        .header_date(HeaderName::Date)
+        .header_id(HeaderName::MessageId)
+}
+
+fn parse_headers(raw: &[u8]) -> Parsed {
+    static PARSER: OnceLock<MessageParser> = OnceLock::new();
+    let Some(message) = PARSER.get_or_init(header_parser).parse_headers(raw) else {
         return Parsed::default();
     };
     let addresses = |value: Option<&mail_parser::Address<'_>>| -> Vec<String> {
@@ -123,6 +177,21 @@ fn parse(raw: &[u8]) -> Parsed {
             (h.name.as_str().to_string(), value)
         })
         .collect();
+    Parsed {
+        subject: message.subject().unwrap_or_default().to_string(),
+        from: addresses(message.from()).into_iter().next().unwrap_or_default(),
+        to: addresses(message.to()),
+        cc: addresses(message.cc()),
+        date: message.date().map(|d| d.to_rfc3339()).unwrap_or_default(),
+        message_id: message.message_id().unwrap_or_default().to_string(),
+        headers,
+    }
+}
+
+fn parse_body(raw: &[u8]) -> Body {
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return Body::default();
+    };
     let attachments = message
         .attachments()
         .map(|part| Attachment {
@@ -138,16 +207,11 @@ fn parse(raw: &[u8]) -> Parsed {
             size: part.contents().len(),
         })
         .collect();
-    Parsed {
-        subject: message.subject().unwrap_or_default().to_string(),
-        from: addresses(message.from()).into_iter().next().unwrap_or_default(),
-        to: addresses(message.to()),
-        cc: addresses(message.cc()),
-        date: message.date().map(|d| d.to_rfc3339()).unwrap_or_default(),
-        message_id: message.message_id().unwrap_or_default().to_string(),
-        headers,
-        body_text: message.body_text(0).map(|t| t.into_owned()).unwrap_or_default(),
-        body_html: message.body_html(0).map(|t| t.into_owned()).unwrap_or_default(),
+    // mail-parser's body_html(0) renders a text-only message as HTML; scripts get "" then.
+    let has_html = message.html_part(0).is_some_and(|part| matches!(part.body, PartType::Html(_)));
+    Body {
+        text: message.body_text(0).map(|t| t.into_owned()).unwrap_or_default(),
+        html: if has_html { message.body_html(0).map(|t| t.into_owned()).unwrap_or_default() } else { String::new() },
         attachments,
     }
 }
@@ -172,6 +236,6 @@ mod tests {
         assert_eq!(view.header("X-Folded"), "a b");
         assert!(view.has_header("LIST-ID"));
         assert!(!view.has_header("X-None"));
-        assert_eq!(view.parsed().body_text.trim(), "body");
+        assert_eq!(view.body().text.trim(), "body");
     }
 }

@@ -65,7 +65,13 @@ impl Outbound {
         message: &[u8],
         origin: &str,
     ) -> std::io::Result<String> {
-        let id = crate::spool::new_id();
+        let id = entry_id(kind, sender, recipients, message, origin);
+        if entry::exists(&self.dir, &id) {
+            // The same action of the same message, carried out again after a crash (a spool
+            // segment is replayed until it is removed): already queued, queue it once.
+            tracing::info!(queue_id = %id, origin = %origin, kind = ?kind, "already queued");
+            return Ok(id);
+        }
         let now = crate::spool::unix_now();
         let entry = QueueEntry {
             id: id.clone(),
@@ -86,6 +92,20 @@ impl Outbound {
         let _ = self.wake.send(());
         Ok(id)
     }
+}
+
+/// A queue id that is the same each time the same action of the same message is carried out,
+/// so a replay after a crash finds the entry instead of queueing a second copy. Replies and
+/// vacation notices are built anew each time (fresh Date and Message-ID), so their bytes stay
+/// out of it. 16 hex digits, like spool ids.
+fn entry_id(kind: EntryKind, sender: &str, recipients: &[String], message: &[u8], origin: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (kind as u8, sender, recipients, origin).hash(&mut hasher);
+    if !matches!(kind, EntryKind::Reply | EntryKind::Vacation) {
+        message.hash(&mut hasher);
+    }
+    format!("{:016X}", hasher.finish())
 }
 
 /// The delay before attempt number `attempts + 1`: the schedule, then its last interval.

@@ -317,7 +317,7 @@ fn msg_message_id(m: &mut MessageView) -> String {
 /// fn data(ctx, msg) { if msg.body_text.contains("unsubscribe") { msg.file_into("Newsletters"); } }
 /// ```
 fn msg_body_text(m: &mut MessageView) -> String {
-    m.parsed().body_text.clone()
+    m.body().text.clone()
 }
 
 /// `msg.body_html`: the first text/html part, decoded ("" when there is none).
@@ -326,7 +326,7 @@ fn msg_body_text(m: &mut MessageView) -> String {
 /// fn data(ctx, msg) { if msg.body_html.contains("<script") { return reject("5.7.1 no scripts"); } }
 /// ```
 fn msg_body_html(m: &mut MessageView) -> String {
-    m.parsed().body_html.clone()
+    m.body().html.clone()
 }
 
 /// `msg.size`: the message size in bytes, as received.
@@ -364,7 +364,7 @@ fn msg_flags(m: &mut MessageView) -> Array {
 /// }
 /// ```
 fn msg_attachments(m: &mut MessageView) -> Array {
-    m.parsed()
+    m.body()
         .attachments
         .iter()
         .map(|a| {

@@ -8,12 +8,14 @@
 //! Security: scripts are user code run in a sandbox: operation, time, size and depth limits,
 //! no `eval`, no file/process/network/environment access except through plugins.
 
+pub mod analysis;
 pub mod api;
 pub mod apply;
 pub mod context;
 pub mod decision;
 pub mod host;
 pub mod resolver;
+pub mod runner;
 pub mod sandbox;
 pub mod set;
 pub mod watch;

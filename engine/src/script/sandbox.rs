@@ -15,6 +15,8 @@ use super::decision::{Action, LogLine, Stage};
 #[derive(Debug)]
 pub struct CallState {
     pub deadline: Instant,
+    /// Where an inline call is stopped to be run again on a thread (see `runner`).
+    pub leash: Option<Instant>,
     pub file: String,
     pub stage: Stage,
     /// Session or message id, for log lines.
@@ -23,6 +25,8 @@ pub struct CallState {
     pub logs: Vec<LogLine>,
     /// Set by the progress callback when it stopped the script for the deadline.
     pub timed_out: bool,
+    /// Set by the progress callback when it stopped the call at its leash.
+    pub preempted: bool,
 }
 
 thread_local! {
@@ -55,21 +59,25 @@ pub fn push_action(action: Action) {
     with(|s| s.actions.push(action));
 }
 
-/// True once the current call is past its deadline (marks it timed out).
+/// True once the current call is past its deadline (marks it timed out) or its leash (marks it
+/// preempted).
 pub fn past_deadline() -> bool {
     with(|s| {
-        if Instant::now() >= s.deadline {
+        let now = Instant::now();
+        if now >= s.deadline {
             s.timed_out = true;
+        } else if s.leash.is_some_and(|leash| now >= leash) {
+            s.preempted = true;
         }
-        s.timed_out
+        s.timed_out || s.preempted
     })
     .unwrap_or(false)
 }
 
-/// Records a `log("...")` line and writes it to the daemon log, tagged with file, stage and id.
+/// Records a `log("...")` line; the daemon writes it to its log once the call has finished
+/// (a call stopped at its leash runs again, and must not log twice).
 pub fn log_line(text: &str) {
     with(|s| {
-        tracing::info!(target: "mailflow::script", file = %s.file, stage = %s.stage, id = %s.id, "{text}");
         s.logs.push(LogLine { file: s.file.clone(), text: text.to_string() });
     });
 }

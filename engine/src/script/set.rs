@@ -13,7 +13,7 @@ use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Position, Scope, AST};
 
 use super::context::ScriptCtx;
 use super::decision::{Decision, ScriptError, Stage, Verdict};
-use super::{api, resolver::JailedResolver, sandbox};
+use super::{analysis, api, resolver::JailedResolver, runner, sandbox};
 use crate::config::{OnError, ScriptsConfig};
 use crate::message::MessageView;
 
@@ -35,6 +35,10 @@ pub struct ScriptFile {
     /// Where each stage function is defined (`LINE`, `COL`): errors rhai reports without a
     /// position (an empty `loop {}` running out of time, a bad return value) point there.
     stage_positions: HashMap<Stage, (usize, usize)>,
+    /// Whether its hooks may block (plugin calls, imports): see [`runner`](super::runner).
+    may_block: bool,
+    /// Whether its hooks may read the message body (see [`analysis`](super::analysis)).
+    reads_body: bool,
 }
 
 /// Every file of the folder, compiled, plus the engine and limits that run them.
@@ -43,6 +47,8 @@ pub struct ScriptSet {
     files: Vec<ScriptFile>,
     /// For each stage, the indices of the files defining its function, in file-name order.
     by_stage: HashMap<Stage, Vec<usize>>,
+    /// Stages where some file's hook may block.
+    blocking_stages: Vec<Stage>,
     timeout: Duration,
     max_operations: u64,
     on_error: OnError,
@@ -105,6 +111,8 @@ impl ScriptSet {
                 actions: Vec::new(),
                 logs: Vec::new(),
                 timed_out: false,
+                leash: None,
+                preempted: false,
             });
             let compiled = engine.compile_into_self_contained(&Scope::new(), &source);
             let timed_out = sandbox::end().is_some_and(|s| s.timed_out);
@@ -116,7 +124,13 @@ impl ScriptSet {
                         errors.push(ScriptError { file: name, line, col, message });
                         continue;
                     }
-                    files.push(ScriptFile { name, ast, stage_positions });
+                    files.push(ScriptFile {
+                        name,
+                        ast,
+                        stage_positions,
+                        may_block: analysis::may_block(&source),
+                        reads_body: analysis::reads_body(&source),
+                    });
                 }
                 Err(e) => {
                     let mut error = error_of(&name, &e);
@@ -146,10 +160,15 @@ impl ScriptSet {
                 }
             }
         }
+        let blocking_stages = Stage::ALL
+            .into_iter()
+            .filter(|stage| by_stage.get(stage).is_some_and(|v| v.iter().any(|&i| files[i].may_block)))
+            .collect();
         Ok(ScriptSet {
             engine,
             files,
             by_stage,
+            blocking_stages,
             timeout: Duration::from_millis(config.timeout_ms),
             max_operations: config.max_operations,
             on_error: config.on_error,
@@ -165,26 +184,70 @@ impl ScriptSet {
         self.by_stage.get(&stage).is_some_and(|v| !v.is_empty())
     }
 
+    /// Whether some hook of `stage` may read the message body (`msg.body_text`, `msg.raw`,
+    /// a plugin...): when not, a poller may hand it a header-only message.
+    pub fn stage_reads_body(&self, stage: Stage) -> bool {
+        self.by_stage.get(&stage).is_some_and(|v| v.iter().any(|&i| self.files[i].reads_body))
+    }
+
+    /// Runs `stage` from async code: inline on the runtime worker when every hook of the stage
+    /// is pure rhai and a worker stays free, on a thread of its own otherwise (see [`runner`]).
+    pub async fn call_from_async(
+        &self,
+        stage: Stage,
+        ctx: &ScriptCtx,
+        msg: Option<&MessageView>,
+        id: &str,
+    ) -> Decision {
+        let decision = runner::run(
+            self.blocking_stages.contains(&stage),
+            |leash| self.call_leashed(stage, ctx, msg, id, Some(leash)),
+            || self.call(stage, ctx, msg, id),
+        );
+        for line in &decision.logs {
+            tracing::info!(target: "mailflow::script", file = %line.file, stage = %stage, id, "{}", line.text);
+        }
+        decision
+    }
+
     /// Runs `stage` over the set. `id` tags log lines (session or message id). Never panics and
     /// never fails: script errors are in `Decision::error`, with `on_error` applied.
     pub fn call(&self, stage: Stage, ctx: &ScriptCtx, msg: Option<&MessageView>, id: &str) -> Decision {
+        self.call_leashed(stage, ctx, msg, id, None).unwrap_or_default()
+    }
+
+    /// [`Self::call`], stopped at `leash` if given: `None` then means "stopped there, nothing
+    /// decided" (see [`runner`]).
+    fn call_leashed(
+        &self,
+        stage: Stage,
+        ctx: &ScriptCtx,
+        msg: Option<&MessageView>,
+        id: &str,
+        leash: Option<Instant>,
+    ) -> Option<Decision> {
         let mut decision = Decision::default();
         let Some(indices) = self.by_stage.get(&stage) else {
-            return decision;
+            return Some(decision);
         };
         for &index in indices {
             let file = &self.files[index];
             sandbox::begin(sandbox::CallState {
                 deadline: Instant::now() + self.timeout,
+                leash,
                 file: file.name.clone(),
                 stage,
                 id: id.to_string(),
                 actions: Vec::new(),
                 logs: Vec::new(),
                 timed_out: false,
+                preempted: false,
             });
             let result = self.call_file(file, stage, ctx, msg);
             let state = sandbox::end();
+            if state.as_ref().is_some_and(|s| s.preempted) {
+                return None;
+            }
             let (actions, logs, timed_out) = state.map(|s| (s.actions, s.logs, s.timed_out)).unwrap_or_default();
             decision.logs.extend(logs);
             let (fn_line, fn_col) = file.stage_positions.get(&stage).copied().unwrap_or((0, 0));
@@ -228,7 +291,7 @@ impl ScriptSet {
                 }
             }
         }
-        decision
+        Some(decision)
     }
 
     fn call_file(

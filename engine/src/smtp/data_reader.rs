@@ -60,7 +60,20 @@ impl DataReader {
     /// `used` being how many bytes of `input` belonged to it (the rest is pipelined commands);
     /// `None` when all of `input` was consumed and more is needed.
     pub fn feed(&mut self, input: &[u8]) -> Option<(DataOutcome, usize)> {
-        for (i, &byte) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == LineState::Middle {
+                // Inside a line only CR and LF matter: copy the run up to the next one at once
+                // (the byte-by-byte machine below was a third of the CPU spent per message).
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+                if run > 0 {
+                    self.push_run(&input[i..i + run]);
+                    i += run;
+                    continue;
+                }
+            }
+            let byte = input[i];
+            i += 1;
             if self.step(byte) {
                 let outcome = DataOutcome {
                     body: std::mem::take(&mut self.body),
@@ -68,7 +81,7 @@ impl DataReader {
                     oversize: self.size > self.max_size,
                     bare_line_ending: self.bare,
                 };
-                return Some((outcome, i + 1));
+                return Some((outcome, i));
             }
         }
         None
@@ -130,6 +143,13 @@ impl DataReader {
                 self.state = LineState::Middle;
             }
         }
+    }
+
+    /// [`Self::push`] for a run of ordinary line bytes.
+    fn push_run(&mut self, run: &[u8]) {
+        let room = self.max_size.saturating_sub(self.size);
+        self.body.extend_from_slice(&run[..run.len().min(room)]);
+        self.size += run.len();
     }
 
     fn push(&mut self, byte: u8) {
@@ -201,6 +221,32 @@ mod tests {
             let (outcome, used) = read_all(&full).unwrap();
             assert_eq!(used, full.len(), "{case:?}");
             assert!(outcome.bare_line_ending, "{case:?} not flagged");
+        }
+    }
+
+    #[test]
+    fn any_split_of_the_input_reads_the_same() {
+        let inputs: &[&[u8]] = &[
+            b"Subject: x\r\n\r\nline one\r\n..dot\r\nbare\nlf\r\nbare\rcr\r\n.\r\nQUIT\r\n",
+            b"a\r\n.\rb\r\n\r\r\n.\r\n",
+            b"0123456789abcdef0123\r\n.\r\n",
+        ];
+        for input in inputs {
+            for max in [8, 1 << 20] {
+                let whole = DataReader::new(max).feed(input).unwrap();
+                for split in 0..=input.len() {
+                    let mut reader = DataReader::new(max);
+                    let (outcome, used) = match reader.feed(&input[..split]) {
+                        Some(done) => done,
+                        None => reader.feed(&input[split..]).map(|(o, used)| (o, used + split)).unwrap(),
+                    };
+                    assert_eq!(outcome.body, whole.0.body, "split {split} of {input:?}");
+                    assert_eq!(
+                        (outcome.size, outcome.oversize, outcome.bare_line_ending, used),
+                        (whole.0.size, whole.0.oversize, whole.0.bare_line_ending, whole.1)
+                    );
+                }
+            }
         }
     }
 

@@ -1,0 +1,55 @@
+//! Where a hook call runs: inline on the caller's runtime worker, or on a thread of its own.
+//!
+//! A pure-rhai hook (rules over `ctx` and `msg`) is a few microseconds of CPU; handing it to
+//! another thread (`block_in_place`) costs more than the hook itself — thread hand-offs and one
+//! blocking-pool thread per concurrent session (measured: 151 threads, and 37 % of throughput
+//! with 20 rules at 20 sessions; bench/results/findings.md). So a pure hook first runs inline on
+//! a short leash ([`INLINE_LEASH`]): if it has not finished by then, it is stopped and run again
+//! from the start on a thread of its own, under its full `timeout_ms`. A runaway hook thus holds
+//! a runtime worker for at most the leash, and the other sessions go on. Running it again is
+//! safe because a pure hook has no effects outside its call (actions are collected, not done).
+//! Hooks that may block — a plugin call (`kv::`, `http::`, `exec::`: disk or network) or an
+//! imported module (see [`super::analysis`]) — always get their own thread.
+
+use std::time::{Duration, Instant};
+
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+/// How long a hook may run inline before it moves to a thread of its own.
+pub const INLINE_LEASH: Duration = Duration::from_millis(5);
+
+/// Runs a hook call. `inline(leash)` runs it with a deadline at `leash` and returns `None` when
+/// it was stopped there; `threaded()` runs it whole. Outside a multi-thread runtime
+/// (`mailflow test`, unit tests) `threaded` simply runs on the caller.
+pub fn run<R>(may_block: bool, inline: impl FnOnce(Instant) -> Option<R>, threaded: impl FnOnce() -> R) -> R {
+    let multi_thread = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if !multi_thread {
+        return threaded();
+    }
+    if !may_block {
+        if let Some(result) = inline(Instant::now() + INLINE_LEASH) {
+            return result;
+        }
+        tracing::debug!(
+            leash_ms = INLINE_LEASH.as_millis() as u64,
+            "hook outran its inline leash; running it on its own thread"
+        );
+    }
+    tokio::task::block_in_place(threaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_first_then_threaded_when_stopped() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+        runtime.block_on(async {
+            assert_eq!(run(false, |_| Some("inline"), || "threaded"), "inline");
+            assert_eq!(run(false, |_| None, || "threaded"), "threaded");
+            assert_eq!(run(true, |_| Some("inline"), || "threaded"), "threaded");
+        });
+        assert_eq!(run(false, |_| Some("inline"), || "threaded"), "threaded");
+    }
+}
