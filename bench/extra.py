@@ -6,9 +6,10 @@ Sections (BENCH_EXTRA="latency memory reload outbound imap" selects them):
   memory    RSS/PSS with 1,000 idle connected clients (mailflow, Postfix)
   reload    50 script edits (write temp + rename), time until the new rcpt_to rule answers
   outbound  messages/s from mailflow's queue to smtp-sink (forward script), vs Postfix relaying
-  imap      10,000-message mailbox on Dovecot, 3 rules: mailflow's poller vs imapfilter; IDLE latency
+  imap      10,000-message mailbox on Dovecot, 3 rules: mailflow's poller vs imapfilter and fdm (IMAP,
+            POP3); IDLE latency
 
-Each section writes bench/results/<section>.md (+ .json). Every server is a private instance on a
+Each section writes bench/results/<section>.md (+ .json; BENCH_RESULTS_DIR=dir writes there instead). Every server is a private instance on a
 loopback port, started and stopped by PID; every load is bounded in count and time.
 """
 
@@ -35,7 +36,7 @@ from ingest import (HOST, Postfix, Server, SmtpSink, free_port, log, proc_mem_kb
                     stop_pid, wait_port)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+RESULTS = os.environ.get("BENCH_RESULTS_DIR") or os.path.join(HERE, "results")  # a test run can write elsewhere
 
 
 def env_int(name, default):
@@ -624,7 +625,8 @@ MAIL_USER = "mfmail"
 
 
 class Dovecot:
-    def __init__(self, root, template=None):
+    def __init__(self, root, template=None, pop3=False):
+        """pop3=True also serves POP3 on self.pop3_port (needs Debian's dovecot-pop3d)."""
         self.dir = os.path.join(root, f"dovecot-{random.getrandbits(32):08x}")
         os.makedirs(self.dir)
         os.chmod(self.dir, 0o755)
@@ -635,6 +637,7 @@ class Dovecot:
             pw = pwd.getpwuid(os.geteuid())
             self.login_user, self.uid, self.gid = pw.pw_name, pw.pw_uid, pw.pw_gid
         self.port = free_port()
+        self.pop3_port = free_port() if pop3 else None
         self.instance = f"mfbench-{os.path.basename(self.dir)}"
         for sub in ("run", "state", "mail"):
             os.makedirs(os.path.join(self.dir, sub))
@@ -649,13 +652,25 @@ class Dovecot:
         with open(os.path.join(self.dir, "passwd"), "w") as f:
             f.write(f"me:{{PLAIN}}secret:{self.uid}:{self.gid}::{home}\n")
         d = self.dir
+        pop3_service = textwrap.indent(textwrap.dedent(f"""\
+            service pop3-login {{
+              chroot =
+              inet_listener pop3 {{
+                address = 127.0.0.1
+                port = {self.pop3_port}
+              }}
+              inet_listener pop3s {{
+                port = 0
+              }}
+            }}
+            """), " " * 16) if pop3 else ""
         self.conf = os.path.join(d, "dovecot.conf")
         with open(self.conf, "w") as f:
             f.write(textwrap.dedent(f"""\
                 base_dir = {d}/run
                 state_dir = {d}/state
                 instance_name = {self.instance}
-                protocols = imap
+                protocols = imap{" pop3" if pop3 else ""}
                 listen = 127.0.0.1
                 ssl = no
                 disable_plaintext_auth = no
@@ -690,7 +705,7 @@ class Dovecot:
                 protocol imap {{
                   mail_max_userip_connections = 50
                 }}
-                """))
+{pop3_service}"""))
         self.proc = None
 
     def start(self):
@@ -823,6 +838,81 @@ urgent:mark_flagged()
 """
 
 
+# fdm (Debian's 1.9) has no action that moves or flags a message on the IMAP server: it fetches
+# each message and delivers it locally. Closest equivalent of the three rules: List-Id and
+# @vendor.example messages are written into a local Maildir++ folder (.Lists, .Vendors) and
+# dropped from the server (\Deleted + EXPUNGE: they leave INBOX as with a move); an 'urgent'
+# message gets a copy in the local folder .Flagged and stays on the server unflagged (IMAP), or
+# goes to .Flagged instead of the local INBOX (POP3). Over POP3 everything is downloaded and
+# deleted from the server; the rest goes to the local INBOX (the Maildir's root).
+FDM = """\
+set lock-file "{d}/fdm.lock"
+set unmatched-mail keep
+account "bench" {account}
+action "lists" maildir "{local}/.Lists"
+action "vendors" maildir "{local}/.Vendors"
+action "flagged" maildir "{local}/.Flagged"
+action "inbox" maildir "{local}"
+action "keep" keep
+match "^List-Id:" in headers action "lists"
+match "^From:.*@vendor[.]example" in headers action "vendors"
+match "^Subject:.*urgent" in headers actions {urgent}
+match all action {rest}
+"""
+
+
+def maildir_count(path):
+    return sum(len(os.listdir(os.path.join(path, sub))) for sub in ("new", "cur")
+               if os.path.isdir(os.path.join(path, sub)))
+
+
+def run_fdm(dv, proto, timeout):
+    """fdm fetch over IMAP or POP3 from dv, as MAIL_USER when root (fdm refuses to run as root
+    without a default user and refuses a config others can read). Returns (wall s, rc, output,
+    local counts (inbox, lists, vendors, flagged))."""
+    d = os.path.join(dv.dir, "fdm")
+    local = os.path.join(d, "Maildir")
+    os.makedirs(d)
+    if proto == "imap":
+        account = f'imap server "{HOST}" port {dv.port} user "me" pass "secret" folder "INBOX"'
+        urgent, rest = '{ "flagged" "keep" }', '"keep"'
+    else:
+        account = f'pop3 server "{HOST}" port {dv.pop3_port} user "me" pass "secret" no-apop'
+        urgent, rest = '{ "flagged" }', '"inbox"'
+    cfg = os.path.join(d, "fdm.conf")
+    with open(cfg, "w") as f:
+        f.write(FDM.format(d=d, local=local, account=account, urgent=urgent, rest=rest))
+    os.chmod(cfg, 0o600)
+    argv = ["fdm", "-q", "-f", cfg, "fetch"]
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam(MAIL_USER)
+        os.chown(d, pw.pw_uid, pw.pw_gid)
+        os.chown(cfg, pw.pw_uid, pw.pw_gid)
+        argv = ["runuser", "-u", MAIL_USER, "--"] + argv
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True, cwd=d)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # runuser and the fdm processes it started (own session)
+        out, _ = p.communicate()
+        rc = f"killed after BENCH_IMAP_TIMEOUT={timeout}s"
+    wall = time.perf_counter() - t0
+    counts = tuple(maildir_count(os.path.join(local, sub)) for sub in ("", ".Lists", ".Vendors", ".Flagged"))
+    return wall, rc, out or "", counts
+
+
+def correct_cell(run):
+    if run["ok"]:
+        return "yes"
+    counts = run["counts"]
+    if isinstance(counts, dict) and counts.get("killed"):
+        return f"NO: killed {counts['killed']}"
+    return f"NO {counts}"
+
+
 def wait_counts(dv, want, timeout, every=0.5):
     deadline = time.monotonic() + timeout
     last = None
@@ -849,10 +939,22 @@ def section_imap(root, binary):
     log(f"imap: generated {n} messages ({size_mb:.0f} MiB), expect lists/vendors/flagged = {want}")
     runs = []
     have_imapfilter = shutil.which("imapfilter") is not None
+    have_fdm = shutil.which("fdm") is not None
+    have_pop3 = os.path.exists("/usr/lib/dovecot/pop3")  # Debian's dovecot-pop3d
+    skipped = []
+    if not have_imapfilter:
+        skipped.append("imapfilter not installed (bench/run installs it as root): not measured")
+    if not have_fdm:
+        skipped.append("fdm not installed (bench/run installs it as root): not measured")
+    elif not have_pop3:
+        skipped.append("Dovecot's POP3 server (dovecot-pop3d) not installed: fdm over POP3 not measured")
+    for msg in skipped:
+        log(f"imap: WARNING: {msg}")
+    tools = (["imapfilter"] if have_imapfilter else []) + (["fdm-imap"] if have_fdm else []) \
+        + (["fdm-pop3"] if have_fdm and have_pop3 else []) + ["mailflow"]
     for rep in range(repeat):
-        tools = ["imapfilter", "mailflow"] if have_imapfilter else ["mailflow"]
         for tool in tools:
-            dv = Dovecot(d, template)
+            dv = Dovecot(d, template, pop3=(tool == "fdm-pop3"))
             dv.start()
             proc = mf = None
             try:
@@ -872,6 +974,18 @@ def section_imap(root, binary):
                     got, ok = dv.counts(), None
                     ok = got[1:] == want
                     note = (r.stdout + r.stderr)[-300:] if r.returncode else ""
+                elif tool.startswith("fdm-"):
+                    wall, rc, out, local = run_fdm(dv, tool[4:], timeout)
+                    server = dv.counts()
+                    got = {"local inbox/lists/vendors/flagged": local, "server inbox/lists/vendors/flagged": server}
+                    if tool == "fdm-imap":
+                        # moved ones left the server's INBOX; the rest (urgent included) stayed there
+                        ok = local[1:] == want and server[0] == n - want[0] - want[1]
+                    else:
+                        ok = local == (n - sum(want),) + want and server[0] == 0
+                    note = f"rc={rc}: {out.strip()[-300:]}" if rc != 0 or out.strip() else ""
+                    if isinstance(rc, str):  # killed at the timeout: the wall time is only a bound
+                        got["killed"] = f"after BENCH_IMAP_TIMEOUT={timeout}s"
                 else:
                     mf = MF(dv.dir, binary, scripts={"10-sort.rhai": FETCHED}, extra=f"""
 [[accounts]]
@@ -911,21 +1025,34 @@ idle = true
              "flagged. mailflow: `mailflow run` with one IMAP account (IDLE) and a `fetched` script; wall time "
              "from start of the daemon until the server holds the expected result (checked every 0.25 s). "
              "imapfilter: wall time of `imapfilter -c` with equivalent Lua rules (server-side SEARCH, "
-             "moves UID sets).", "",
+             "moves UID sets). fdm (`fdm -q fetch` as an unprivileged user, wall time): fetches one message "
+             "at a time and delivers locally — it cannot move or flag on the IMAP server. fdm-imap: "
+             "List-Id/vendor messages are written to a local Maildir++ folder (.Lists/.Vendors) and dropped "
+             "from the server (\\Deleted + EXPUNGE: they leave INBOX as with a move); an 'urgent' message gets "
+             "a copy in local .Flagged and stays on the server *unflagged*. fdm-pop3: downloads and deletes "
+             "everything; List-Id/vendor/urgent go to local .Lists/.Vendors/.Flagged (a folder, not a flag), "
+             "the rest to the local INBOX. Correct = those local counts (and the server's INBOX count).", "",
              "| tool | runs | wall s median (min–max) | correct result |", "|---|---|---|---|"]
-    for tool in ("imapfilter", "mailflow"):
+    for tool in ("imapfilter", "fdm-imap", "fdm-pop3", "mailflow"):
         rr = [r for r in runs if r["tool"] == tool]
         if rr:
             lines.append(f"| {tool} | {len(rr)} | {rng([r['wall_s'] for r in rr])} | "
-                         f"{'/'.join('yes' if r['ok'] else 'NO ' + str(r['counts']) for r in rr)} |")
-    ratios = []
-    for rep in range(repeat):
-        a = [r for r in runs if r["tool"] == "mailflow" and r["rep"] == rep]
-        b = [r for r in runs if r["tool"] == "imapfilter" and r["rep"] == rep]
-        if a and b and b[0]["wall_s"] > 0:
-            ratios.append(a[0]["wall_s"] / b[0]["wall_s"])
-    if ratios:
-        lines += ["", f"mailflow / imapfilter wall time, run by run: {rng(ratios)}"]
+                         f"{'/'.join(correct_cell(r) for r in rr)} |")
+    ratio_lines = []
+    for other in ("imapfilter", "fdm-imap", "fdm-pop3"):
+        ratios = []
+        for rep in range(repeat):
+            a = [r for r in runs if r["tool"] == "mailflow" and r["rep"] == rep and r["ok"]]
+            b = [r for r in runs if r["tool"] == other and r["rep"] == rep and r["ok"]]
+            if a and b and b[0]["wall_s"] > 0:
+                ratios.append(a[0]["wall_s"] / b[0]["wall_s"])
+        if ratios:
+            ratio_lines.append(f"| mailflow / {other} | {rng(ratios)} |")
+    if ratio_lines:
+        lines += ["", "Wall time ratios, run by run (same repetition; only runs with the correct result; "
+                  "< 1 = mailflow faster). mailflow always works over IMAP: the fdm-pop3 ratio compares "
+                  "it with a different job (download everything, sort locally).", "",
+                  "| ratio | wall time ratio median (min–max) |", "|---|---|"] + ratio_lines
     idle = [x for r in runs if r["tool"] == "mailflow-idle" for x in r["ms"]]
     if idle:
         lines += ["", "IDLE push latency: APPEND of a List-Id message to INBOX (the APPEND's OK) until it is in "
@@ -939,8 +1066,10 @@ idle = true
     for r in runs:
         if r.get("note"):
             lines.append(f"- {r['tool']} rep {r['rep']}: {r['note']}")
+    for msg in skipped:
+        lines.append(f"- {msg}")
     lines += ["", f"- loadavg at the end: {loadavg()}"]
-    write_result("imap", "IMAP filtering: mailflow's poller vs imapfilter", lines, runs)
+    write_result("imap", "IMAP filtering: mailflow's poller vs imapfilter and fdm", lines, runs)
 
 
 def idle_floor(dv, samples):

@@ -5,6 +5,8 @@ Starts, side by side on loopback ports:
   smtp-sink  Postfix's test server: answers SMTP, stores nothing (the protocol ceiling)
   postfix    a private Postfix instance (own config, queue and data folders) that delivers
              every message for bench.test into one Maildir; it fsyncs its queue file before 250
+  haraka     Haraka 3.3.4, one process, queue/discard: answers 250, stores nothing
+  haraka-maildir  the same with bench/haraka/bench_maildir.js: fsynced Maildir file before 250
   mailflow   `mailflow run` with an empty scripts folder: durable spool before 250, then Maildir
 
 then drives each with `smtp-source -s SESSIONS -m COUNT -l 4096` (one connection per message),
@@ -170,6 +172,7 @@ def stop_pid(pid, name, grace=15.0):
 class Server:
     name = "?"
     maildir_new = None  # folder whose file count is the number of delivered messages
+    no_store_note = "n/a (stores nothing)"  # the report's Maildir columns when maildir_new is None
 
     def __init__(self, root):
         self.dir = os.path.join(root, self.name)
@@ -405,6 +408,125 @@ maillog_file = {self.dir}/server.log
         return r.stdout.strip()
 
 
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+# ingest.sh installs Haraka here (`npm install --prefix bench/.haraka Haraka@3.3.4`, git-ignored)
+HARAKA_PREFIX = os.path.join(BENCH_DIR, ".haraka")
+HARAKA_BIN = os.environ.get("HARAKA_BIN") or os.path.join(HARAKA_PREFIX, "node_modules", ".bin", "haraka")
+HARAKA_PLUGINS_SRC = os.path.join(BENCH_DIR, "haraka")  # our plugins: bench_rdns.js, bench_maildir.js
+
+
+def descendants_of(pid):
+    """All live descendants of pid (children, grandchildren, ...)."""
+    parent = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = proc_stat(int(name))
+            if st:
+                parent[int(name)] = st[0]
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+class Haraka(Server):
+    """Haraka 3.3.4 (Node.js), one process (`nodes=0`), an instance made by `haraka -i`.
+
+    haraka          queue/discard: answers 250 after DATA and stores nothing
+    haraka-maildir  bench/haraka/bench_maildir.js: write + fsync + rename + fsync of new/ into
+                    one Maildir before 250 (the durability contract of Postfix and mailflow)
+    Both also load bench/haraka/bench_rdns.js (answers `localhost` for 127.0.0.0/8: no DNS) and
+    rcpt_to.in_host_list (config/host_list = bench.test). Log level `notice` (one line per
+    SMTP step, about as much as Postfix writes; `info` adds a line per plugin hook).
+    """
+
+    def __init__(self, root, name="haraka", binary=HARAKA_BIN):
+        self.name = name
+        super().__init__(root)
+        self.binary = binary
+        self.inst = os.path.join(self.dir, "instance")
+        self.maildir = os.path.join(self.dir, "maildir")
+        self.maildir_new = os.path.join(self.maildir, "new") if name == "haraka-maildir" else None
+        self.no_store_note = "n/a (discard)" if name == "haraka" else self.no_store_note
+        self.seen = set()
+
+    def start(self):
+        if not os.access(self.binary, os.X_OK):
+            hint = os.path.join(HARAKA_PREFIX, "npm-install.log")
+            raise RuntimeError(f"Haraka is not installed ({self.binary} missing): bench/ingest.sh runs "
+                               f"`npm install --prefix {HARAKA_PREFIX} Haraka@3.3.4`; see {hint}")
+        if not os.path.isdir(self.inst):
+            r = subprocess.run([self.binary, "-i", self.inst], stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode != 0 or not os.path.isdir(os.path.join(self.inst, "config")):
+                raise RuntimeError(f"`haraka -i {self.inst}` failed (rc={r.returncode}): {(r.stdout + r.stderr)[-500:]}")
+        cfg = os.path.join(self.inst, "config")
+        queue = "bench_maildir" if self.name == "haraka-maildir" else "queue/discard"
+        files = {
+            "smtp.ini": f"listen={HOST}:{self.port}\nnodes=0\n",
+            # only what is needed: no DNS-using plugins (the stock list has mail_from.is_resolvable)
+            "plugins": f"bench_rdns\nrcpt_to.in_host_list\n{queue}\n",
+            "host_list": "bench.test\n",
+            "me": "bench.test\n",
+            "log.ini": "[main]\nlevel=notice\ntimestamps=false\nformat=default\n",
+            "bench_maildir": self.maildir + "\n",
+        }
+        for fname, body in files.items():
+            with open(os.path.join(cfg, fname), "w") as f:
+                f.write(body)
+        plugdir = os.path.join(self.inst, "plugins")
+        os.makedirs(plugdir, exist_ok=True)
+        for f in ("bench_rdns.js", "bench_maildir.js"):
+            shutil.copy(os.path.join(HARAKA_PLUGINS_SRC, f), plugdir)
+        env = dict(os.environ)
+        if self.name == "haraka":
+            env["YES_REALLY_DO_DISCARD"] = "1"  # queue/discard answers 451 without it
+        self.popen([self.binary, "-c", self.inst], cwd=self.inst, env=env)
+        self.wait_ready()
+
+    def pids(self):
+        if not self.proc or not proc_alive(self.proc.pid):
+            return []
+        kids = descendants_of(self.proc.pid)  # none with nodes=0; summed if there were workers
+        self.seen.update(kids)
+        return [self.proc.pid] + kids
+
+    def cpu_ticks(self):
+        total = super().cpu_ticks()  # the node process + reaped children
+        for pid in self.pids()[1:]:
+            st = proc_stat(pid)
+            if st:
+                total += st[1]
+        return total
+
+    def stop(self):
+        self.pids()
+        super().stop()
+        for pid in sorted(self.seen):
+            if proc_alive(pid):
+                log(f"{self.name} child {pid} still running after the main process stopped: SIGKILL")
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def peak_hwm_kb(self):
+        return 0
+
+    def version(self):
+        pkg = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(self.binary))), "package.json")
+        try:
+            with open(pkg) as f:
+                v = json.load(f).get("version", "")
+        except (OSError, ValueError):
+            v = "?"
+        r = subprocess.run(["node", "--version"], capture_output=True, text=True)
+        return f"Haraka {v} (node {r.stdout.strip()})"
+
+
 SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
 
 # mailflow variants: name -> (scripts folder under bench/scripts or None, plugins, Maildir++ folder)
@@ -413,6 +535,8 @@ MAILFLOW_VARIANTS = {
     "mailflow-rules": ("rules", [], "Bench"),
     "mailflow-rules-kv": ("kv", ["kv"], "Bench"),
 }
+HARAKA_VARIANTS = ("haraka", "haraka-maildir")
+DEFAULT_SERVERS = ["smtp-sink", "postfix", *HARAKA_VARIANTS, *MAILFLOW_VARIANTS]
 
 
 class Mailflow(Server):
@@ -552,11 +676,12 @@ def fmt_range(values, fmt="{:.0f}"):
 
 
 def report(results, meta, servers, notes):
-    lines = ["# Ingest: smtp-source against smtp-sink, Postfix and mailflow (with and without scripts)", ""]
+    lines = ["# Ingest: smtp-source against smtp-sink, Postfix, Haraka and mailflow (with and without scripts)", ""]
     lines.append(f"{meta['count']} messages of {MSG_LEN} bytes per run, one connection per message "
                  f"(`smtp-source -s S -m {meta['count']} -l {MSG_LEN}`), {meta['repeat']} runs per row: "
                  "median (min–max). msgs/s = messages / wall seconds of smtp-source; a 250 after DATA "
-                 "means durable (fsynced) for Postfix and mailflow, nothing for smtp-sink.")
+                 "means durable (fsynced) for Postfix, haraka-maildir and mailflow, nothing for smtp-sink "
+                 "and haraka (queue/discard).")
     lines.append("")
     lines.append("| server | sessions | msgs/s median (min–max) | peak RSS MB | peak PSS MB | server CPU ms/msg | all in Maildir after s | delivered |")
     lines.append("|---|---|---|---|---|---|---|---|")
@@ -580,17 +705,28 @@ def report(results, meta, servers, notes):
                 drain = fmt_range(drains, "{:.1f}") if drains else "—"
                 dlv = "/".join(str(r["delivered"]) for r in rows)
             else:
-                drain, dlv = "n/a (stores nothing)", "n/a"
+                drain, dlv = s.no_store_note, "n/a"
             lines.append(f"| {s.name} | {sessions} | {rate} | {rss_s} | {pss:.1f} | {cpu} | {drain} | {dlv} |")
     lines.append("")
+    for n in notes:  # servers that could not be installed or started: said here, not only below
+        if n.startswith("**"):
+            lines.append(f"- {n}")
+            lines.append("")
     lines.append("mailflow variants: `mailflow` = empty scripts folder; `mailflow-rules` = "
                  "`bench/scripts/rules` (20 rules over connect/helo/mail_from/rcpt_to/data, the last "
                  "files every message into the Maildir++ folder `.Bench`); `mailflow-rules-kv` = the same "
                  "plus `bench/scripts/kv/20-kv.rhai` (one durable `kv::incr` per message).")
     lines.append("")
+    if any(s.name in HARAKA_VARIANTS for s in servers):
+        lines.append("Haraka: one process (`nodes=0`), plugins `bench_rdns` (answers `localhost` for 127.0.0.0/8, "
+                     "no DNS), `rcpt_to.in_host_list` and the queue: `haraka` = `queue/discard` (stores nothing, "
+                     "nothing to count); `haraka-maildir` = `bench/haraka/bench_maildir.js` (write, fsync, rename "
+                     "into `new/`, fsync of `new/`, then 250: counted in that Maildir). Log level `notice`.")
+        lines.append("")
     # ratios between runs of the same repetition (interleaved, so they saw the same background load)
     names = [s.name for s in servers]
-    pairs = [(a, b) for a in names if a.startswith("mailflow") for b in ("postfix", "mailflow") if b in names and b != a]
+    pairs = [(a, b) for a in names if a.startswith("mailflow")
+             for b in ("postfix", "haraka-maildir", "mailflow") if b in names and b != a]
     if pairs:
         lines.append("Throughput ratios, computed run by run between interleaved runs of the same repetition: median (min–max).")
         lines.append("")
@@ -609,13 +745,14 @@ def report(results, meta, servers, notes):
         lines.append("")
     lines.append("Columns: peak RSS/PSS are the highest of samples taken every "
                  f"{SAMPLE_EVERY}s during the runs of that row (Postfix: summed over master and all "
-                 "its children; RSS double-counts shared pages, PSS does not). Server CPU is user+system "
+                 "its children; Haraka: over its process tree, one process with `nodes=0`; RSS "
+                 "double-counts shared pages, PSS does not). Server CPU is user+system "
                  "time of the server's processes from the start of a run until its last message is in the "
                  "Maildir (so it includes delivery). `delivered` is the Maildir file count per run.")
     lines.append("")
     lines.append("## Conditions")
     lines.append("")
-    for k in ("date", "host", "cpus", "kernel", "mailflow", "postfix", "commit", "loadavg_before", "loadavg_after", "elapsed_s"):
+    for k in ("date", "host", "cpus", "kernel", "mailflow", "postfix", "haraka", "commit", "loadavg_before", "loadavg_after", "elapsed_s"):
         if meta.get(k) not in (None, ""):
             lines.append(f"- {k}: {meta[k]}")
     lines.append("- Noise: load generator, servers and any other work on the machine share the same cores; "
@@ -631,10 +768,11 @@ def report(results, meta, servers, notes):
     lines.append("")
     lines.append("| # | server | sessions | wall s | msgs/s | server CPU ms/msg | smtp-source CPU ms/msg | all in Maildir after s | delivered |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
+    no_store = {s.name: s.no_store_note for s in servers}
     for i, r in enumerate(results, 1):
         rate = f"{r['msgs_per_s']:.0f}" if r["msgs_per_s"] is not None else f"failed ({r['rc']})"
         drain = f"{r['all_delivered_s']:.1f}" if r["all_delivered_s"] is not None else "—"
-        dlv = r["delivered"] if r["delivered"] is not None else "n/a"
+        dlv = r["delivered"] if r["delivered"] is not None else no_store.get(r["server"], "n/a")
         lines.append(f"| {i} | {r['server']} | {r['sessions']} | {r['wall_s']:.2f} | {rate} | "
                      f"{r['server_cpu_ms_per_msg']:.2f} | {r['load_cpu_ms_per_msg']:.2f} | {drain} | {dlv} |")
     lines.append("")
@@ -653,8 +791,8 @@ def main():
     sessions_list = [int(x) for x in os.environ.get("BENCH_SESSIONS", "1 20").split()]
     if not sessions_list or any(not 1 <= s <= 100 for s in sessions_list):
         sys.exit("bench: BENCH_SESSIONS must be numbers in [1, 100]")
-    wanted = os.environ.get("BENCH_SERVERS", "smtp-sink postfix " + " ".join(MAILFLOW_VARIANTS)).split()
-    unknown = set(wanted) - {"smtp-sink", "postfix"} - set(MAILFLOW_VARIANTS)
+    wanted = os.environ.get("BENCH_SERVERS", " ".join(DEFAULT_SERVERS)).split()
+    unknown = set(wanted) - {"smtp-sink", "postfix"} - set(HARAKA_VARIANTS) - set(MAILFLOW_VARIANTS)
     if unknown:
         sys.exit(f"bench: unknown server(s) in BENCH_SERVERS: {' '.join(sorted(unknown))}")
     # a run that needs more than 50 ms a message is broken, not slow
@@ -689,17 +827,26 @@ def main():
     try:
         for name in wanted:
             server = {"smtp-sink": SmtpSink, "postfix": Postfix}.get(name)
-            s = server(root) if server else Mailflow(root, os.path.abspath(args.mailflow), name)
+            if server:
+                s = server(root)
+            elif name in HARAKA_VARIANTS:
+                s = Haraka(root, name)
+            else:
+                s = Mailflow(root, os.path.abspath(args.mailflow), name)
             try:
                 log(f"starting {s.name} on {HOST}:{s.port}")
                 s.start()
                 servers.append(s)
-            except Exception as e:  # keep measuring the others, and say why
-                notes.append(f"{s.name} not measured: {e}".replace("\n", " "))
-                log(notes[-1])
+            except Exception as e:  # keep measuring the others, and say why (loudly)
+                notes.append(f"**{s.name} not measured**: {e}".replace("\n", " "))
+                log("!" * 78)
+                log(f"ERROR: {s.name} could not be started; it is SKIPPED (noted in the report):")
+                log(str(e))
+                log("!" * 78)
                 s.stop()
         meta["mailflow"] = next((s.version() for s in servers if s.name.startswith("mailflow")), "")
         meta["postfix"] = next((s.version() for s in servers if s.name == "postfix"), "")
+        meta["haraka"] = next((s.version() for s in servers if s.name in HARAKA_VARIANTS), "")
 
         warm = min(200, count)
         for s in servers:

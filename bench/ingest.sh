@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Ingest measurement: Postfix's smtp-source against smtp-sink (protocol ceiling), a private
-# Postfix instance delivering to Maildir, and mailflow (durable spool, then Maildir), side by
-# side on loopback. Writes bench/results/ingest.md and prints it. See bench/README.md.
+# Postfix instance delivering to Maildir, Haraka (discard, and a Maildir queue plugin with fsync)
+# and mailflow (durable spool, then Maildir), side by side on loopback. Writes
+# bench/results/ingest.md and prints it. See bench/README.md.
 #
 # Environment:
 #   BENCH_COUNT=5000        messages per run (at most 20000)
 #   BENCH_SESSIONS="1 20"   smtp-source -s values
 #   BENCH_REPEAT=3          runs per server and session count (median, min-max)
-#   BENCH_SERVERS="smtp-sink postfix mailflow"
+#   BENCH_SERVERS="smtp-sink postfix haraka haraka-maildir mailflow mailflow-rules mailflow-rules-kv"
 #   BENCH_TIMEOUT=2700      seconds for the whole measurement; runs past it are skipped
 #   MAILFLOW_BIN=path       use this binary instead of building target/release/mailflow
+#   HARAKA_BIN=path         use this haraka instead of installing into bench/.haraka (npm)
 #   BENCH_OUT=file.md       report path (default bench/results/ingest.md; the .json goes next to it)
 set -euo pipefail
 
@@ -33,6 +35,29 @@ if [ "$need_postfix" = 1 ]; then
     if ! DEBIAN_FRONTEND=noninteractive apt-get install -y postfix >/dev/null; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y postfix >/dev/null
+    fi
+fi
+
+# Haraka (Node.js) from npm into bench/.haraka (git-ignored), only when missing and wanted.
+# A failed install is reported loudly; ingest.py then skips both Haraka servers and notes why.
+servers="${BENCH_SERVERS:-smtp-sink postfix haraka haraka-maildir mailflow mailflow-rules mailflow-rules-kv}"
+haraka_prefix="$here/.haraka"
+if [[ " $servers " == *" haraka"* ]] && [ -z "${HARAKA_BIN:-}" ] \
+    && [ ! -x "$haraka_prefix/node_modules/.bin/haraka" ]; then
+    echo "bench: installing Haraka 3.3.4 into $haraka_prefix (npm)" >&2
+    mkdir -p "$haraka_prefix"
+    if ! command -v npm >/dev/null 2>&1 \
+        || ! npm install --prefix "$haraka_prefix" --no-audit --no-fund --loglevel=error Haraka@3.3.4 \
+            >"$haraka_prefix/npm-install.log" 2>&1 \
+        || [ ! -x "$haraka_prefix/node_modules/.bin/haraka" ]; then
+        {
+            echo "bench: ##########################################################################"
+            echo "bench: ERROR: installing Haraka failed (npm missing or npm install failed)."
+            echo "bench: haraka and haraka-maildir will be SKIPPED (noted in the report)."
+            echo "bench: npm's output: $haraka_prefix/npm-install.log"
+            tail -n 15 "$haraka_prefix/npm-install.log" 2>/dev/null | sed 's/^/bench:   /'
+            echo "bench: ##########################################################################"
+        } >&2
     fi
 fi
 
