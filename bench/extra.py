@@ -952,6 +952,9 @@ def section_imap(root, binary):
         log(f"imap: WARNING: {msg}")
     tools = (["imapfilter"] if have_imapfilter else []) + (["fdm-imap"] if have_fdm else []) \
         + (["fdm-pop3"] if have_fdm and have_pop3 else []) + ["mailflow"]
+    only = os.environ.get("BENCH_IMAP_TOOLS", "").split()  # e.g. "imapfilter mailflow" for a quick look
+    if only:
+        tools = [t for t in tools if t in only]
     for rep in range(repeat):
         for tool in tools:
             dv = Dovecot(d, template, pop3=(tool == "fdm-pop3"))
@@ -1016,6 +1019,8 @@ idle = true
             finally:
                 if mf:
                     mf.stop()
+                    if os.environ.get("BENCH_IMAP_LOG"):  # keep mailflow's log for a closer look
+                        shutil.copy(os.path.join(mf.dir, "server.log"), f"{os.environ['BENCH_IMAP_LOG']}.{rep}")
                 dv.stop()
                 shutil.rmtree(dv.dir, ignore_errors=True)
     lines = [f"A {n}-message mailbox ({size_mb:.0f} MiB: varied senders, 30% with List-Id, 10% with an "

@@ -55,6 +55,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         max_age: config.outbound.max_age,
         hostname: config.smtp.hostname.clone(),
         local: DeliveryTarget::from_config(&config),
+        concurrency: config.outbound.concurrency,
     };
     let queue_dir = config.queue_dir();
     let (outbound, scheduler) = Outbound::start(&queue_dir, transport, settings)

@@ -45,4 +45,6 @@ pub enum QueueAction {
     Retry { id: String },
     /// Delete a queued message.
     Delete { id: String },
+    /// Retry every queued message now (like Postfix's `postqueue -f`).
+    Flush,
 }

@@ -1,4 +1,4 @@
-//! `mailflow queue list|retry ID|delete ID`: the outbound queue of the config's daemon, read
+//! `mailflow queue list|retry ID|delete ID|flush`: the outbound queue of the config's daemon, read
 //! and changed through its folder. The running daemon rescans the folder twice a second, so a
 //! retry is picked up at once and a deleted entry is not sent again (an attempt already in
 //! flight finishes).
@@ -66,6 +66,19 @@ pub fn run(config: Option<&Path>, action: &QueueAction) -> i32 {
                 1
             }
         },
+        QueueAction::Flush => {
+            let entries = entry::list(&dir);
+            let mut failed = 0;
+            for mut e in entries.iter().cloned() {
+                e.next_try = 0;
+                if let Err(err) = entry::save(&dir, &e) {
+                    eprintln!("{}: {err}", e.id);
+                    failed += 1;
+                }
+            }
+            println!("{} queued message(s) will be retried now", entries.len() - failed);
+            i32::from(failed > 0)
+        }
         QueueAction::Delete { id } => {
             if entry::load(&dir, id).is_err() {
                 eprintln!("{id}: no such queue entry");

@@ -93,6 +93,9 @@ fn validate(config: &Config) -> Result<(), String> {
         crate::smtp::credentials::check_hash(hash)
             .map_err(|e| format!("[smtp] auth_users {user:?}: {e}; make one with `mailflow hash-password`"))?;
     }
+    if !(1..=1000).contains(&config.outbound.concurrency) {
+        return Err(format!("[outbound] concurrency = {} is out of range 1..=1000", config.outbound.concurrency));
+    }
     if config.scripts.timeout_ms == 0 || config.scripts.max_operations == 0 {
         return Err("[scripts] timeout_ms and max_operations must be > 0".into());
     }

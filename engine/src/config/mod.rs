@@ -163,6 +163,8 @@ pub struct OutboundConfig {
     pub dns_server: String,
     /// `mx` mode: the port MX hosts are contacted on (25; other values are for tests).
     pub mx_port: u16,
+    /// Delivery attempts in flight at once (SMTP connections to the relay or MX hosts).
+    pub concurrency: usize,
 }
 
 impl Default for OutboundConfig {
@@ -179,6 +181,7 @@ impl Default for OutboundConfig {
             forward_sender: "original".to_string(),
             dns_server: String::new(),
             mx_port: 25,
+            concurrency: 10,
         }
     }
 }

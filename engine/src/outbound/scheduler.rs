@@ -11,8 +11,6 @@ use super::entry::{self, EntryKind, QueueEntry, RcptStatus};
 use super::{dsn, normalize, retry_delay, Outbound, Transport};
 use crate::deliver::DeliveryTarget;
 
-/// Entries sent at the same time.
-const CONCURRENCY: usize = 10;
 /// The folder is rescanned at least this often (to see `mailflow queue retry`/`delete`).
 const RESCAN: Duration = Duration::from_millis(500);
 
@@ -24,6 +22,8 @@ pub struct Settings {
     pub hostname: String,
     /// Recipients in local domains are delivered to their Maildir, not sent.
     pub local: DeliveryTarget,
+    /// Entries sent at the same time (`[outbound] concurrency`).
+    pub concurrency: usize,
 }
 
 pub(super) async fn run(
@@ -33,7 +33,7 @@ pub(super) async fn run(
     mut wake: mpsc::UnboundedReceiver<()>,
 ) {
     let settings = Arc::new(settings);
-    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut in_flight: HashSet<String> = HashSet::new();
     loop {
