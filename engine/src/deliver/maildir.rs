@@ -54,21 +54,69 @@ fn unique_name(hostname: &str, size: usize) -> String {
     format!("{}.M{}P{}Q{}.{},S={}", now.as_secs(), now.subsec_micros(), std::process::id(), n, host, size)
 }
 
-/// Folders that got new entries whose names are not yet durable: the folder itself still needs
-/// an fsync. Collected over a batch of deliveries so that each folder is synced once per batch
-/// instead of once per message (half the disk flushes of a delivery).
+/// The durability still owed for a batch of deliveries. Until [`PendingDirs::sync`] returns
+/// `Ok`, the batch's messages may vanish in a crash, so nothing may be acknowledged or removed
+/// before it.
+///
+/// Two modes. Per file ([`Default`]): each file is fsynced and renamed into place at once, and
+/// only the folder fsyncs wait for `sync` (one per folder per batch). Deferred
+/// ([`PendingDirs::deferred`], for the deliverer's spool segments): files wait in `tmp/`
+/// unsynced, and `sync` makes them all durable with one `syncfs(2)` per filesystem, renames them
+/// into place and fsyncs their folders — a few disk flushes per batch instead of two per
+/// message (on this project's VMs a flush costs ~0.3 ms of CPU in the guest, and at 20
+/// sessions the CPU is the limit). A reader never sees a partial file in `new/`: the rename
+/// comes after the data is on disk.
 #[derive(Debug, Default)]
-pub struct PendingDirs(BTreeSet<PathBuf>);
+pub struct PendingDirs {
+    dirs: BTreeSet<PathBuf>,
+    /// Deferred mode: files written to `tmp/`, not yet synced: (tmp path, final path).
+    staged: Vec<(PathBuf, PathBuf)>,
+    deferred: bool,
+}
 
 impl PendingDirs {
-    /// Fsyncs every pending folder. Until this returns `Ok`, the batch's files may vanish in a
-    /// crash, so nothing may be acknowledged or removed before it.
+    /// A batch in deferred mode (see the type's documentation).
+    pub fn deferred() -> PendingDirs {
+        PendingDirs { deferred: true, ..PendingDirs::default() }
+    }
+
+    /// Makes every message of the batch durable and in place.
     pub fn sync(&mut self) -> std::io::Result<()> {
-        for dir in std::mem::take(&mut self.0) {
+        let staged = std::mem::take(&mut self.staged);
+        if !staged.is_empty() {
+            let mut devices = BTreeSet::new();
+            for (tmp, _) in &staged {
+                let folder = tmp.parent().unwrap_or(Path::new("."));
+                if devices.insert(std::os::unix::fs::MetadataExt::dev(&fs::metadata(folder)?)) {
+                    syncfs(folder)?;
+                }
+            }
+            for (tmp, dest) in &staged {
+                fs::rename(tmp, dest)?;
+                if let Some(folder) = dest.parent() {
+                    self.dirs.insert(folder.to_path_buf());
+                }
+            }
+        }
+        for dir in std::mem::take(&mut self.dirs) {
             File::open(&dir)?.sync_all()?;
         }
         Ok(())
     }
+
+    /// Removes the staged files of a batch that will not be synced (after an error).
+    pub fn discard(&mut self) {
+        for (tmp, _) in std::mem::take(&mut self.staged) {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// `syncfs(2)` on the filesystem holding `folder`: everything written to it is on disk when
+/// this returns `Ok` (Linux reports writeback errors here since 5.8).
+fn syncfs(folder: &Path) -> std::io::Result<()> {
+    let dir = File::open(folder)?;
+    rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
 }
 
 /// Writes `parts` (concatenated) as one message into `dir`, which must exist. With `flags`
@@ -88,10 +136,18 @@ pub fn write_message(
     let (target_dir, final_name) =
         if flags.is_empty() { ("new", name.clone()) } else { ("cur", format!("{name}:2,{flags}")) };
     let dest = dir.join(target_dir).join(final_name);
+    let deferred = pending.deferred;
     let result = (|| {
         let mut file = File::create(&tmp)?;
         for part in parts {
             file.write_all(part)?;
+        }
+        if deferred {
+            // The folder must exist now: `sync` renames into it later.
+            if !dir.join(target_dir).is_dir() {
+                return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "Maildir folder missing"));
+            }
+            return Ok(());
         }
         file.sync_all()?;
         drop(file);
@@ -101,7 +157,11 @@ pub fn write_message(
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    pending.0.insert(dir.join(target_dir));
+    if deferred {
+        pending.staged.push((tmp, dest.clone()));
+    } else {
+        pending.dirs.insert(dir.join(target_dir));
+    }
     Ok(dest)
 }
 
@@ -133,6 +193,27 @@ mod tests {
         assert_eq!(root_for("/m/{local}", "/etc/x@a"), PathBuf::from("/m/_etc_x"));
         assert_eq!(folder_dir(Path::new("/r"), Some("Lists/Rust")), PathBuf::from("/r/.Lists.Rust"));
         assert_eq!(folder_dir(Path::new("/r"), Some("inbox")), PathBuf::from("/r"));
+    }
+
+    #[test]
+    fn deferred_batch_appears_only_after_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure(dir.path(), false).unwrap();
+        let mut batch = PendingDirs::deferred();
+        let a = write_message(dir.path(), "h", &[b"a\r\n"], "", &mut batch).unwrap();
+        let b = write_message(dir.path(), "h", &[b"b\r\n"], "S", &mut batch).unwrap();
+        let count = |sub: &str| fs::read_dir(dir.path().join(sub)).unwrap().count();
+        // Nothing a Maildir reader looks at yet: both wait, unsynced, in tmp/.
+        assert_eq!((count("tmp"), count("new"), count("cur")), (2, 0, 0));
+        batch.sync().unwrap();
+        assert_eq!((count("tmp"), count("new"), count("cur")), (0, 1, 1));
+        assert_eq!(fs::read(a).unwrap(), b"a\r\n");
+        assert_eq!(fs::read(b).unwrap(), b"b\r\n");
+        // A batch that will not be synced leaves nothing behind.
+        let mut dropped = PendingDirs::deferred();
+        write_message(dir.path(), "h", &[b"c"], "", &mut dropped).unwrap();
+        dropped.discard();
+        assert_eq!((count("tmp"), count("new")), (0, 1));
     }
 
     #[test]

@@ -23,8 +23,13 @@ use crate::spool::{Segment, SpooledMessage};
 
 /// How long a failed delivery waits before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Segments delivered at the same time.
+/// Batches delivered at the same time.
 const DELIVERY_WORKERS: usize = 4;
+/// How long the deliverer waits for more spool segments to join a batch: the batch then costs
+/// one sync instead of one per segment (at one SMTP session, a segment per message).
+const GATHER: Duration = Duration::from_millis(10);
+/// Most spool segments delivered as one batch.
+const MAX_SEGMENTS: usize = 64;
 
 /// Local Maildir delivery: what the deliverer and the outbound queue (for local recipients
 /// of forwards and bounces) need from the config.
@@ -101,18 +106,27 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let target = Arc::new(target);
     tokio::spawn(async move {
-        // Segments are delivered by a few blocking workers at once: their fsyncs overlap (the
-        // filesystem journal commits them together), so delivery keeps up with ingest.
+        // Batches of segments are delivered by a few blocking workers at once, so delivery
+        // keeps up with ingest; within a batch one sync makes every file durable.
         let workers = Arc::new(tokio::sync::Semaphore::new(DELIVERY_WORKERS));
         let mut running = tokio::task::JoinSet::new();
-        while let Some(segment) = rx.recv().await {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + GATHER;
+            while batch.len() < MAX_SEGMENTS {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(segment)) => batch.push(segment),
+                    _ => break,
+                }
+            }
             while running.try_join_next().is_some() {}
             let Ok(permit) = workers.clone().acquire_owned().await else { break };
             let (target, retry) = (target.clone(), retry.clone());
             running.spawn(async move {
-                let result = tokio::task::spawn_blocking(move || deliver_segment(&target, segment)).await;
+                let rests = tokio::task::spawn_blocking(move || deliver_batch(&target, batch)).await;
                 drop(permit);
-                if let Ok(Some(rest)) = result {
+                for rest in rests.unwrap_or_default() {
+                    let retry = retry.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(RETRY_AFTER).await;
                         if let Some(tx) = retry.upgrade() {
@@ -126,36 +140,44 @@ pub fn spawn(
     })
 }
 
-/// Delivers every message of the segment; removes the segment file when all succeeded, else
-/// returns the undelivered rest. The Maildir folders are fsynced once for the whole segment,
-/// before the segment file goes.
-fn deliver_segment(target: &Deliverer, segment: Segment) -> Option<Segment> {
-    let mut failed = Vec::new();
-    let mut done = Vec::new();
-    let mut pending = maildir::PendingDirs::default();
-    for message in segment.messages {
-        let span = tracing::info_span!("message", id = %message.record.id);
-        let ok = span.in_scope(|| deliver_message(target, &message, &mut pending));
-        if ok {
-            done.push(message);
-        } else {
-            failed.push(message);
+/// Delivers every message of the segments, makes the whole batch durable with one sync (see
+/// [`maildir::PendingDirs`]), then removes each segment file whose messages all succeeded.
+/// Returns the undelivered rest of the others.
+fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
+    let mut pending = maildir::PendingDirs::deferred();
+    let mut results = Vec::with_capacity(segments.len());
+    for segment in segments {
+        let (mut done, mut failed) = (Vec::new(), Vec::new());
+        for message in segment.messages {
+            let span = tracing::info_span!("message", id = %message.record.id);
+            if span.in_scope(|| deliver_message(target, &message, &mut pending)) {
+                done.push(message);
+            } else {
+                failed.push(message);
+            }
         }
+        results.push((segment.path, done, failed));
     }
     if let Err(e) = pending.sync() {
-        // The files may not survive a crash: keep the whole segment (a retry may duplicate a
+        // The files may not survive a crash: keep every segment (a retry may duplicate a
         // message, which beats losing one).
-        tracing::error!(segment = %segment.path.display(), error = %e, "cannot fsync Maildir folders; will retry");
-        failed.extend(done);
-    }
-    if failed.is_empty() {
-        if let Err(e) = std::fs::remove_file(&segment.path) {
-            tracing::warn!(segment = %segment.path.display(), error = %e, "cannot remove delivered spool segment");
+        tracing::error!(error = %e, "cannot make Maildir deliveries durable; will retry");
+        pending.discard();
+        for (_, done, failed) in &mut results {
+            failed.append(done);
         }
-        None
-    } else {
-        Some(Segment { path: segment.path, messages: failed })
     }
+    let mut rests = Vec::new();
+    for (path, _, failed) in results {
+        if failed.is_empty() {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(segment = %path.display(), error = %e, "cannot remove delivered spool segment");
+            }
+        } else {
+            rests.push(Segment { path, messages: failed });
+        }
+    }
+    rests
 }
 
 /// True when every local recipient got the message and every outbound copy is queued.
