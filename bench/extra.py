@@ -211,7 +211,22 @@ def latency_client(port, n, body, out, errors, deadline):
         errors.append(repr(e))
 
 
+LOADCLIENT = os.environ.get("BENCH_LOADCLIENT") or os.path.join(HERE, "loadclient", "target", "release",
+                                                               "mailflow-loadclient")
+
+
 def run_latency(port, sessions, total, timeout):
+    """The Rust load client (bench/loadclient, built by bench/run) when it is there, else the
+    Python one. Returns (latencies in s, errors, wall s)."""
+    if os.access(LOADCLIENT, os.X_OK):
+        r = subprocess.run([LOADCLIENT, str(port), str(sessions), str(total), "4096", str(timeout)],
+                           capture_output=True, text=True, timeout=timeout + 30)
+        try:
+            res = json.loads(r.stdout)
+        except ValueError:
+            return [], [f"loadclient rc={r.returncode}: {(r.stdout + r.stderr)[-300:]}"], 0.0
+        return [us / 1e6 for us in res["latencies_us"]], res["errors"], res["wall_s"]
+    log("latency: bench/loadclient not built: using the Python client")
     body = make_body()
     out, errors, threads = [], [], []
     deadline = time.monotonic() + timeout
@@ -260,7 +275,9 @@ def section_latency(root, binary):
     finally:
         for s in servers:
             s.stop()
-    lines = [f"End of DATA (`.` sent) to the `250` reply, measured by a Python client (raw sockets, "
+    client = ("the Rust load client `bench/loadclient`" if os.access(LOADCLIENT, os.X_OK)
+              else "a Python client (bench/loadclient was not built)")
+    lines = [f"End of DATA (`.` sent) to the `250` reply, measured by {client} (raw sockets, "
              f"one thread per session, TCP_NODELAY, each session sends its messages over one "
              f"connection: MAIL, RCPT, DATA, 4 KB). {total} messages per run, {repeat} runs, "
              f"servers interleaved. Values: median over runs (min–max) of each run's percentile.",
