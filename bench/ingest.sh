@@ -6,7 +6,7 @@
 #
 # Environment:
 #   BENCH_COUNT=5000        messages per run (at most 20000)
-#   BENCH_SESSIONS="1 20"   smtp-source -s values
+#   BENCH_SESSIONS="1 5 20 50" smtp-source -s values
 #   BENCH_REPEAT=3          runs per server and session count (median, min-max)
 #   BENCH_SERVERS="smtp-sink postfix haraka haraka-maildir mailflow mailflow-rules mailflow-rules-kv"
 #   BENCH_TIMEOUT=2700      seconds for the whole measurement; runs past it are skipped
