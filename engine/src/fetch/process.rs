@@ -14,27 +14,6 @@ use crate::message::MessageView;
 use crate::script::{apply, Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verdict};
 use crate::spool::{Envelope, SpoolRecord, SpooledMessage};
 
-/// Runs the `fetched` stage on a message (blocking: the caller runs it where it may block).
-pub async fn run_hook(
-    set: &ScriptSet,
-    account: &AccountConfig,
-    protocol: &str,
-    mailbox: &str,
-    uid: &str,
-    view: &MessageView,
-) -> Decision {
-    let ctx = ScriptCtx::new(Context {
-        account: account.name.clone(),
-        protocol: protocol.to_string(),
-        mailbox: mailbox.to_string(),
-        uid: uid.to_string(),
-        sender: envelope_sender(view),
-        recipients: account_address(account, view).into_iter().collect(),
-        ..Context::default()
-    });
-    set.call_from_async(Stage::Fetched, &ctx, Some(view), &format!("{}/{}/{}", account.name, mailbox, uid)).await
-}
-
 /// A message the hook and its local effects are done with.
 pub struct Handled {
     pub decision: Decision,
@@ -58,7 +37,8 @@ pub async fn handle(
     effects(deps, account, uid, view, decision).await
 }
 
-/// The hook alone: `Err` when it failed (error or `tempfail`: retry next round).
+/// Runs the `fetched` stage on a message: `Err` when it failed (error or `tempfail`: retry
+/// next round).
 pub async fn hook(
     set: &ScriptSet,
     account: &AccountConfig,
@@ -67,7 +47,17 @@ pub async fn hook(
     uid: &str,
     view: &MessageView,
 ) -> Result<Decision, String> {
-    let decision = run_hook(set, account, protocol, mailbox, uid, view).await;
+    let ctx = ScriptCtx::new(Context {
+        account: account.name.clone(),
+        protocol: protocol.to_string(),
+        mailbox: mailbox.to_string(),
+        uid: uid.to_string(),
+        sender: envelope_sender(view),
+        recipients: account_address(account, view).into_iter().collect(),
+        ..Context::default()
+    });
+    let id = format!("{}/{}/{}", account.name, mailbox, uid);
+    let decision = set.call_from_async(Stage::Fetched, &ctx, Some(view), &id).await;
     if failed(&decision) {
         return Err(decision.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "tempfail".into()));
     }
