@@ -131,5 +131,18 @@ fn hooks(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hooks);
+/// Message parsing alone: the header block (what most `data` rules read) and the whole MIME
+/// body (what `msg.body_text`/`attachments` add), on the same 4 KB message.
+fn parsing(c: &mut Criterion) {
+    let raw = Arc::new(message());
+    c.bench_function("parse/headers", |b| b.iter(|| MessageView::new(raw.clone()).parsed().subject.len()));
+    c.bench_function("parse/headers+body", |b| {
+        b.iter(|| {
+            let view = MessageView::new(raw.clone());
+            view.parsed().subject.len() + view.body().text.len()
+        })
+    });
+}
+
+criterion_group!(benches, hooks, parsing);
 criterion_main!(benches);
