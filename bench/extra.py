@@ -32,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ingest  # noqa: E402
-from ingest import (HOST, Postfix, Server, SmtpSink, free_port, log, proc_mem_kb,  # noqa: E402
+from ingest import (HOST, Postfix, Server, SmtpSink, fmt_range, free_port, log, proc_mem_kb,  # noqa: E402
                     stop_pid, wait_port)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,12 +57,7 @@ def pct(values, p):
 
 
 def rng(values, fmt="{:.2f}"):
-    if not values:
-        return "—"
-    med = statistics.median(values)
-    if len(values) == 1:
-        return fmt.format(med)
-    return f"{fmt.format(med)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+    return fmt_range(values, fmt)
 
 
 def write_result(name, title, lines, data):

@@ -872,6 +872,57 @@ def test_queue_list_retry_delete(daemon, sinks):
         assert "no such queue entry" in r.stderr
 
 
+def test_queue_flush_retries_every_entry_now(daemon, sinks):
+    """`mailflow queue flush` (like `postqueue -f`) makes every entry due at once."""
+    sink = sinks()
+    sink.stop()
+    d = daemon(scripts={"10-fwd.rhai": FORWARD}, extra=outbound(sink.port, retry='["1h"]'))
+    for n in range(3):
+        send(d, subject=f"flush{n}")
+    assert wait_queue(d, lambda rows: len(rows) == 3 and all(r["attempts"] == "1" for r in rows))
+    sink.start()
+    time.sleep(0.7)
+    assert sink.messages() == [], "retry 1h: nothing is sent before the flush"
+    r = queue(d, "flush")
+    assert r.returncode == 0, r.stderr
+    assert "3 queued message(s) will be retried now" in r.stdout
+    got = sink.wait(3, timeout=5)
+    assert sorted(m["msg"]["Subject"] for m in got) == ["flush0", "flush1", "flush2"]
+    assert wait_queue(d, lambda rows: rows == []) == []
+
+
+def test_outbound_concurrency_bounds_connections_to_the_relay(daemon, sinks):
+    """`[outbound] concurrency = 1`: one delivery attempt at a time, so the relay never sees
+    more than one connection from mailflow; out-of-range values are config errors."""
+    sink = sinks()
+    d = daemon(scripts={"10-fwd.rhai": FORWARD}, extra=outbound(sink.port, more="concurrency = 1\n"))
+    for n in range(20):
+        send(d, subject=f"c{n}")
+    peak = 0
+    deadline = time.monotonic() + 10
+    while len(sink.messages()) < 20 and time.monotonic() < deadline:
+        peak = max(peak, established_to(sink.port))
+        time.sleep(0.005)
+    assert len(sink.messages()) == 20
+    assert peak == 1, peak
+    for bad in (0, 1001):
+        cfg = d.root / f"bad{bad}.toml"
+        cfg.write_text(make_config(free_port()) + f"\n[outbound]\nconcurrency = {bad}\n")
+        r = mailflow("check", "--config", str(cfg))
+        assert r.returncode == 1 and "concurrency" in r.stderr, (r.stdout, r.stderr)
+
+
+def established_to(port):
+    """Established TCP connections to 127.0.0.1:`port`, from /proc/net/tcp (client side)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if parts[2].endswith(f":{port:04X}") and parts[3] == "01":
+                n += 1
+    return n
+
+
 def test_queue_list_works_without_a_running_daemon(tmp_path):
     (tmp_path / "mailflow.toml").write_text(make_config(free_port()))
     r = mailflow("queue", "list", "--config", tmp_path / "mailflow.toml")

@@ -54,30 +54,30 @@ fn unique_name(hostname: &str, size: usize) -> String {
     format!("{}.M{}P{}Q{}.{},S={}", now.as_secs(), now.subsec_micros(), std::process::id(), n, host, size)
 }
 
-/// The durability still owed for a batch of deliveries. Until [`PendingDirs::sync`] returns
+/// The durability still owed for a batch of deliveries. Until [`SyncBatch::sync`] returns
 /// `Ok`, the batch's messages may vanish in a crash, so nothing may be acknowledged or removed
 /// before it.
 ///
 /// Two modes. Per file ([`Default`]): each file is fsynced and renamed into place at once, and
 /// only the folder fsyncs wait for `sync` (one per folder per batch). Deferred
-/// ([`PendingDirs::deferred`], for the deliverer's spool segments): files wait in `tmp/`
+/// ([`SyncBatch::deferred`], for the deliverer's spool segments): files wait in `tmp/`
 /// unsynced, and `sync` makes them all durable with one `syncfs(2)` per filesystem, renames them
 /// into place and fsyncs their folders — a few disk flushes per batch instead of two per
 /// message (on this project's VMs a flush costs ~0.3 ms of CPU in the guest, and at 20
 /// sessions the CPU is the limit). A reader never sees a partial file in `new/`: the rename
 /// comes after the data is on disk.
 #[derive(Debug, Default)]
-pub struct PendingDirs {
+pub struct SyncBatch {
     dirs: BTreeSet<PathBuf>,
     /// Deferred mode: files written to `tmp/`, not yet synced: (tmp path, final path).
     staged: Vec<(PathBuf, PathBuf)>,
     deferred: bool,
 }
 
-impl PendingDirs {
+impl SyncBatch {
     /// A batch in deferred mode (see the type's documentation).
-    pub fn deferred() -> PendingDirs {
-        PendingDirs { deferred: true, ..PendingDirs::default() }
+    pub fn deferred() -> SyncBatch {
+        SyncBatch { deferred: true, ..SyncBatch::default() }
     }
 
     /// Makes every message of the batch durable and in place.
@@ -122,13 +122,13 @@ fn syncfs(folder: &Path) -> std::io::Result<()> {
 /// Writes `parts` (concatenated) as one message into `dir`, which must exist. With `flags`
 /// (Maildir info letters, e.g. "FS") it goes to `cur/name:2,flags`, else to `new/`. Returns
 /// the final path once the file is fsynced and renamed into place; its folder is added to
-/// `pending`, whose [`PendingDirs::sync`] makes the name durable. Blocking.
+/// `pending`, whose [`SyncBatch::sync`] makes the name durable. Blocking.
 pub fn write_message(
     dir: &Path,
     hostname: &str,
     parts: &[&[u8]],
     flags: &str,
-    pending: &mut PendingDirs,
+    pending: &mut SyncBatch,
 ) -> std::io::Result<PathBuf> {
     let size: usize = parts.iter().map(|p| p.len()).sum();
     let name = unique_name(hostname, size);
@@ -199,7 +199,7 @@ mod tests {
     fn deferred_batch_appears_only_after_sync() {
         let dir = tempfile::tempdir().unwrap();
         ensure(dir.path(), false).unwrap();
-        let mut batch = PendingDirs::deferred();
+        let mut batch = SyncBatch::deferred();
         let a = write_message(dir.path(), "h", &[b"a\r\n"], "", &mut batch).unwrap();
         let b = write_message(dir.path(), "h", &[b"b\r\n"], "S", &mut batch).unwrap();
         let count = |sub: &str| fs::read_dir(dir.path().join(sub)).unwrap().count();
@@ -210,7 +210,7 @@ mod tests {
         assert_eq!(fs::read(a).unwrap(), b"a\r\n");
         assert_eq!(fs::read(b).unwrap(), b"b\r\n");
         // A batch that will not be synced leaves nothing behind.
-        let mut dropped = PendingDirs::deferred();
+        let mut dropped = SyncBatch::deferred();
         write_message(dir.path(), "h", &[b"c"], "", &mut dropped).unwrap();
         dropped.discard();
         assert_eq!((count("tmp"), count("new")), (0, 1));
@@ -220,7 +220,7 @@ mod tests {
     fn writes_into_new_and_cur() {
         let dir = tempfile::tempdir().unwrap();
         ensure(dir.path(), false).unwrap();
-        let mut pending = PendingDirs::default();
+        let mut pending = SyncBatch::default();
         let path = write_message(dir.path(), "h", &[b"a: b\r\n", b"\r\nx\r\n"], "", &mut pending).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"a: b\r\n\r\nx\r\n");
         assert!(path.parent().unwrap().ends_with("new"));

@@ -58,7 +58,7 @@ impl DeliveryTarget {
     pub fn deliver_local(&self, rcpt: &str, sender: &str, body: &[u8]) -> std::io::Result<PathBuf> {
         let root = maildir::root_for(&self.maildir_template, rcpt);
         let return_path = format!("Return-Path: <{sender}>\r\n");
-        let mut pending = maildir::PendingDirs::default();
+        let mut pending = maildir::SyncBatch::default();
         let mut paths = deliver_copies(self, &root, &[], &[return_path.as_bytes(), body], "", &mut pending)?;
         pending.sync()?;
         Ok(paths.pop().unwrap_or(root))
@@ -141,10 +141,10 @@ pub fn spawn(
 }
 
 /// Delivers every message of the segments, makes the whole batch durable with one sync (see
-/// [`maildir::PendingDirs`]), then removes each segment file whose messages all succeeded.
+/// [`maildir::SyncBatch`]), then removes each segment file whose messages all succeeded.
 /// Returns the undelivered rest of the others.
 fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
-    let mut pending = maildir::PendingDirs::deferred();
+    let mut pending = maildir::SyncBatch::deferred();
     let mut results = Vec::with_capacity(segments.len());
     for segment in segments {
         let (mut done, mut failed) = (Vec::new(), Vec::new());
@@ -181,7 +181,7 @@ fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
 }
 
 /// True when every local recipient got the message and every outbound copy is queued.
-fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mut maildir::PendingDirs) -> bool {
+fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mut maildir::SyncBatch) -> bool {
     let target = &deliverer.target;
     let record = &message.record;
     let folders = apply::folders(&record.actions);
@@ -229,7 +229,7 @@ pub fn deliver_copies(
     folders: &[&str],
     parts: &[&[u8]],
     flags: &str,
-    pending: &mut maildir::PendingDirs,
+    pending: &mut maildir::SyncBatch,
 ) -> std::io::Result<Vec<PathBuf>> {
     let targets: Vec<Option<&str>> =
         if folders.is_empty() { vec![None] } else { folders.iter().map(|f| Some(*f)).collect() };

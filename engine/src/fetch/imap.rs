@@ -13,7 +13,6 @@
 //! Folder names from scripts and the config use `/` for hierarchy, like the SMTP path; they
 //! are translated to the server's hierarchy delimiter and to modified UTF-7 (RFC 3501 §5.1.3).
 
-use crate::script::{ScriptSet, Stage};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,7 +29,7 @@ use super::state::{self, Done, Journal, MailboxState, ServerActions};
 use super::{process, FetchDeps};
 use crate::config::{AccountConfig, AccountTls};
 use crate::message::MessageView;
-use crate::script::Action;
+use crate::script::{Action, ScriptSet, Stage};
 
 type ImapSession = Session<ClientStream>;
 
@@ -442,11 +441,11 @@ impl Poller<'_> {
         view: &MessageView,
     ) -> Result<Result<process::Handled, String>, ImapError> {
         let uid_text = uid.to_string();
-        let decision = match process::hook(set, self.account, "imap", self.mailbox, &uid_text, view).await {
+        let decision = match process::hook(set, self.account, "imap", self.mailbox, &uid_text, view) {
             Ok(decision) => decision,
             Err(error) => return Ok(Err(error)),
         };
-        if !(view.is_headers_only() && process::needs_whole_message(self.account, &decision)) {
+        if !(view.is_headers_only() && process::has_local_effects(self.account, &decision)) {
             return Ok(process::effects(self.deps, self.account, &uid_text, view, decision).await);
         }
         let fetches: Vec<Fetch> = timed(FETCH_TIMEOUT, async {

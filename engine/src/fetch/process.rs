@@ -33,13 +33,13 @@ pub async fn handle(
     uid: &str,
     view: &MessageView,
 ) -> Result<Handled, String> {
-    let decision = hook(set, account, protocol, mailbox, uid, view).await?;
+    let decision = hook(set, account, protocol, mailbox, uid, view)?;
     effects(deps, account, uid, view, decision).await
 }
 
 /// Runs the `fetched` stage on a message: `Err` when it failed (error or `tempfail`: retry
 /// next round).
-pub async fn hook(
+pub fn hook(
     set: &ScriptSet,
     account: &AccountConfig,
     protocol: &str,
@@ -57,20 +57,15 @@ pub async fn hook(
         ..Context::default()
     });
     let id = format!("{}/{}/{}", account.name, mailbox, uid);
-    let decision = set.call_from_async(Stage::Fetched, &ctx, Some(view), &id).await;
+    let decision = set.call_from_async(Stage::Fetched, &ctx, Some(view), &id);
     if failed(&decision) {
         return Err(decision.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "tempfail".into()));
     }
     Ok(decision)
 }
 
-/// Whether carrying out `decision` needs the whole message: a local copy or outbound mail.
-pub fn needs_whole_message(account: &AccountConfig, decision: &Decision) -> bool {
-    has_local_effects(account, decision)
-}
-
 /// The local effects of a decision the hook made (see [`local_effects`]); `view` must be the
-/// whole message when [`needs_whole_message`] says so.
+/// whole message when [`has_local_effects`] says there are any.
 pub async fn effects(
     deps: &super::FetchDeps,
     account: &AccountConfig,
@@ -94,7 +89,8 @@ pub fn dropped(decision: &Decision) -> bool {
     matches!(decision.verdict, Some(Verdict::Discard) | Some(Verdict::Reject { .. }))
 }
 
-fn has_local_effects(account: &AccountConfig, decision: &Decision) -> bool {
+/// Whether carrying out `decision` needs the whole message: a local copy or outbound mail.
+pub fn has_local_effects(account: &AccountConfig, decision: &Decision) -> bool {
     !dropped(decision) && (local_root(account).is_some() || decision.actions.iter().any(Action::is_outbound))
 }
 

@@ -119,6 +119,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_same_action_of_the_same_message_is_queued_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wake, _rx) = mpsc::unbounded_channel();
+        let outbound = Outbound { dir: dir.path().to_path_buf(), wake };
+        let rcpt = ["bob@far.example".to_string()];
+        let first = outbound.enqueue(EntryKind::Forward, "a@x", &rcpt, b"m1", "SPOOLID").unwrap();
+        // A replayed spool segment carries the action out again: same entry, no second copy.
+        assert_eq!(outbound.enqueue(EntryKind::Forward, "a@x", &rcpt, b"m1", "SPOOLID").unwrap(), first);
+        assert_eq!(entry::list(dir.path()).len(), 1);
+        // Another message, kind or origin is another entry.
+        outbound.enqueue(EntryKind::Forward, "a@x", &rcpt, b"m2", "SPOOLID").unwrap();
+        outbound.enqueue(EntryKind::Redirect, "a@x", &rcpt, b"m1", "SPOOLID").unwrap();
+        outbound.enqueue(EntryKind::Forward, "a@x", &rcpt, b"m1", "OTHER").unwrap();
+        assert_eq!(entry::list(dir.path()).len(), 4);
+        // A reply is rebuilt with a fresh Date/Message-ID each time: its bytes do not count.
+        let reply = outbound.enqueue(EntryKind::Reply, "", &rcpt, b"Date: 1", "SPOOLID").unwrap();
+        assert_eq!(outbound.enqueue(EntryKind::Reply, "", &rcpt, b"Date: 2", "SPOOLID").unwrap(), reply);
+        assert_eq!(entry::list(dir.path()).len(), 5);
+    }
+
+    #[test]
     fn schedule_then_last_interval() {
         let s = [Duration::from_secs(60), Duration::from_secs(300)];
         assert_eq!(retry_delay(&s, 1), Duration::from_secs(60));

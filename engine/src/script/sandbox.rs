@@ -19,8 +19,6 @@ pub struct CallState {
     pub leash: Option<Instant>,
     pub file: String,
     pub stage: Stage,
-    /// Session or message id, for log lines.
-    pub id: String,
     pub actions: Vec<Action>,
     pub logs: Vec<LogLine>,
     /// Set by the progress callback when it stopped the script for the deadline.

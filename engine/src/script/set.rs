@@ -47,8 +47,6 @@ pub struct ScriptSet {
     files: Vec<ScriptFile>,
     /// For each stage, the indices of the files defining its function, in file-name order.
     by_stage: HashMap<Stage, Vec<usize>>,
-    /// Stages where some file's hook may block.
-    blocking_stages: Vec<Stage>,
     timeout: Duration,
     max_operations: u64,
     on_error: OnError,
@@ -107,7 +105,6 @@ impl ScriptSet {
                 deadline: Instant::now() + Duration::from_millis(config.timeout_ms),
                 file: name.clone(),
                 stage: Stage::Connect,
-                id: "compile".to_string(),
                 actions: Vec::new(),
                 logs: Vec::new(),
                 timed_out: false,
@@ -160,15 +157,10 @@ impl ScriptSet {
                 }
             }
         }
-        let blocking_stages = Stage::ALL
-            .into_iter()
-            .filter(|stage| by_stage.get(stage).is_some_and(|v| v.iter().any(|&i| files[i].may_block)))
-            .collect();
         Ok(ScriptSet {
             engine,
             files,
             by_stage,
-            blocking_stages,
             timeout: Duration::from_millis(config.timeout_ms),
             max_operations: config.max_operations,
             on_error: config.on_error,
@@ -187,20 +179,19 @@ impl ScriptSet {
     /// Whether some hook of `stage` may read the message body (`msg.body_text`, `msg.raw`,
     /// a plugin...): when not, a poller may hand it a header-only message.
     pub fn stage_reads_body(&self, stage: Stage) -> bool {
-        self.by_stage.get(&stage).is_some_and(|v| v.iter().any(|&i| self.files[i].reads_body))
+        self.any_file_of(stage, |f| f.reads_body)
     }
 
-    /// Runs `stage` from async code: inline on the runtime worker when every hook of the stage
-    /// is pure rhai and a worker stays free, on a thread of its own otherwise (see [`runner`]).
-    pub async fn call_from_async(
-        &self,
-        stage: Stage,
-        ctx: &ScriptCtx,
-        msg: Option<&MessageView>,
-        id: &str,
-    ) -> Decision {
+    fn any_file_of(&self, stage: Stage, test: impl Fn(&ScriptFile) -> bool) -> bool {
+        self.by_stage.get(&stage).is_some_and(|v| v.iter().any(|&i| test(&self.files[i])))
+    }
+
+    /// Runs `stage` on a runtime worker (the daemon): inline on a leash when every hook of the
+    /// stage is plain rhai, on a thread of its own otherwise (see [`runner`]); writes the
+    /// hooks' `log` lines once the call is over.
+    pub fn call_from_async(&self, stage: Stage, ctx: &ScriptCtx, msg: Option<&MessageView>, id: &str) -> Decision {
         let decision = runner::run(
-            self.blocking_stages.contains(&stage),
+            self.any_file_of(stage, |f| f.may_block),
             |leash| self.call_leashed(stage, ctx, msg, id, Some(leash)),
             || self.call(stage, ctx, msg, id),
         );
@@ -237,7 +228,6 @@ impl ScriptSet {
                 leash,
                 file: file.name.clone(),
                 stage,
-                id: id.to_string(),
                 actions: Vec::new(),
                 logs: Vec::new(),
                 timed_out: false,

@@ -103,7 +103,7 @@ impl Session {
         let mut context = self.context("");
         context.sender = tx.sender.clone();
         context.recipients = tx.recipients.clone();
-        let decision = self.run_stage_for(Stage::Data, context, Some(&view), &id).await;
+        let decision = self.run_stage_for(Stage::Data, context, Some(&view), &id);
         if let Some(reply) = decision.refusal() {
             return reply;
         }

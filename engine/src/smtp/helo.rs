@@ -5,12 +5,12 @@ use super::session::{Flow, Session};
 use crate::script::Stage;
 
 impl Session {
-    pub(super) async fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
+    pub(super) fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
         // A new greeting resets any transaction (RFC 5321 §4.1.4).
         self.tx = None;
         let mut context = self.context("");
         context.helo = host.clone();
-        let decision = self.run_stage(Stage::Helo, context, None).await;
+        let decision = self.run_stage(Stage::Helo, context, None);
         if let Some(reply) = decision.refusal() {
             self.reply(reply);
             return Flow::Continue;
