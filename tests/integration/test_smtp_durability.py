@@ -4,6 +4,7 @@
 Issue #2.
 """
 
+import json
 import signal
 import socket
 import threading
@@ -14,9 +15,20 @@ import pytest
 from smtp_raw import RawClient, body_of, queue_id, simple_message, wait_files
 
 
+SLOT_MAGIC = b"MFSLOT1\n"
+
+
 def spool_files(d):
-    incoming = d.root / "data" / "spool" / "incoming"
-    return sorted(p for p in incoming.iterdir() if p.is_file()) if incoming.is_dir() else []
+    """The spool slots that hold a segment (a free slot's header is zeroed)."""
+    slots = d.root / "data" / "spool" / "slots"
+    if not slots.is_dir():
+        return []
+    live = []
+    for p in sorted(slots.iterdir()):
+        with open(p, "rb") as f:
+            if f.read(len(SLOT_MAGIC)) == SLOT_MAGIC:
+                live.append(p)
+    return live
 
 
 # -- crash safety -----------------------------------------------------------------------------
@@ -36,7 +48,7 @@ def test_kill_9_after_250_then_restart_delivers(daemon):
         d.kill()
     assert d.proc.returncode == -signal.SIGKILL
     spooled = spool_files(d)
-    assert spooled, "250 was sent but nothing is in data/spool/incoming"
+    assert spooled, "250 was sent but no slot in data/spool/slots holds a segment"
     assert any(msg in p.read_bytes() for p in spooled)
 
     blocker.unlink()
@@ -327,17 +339,47 @@ def test_client_vanishing_mid_data_stores_nothing(daemon):
 
 def test_spool_write_failure_is_451_never_250(daemon):
     d = daemon()
-    tmp = d.root / "data" / "spool" / "tmp"
-    assert tmp.is_dir()
-    tmp.rmdir()
-    tmp.write_text("in the way")  # the spool cannot create its temp file now
+    slots = d.root / "data" / "spool" / "slots"
+    assert slots.is_dir()
+    away = slots.with_name("slots.away")
+    slots.rename(away)
+    slots.write_text("in the way")  # the spool cannot open a slot now
     with RawClient(d.port) as c:
         c.ehlo()
         r = c.send_mail("a@client.test", ["user@example.org"], simple_message(subject="not stored"))
         assert r.code == 451 and r.status.startswith("4."), r
-        tmp.unlink()
-        tmp.mkdir()
+        slots.unlink()
+        away.rename(slots)
         msg = simple_message(subject="stored")
         queue_id(c.send_mail("a@client.test", ["user@example.org"], msg))
     (path,) = wait_files(d, "user@example.org", 1)
     assert body_of(path) == msg
+
+
+def test_segment_left_by_an_earlier_version_in_incoming_is_delivered(daemon):
+    """Spools written before the slot spool kept each segment as a file in incoming/: an
+    upgrade must deliver those, then remove them."""
+    d = daemon()
+    d.stop()
+    incoming = d.root / "data" / "spool" / "incoming"
+    incoming.mkdir(parents=True)
+    msg = simple_message(subject="spooled by the old version", msg_id="<legacy-1@client.test>")
+    record = {
+        "id": "0000000000001001",
+        "envelope": {"sender": "a@client.test", "recipients": ["user@example.org"], "helo": "client.test",
+                     "remote_ip": "127.0.0.1", "tls": False, "auth_user": ""},
+        "actions": [],
+        "deliver_locally": True,
+        "received_at": 1,
+    }
+    (incoming / "0000000000001001").write_bytes(
+        b"MFSEG1\n" + json.dumps(record).encode() + b"\n" + str(len(msg)).encode() + b"\n" + msg)
+    d.start()
+    (path,) = wait_files(d, "user@example.org", 1)
+    # stored bytes already carry their Received header; this record had none
+    assert path.read_bytes() == b"Return-Path: <a@client.test>\r\n" + msg
+    deadline = time.time() + 5
+    while incoming.exists() and any(incoming.iterdir()) and time.time() < deadline:
+        time.sleep(0.02)
+    assert not incoming.exists() or not any(incoming.iterdir()), "legacy segment not removed after delivery"
+    d.stop()

@@ -3,7 +3,7 @@
 //! Input: durable spool segments from the spool writer (and, on start, those a previous run
 //! left). For each message and local recipient: `Return-Path:` in front, the stored bytes
 //! after it, into the recipient's Maildir (the folders scripts chose with `file_into`, with the
-//! flags they set). A segment file is removed only when all its messages are delivered; on a
+//! flags they set). A segment is retired only when all its messages are delivered; on a
 //! failure (disk full, permissions) the undelivered rest is retried later, never dropped.
 
 pub mod actions;
@@ -141,7 +141,7 @@ pub fn spawn(
 }
 
 /// Delivers every message of the segments, makes the whole batch durable with one sync (see
-/// [`maildir::SyncBatch`]), then removes each segment file whose messages all succeeded.
+/// [`maildir::SyncBatch`]), then retires each segment whose messages all succeeded.
 /// Returns the undelivered rest of the others.
 fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
     let mut pending = maildir::SyncBatch::deferred();
@@ -156,7 +156,7 @@ fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
                 failed.push(message);
             }
         }
-        results.push((segment.path, done, failed));
+        results.push((segment.origin, done, failed));
     }
     if let Err(e) = pending.sync() {
         // The files may not survive a crash: keep every segment (a retry may duplicate a
@@ -168,13 +168,14 @@ fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
         }
     }
     let mut rests = Vec::new();
-    for (path, _, failed) in results {
-        if failed.is_empty() {
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(segment = %path.display(), error = %e, "cannot remove delivered spool segment");
+    for (origin, _, failed) in results {
+        let segment = Segment { origin, messages: failed };
+        if segment.messages.is_empty() {
+            if let Err(e) = segment.retire() {
+                tracing::warn!(segment = %segment.origin, error = %e, "cannot retire delivered spool segment");
             }
         } else {
-            rests.push(Segment { path, messages: failed });
+            rests.push(segment);
         }
     }
     rests
@@ -256,7 +257,7 @@ pub fn deliver_copies(
 /// Spawns delivery of the segments a previous run left in the spool.
 pub async fn resume(leftovers: Vec<Segment>, tx: &mpsc::Sender<Segment>) {
     for segment in leftovers {
-        tracing::info!(segment = %segment.path.display(), messages = segment.messages.len(), "resuming delivery of spooled messages");
+        tracing::info!(segment = %segment.origin, messages = segment.messages.len(), "resuming delivery of spooled messages");
         if tx.send(segment).instrument(tracing::Span::current()).await.is_err() {
             break;
         }

@@ -1,14 +1,16 @@
 //! keep: the durable handoff between receiving and delivering (Postfix's queue file).
 //!
 //! A session hands an accepted message to [`Spool::store`] and replies `250` only when that
-//! returns: the message and its envelope are then in a spool file that was written, fsynced,
-//! renamed into `incoming/` and whose folder was fsynced. One writer task does the writing and
-//! batches whatever arrived while the previous batch was syncing into one segment file — one
-//! fsync for many messages under load (group commit). Segments go to the deliverer, which
-//! removes a segment only once every message in it is delivered. On start, every segment left
-//! in `incoming/` is delivered again (a crash after the 250 loses nothing; it may deliver twice).
+//! returns: the message and its envelope are then in a spool slot that was written and
+//! `fdatasync`ed (see [`slots`] for why a reused slot needs one flush where a new file needs
+//! two). One writer task does the writing and batches whatever arrived while the previous
+//! batch was syncing into one segment — one sync for many messages under load (group commit).
+//! Segments go to the deliverer, which retires a segment only once every message in it is
+//! delivered. On start, every segment left in a slot is delivered again (a crash after the
+//! 250 loses nothing; it may deliver twice).
 
 mod segment;
+mod slots;
 mod writer;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::script::Action;
 
-pub use segment::{read_segment, Segment};
+pub use segment::{Origin, Segment};
 pub use writer::Spool;
 
 /// Who sent what to whom: the SMTP envelope plus the facts of the session.

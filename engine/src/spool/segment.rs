@@ -1,18 +1,19 @@
-//! The spool file format: one segment holds one or more messages.
+//! What a segment holds: one or more messages, each a record and its bytes.
 //!
 //! ```text
 //! MFSEG1\n
 //! <record as one JSON line>\n<size>\n<size bytes of message>
 //! ...
 //! ```
-//! A segment becomes visible in `incoming/` only by rename after fsync, so a reader never sees
-//! a partial one.
+//! Since the slot spool ([`super::slots`]) this encoding is the payload of a slot. Segments
+//! written by earlier versions as whole files in `incoming/` are still read on start.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::fmt;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::slots::SlotRef;
 use super::{SpoolError, SpoolRecord, SpooledMessage};
 
 const MAGIC: &[u8] = b"MFSEG1\n";
@@ -20,51 +21,54 @@ const MAGIC: &[u8] = b"MFSEG1\n";
 /// A durable segment and the messages it holds.
 #[derive(Debug)]
 pub struct Segment {
-    pub path: PathBuf,
+    pub origin: Origin,
     pub messages: Vec<SpooledMessage>,
 }
 
-/// Writes `messages` as one segment: temp file in `tmp/`, fsync, rename into `incoming/`,
-/// fsync of `incoming/`. Returns the final path. Blocking: call off the async runtime.
-pub fn write_segment(spool_dir: &Path, messages: &[SpooledMessage]) -> Result<PathBuf, SpoolError> {
-    let name = messages.first().map(|m| m.record.id.clone()).unwrap_or_else(super::new_id);
-    let tmp = spool_dir.join("tmp").join(&name);
-    let result = write_and_publish(spool_dir, &tmp, &name, messages);
-    if result.is_err() {
-        // Disk full or I/O error: leave no half-written file behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+/// Where a segment is kept until every message in it is delivered.
+#[derive(Debug)]
+pub enum Origin {
+    /// A slot of the slot spool.
+    Slot(SlotRef),
+    /// A whole file in `incoming/`, written by an earlier version.
+    File(PathBuf),
 }
 
-fn write_and_publish(
-    spool_dir: &Path,
-    tmp: &Path,
-    name: &str,
-    messages: &[SpooledMessage],
-) -> Result<PathBuf, SpoolError> {
-    let incoming = spool_dir.join("incoming");
-    let dest = incoming.join(name);
-    let mut file = std::io::BufWriter::with_capacity(256 * 1024, File::create(tmp)?);
-    file.write_all(MAGIC)?;
+impl Segment {
+    /// Forgets the segment on disk once all its messages are delivered: the slot becomes free
+    /// for reuse, a legacy file is removed. Not synced: a crash right after may deliver the
+    /// segment again (at-least-once), never lose it.
+    pub fn retire(&self) -> std::io::Result<()> {
+        match &self.origin {
+            Origin::Slot(slot) => slot.release(),
+            Origin::File(path) => std::fs::remove_file(path),
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Slot(slot) => write!(f, "{slot}"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Appends the encoding of `messages` to `out`.
+pub fn encode(out: &mut Vec<u8>, messages: &[SpooledMessage]) -> std::io::Result<()> {
+    out.extend_from_slice(MAGIC);
     for message in messages {
-        let json = serde_json::to_vec(&message.record).map_err(std::io::Error::other)?;
-        file.write_all(&json)?;
-        write!(file, "\n{}\n", message.body.len())?;
-        file.write_all(&message.body)?;
+        serde_json::to_writer(&mut *out, &message.record).map_err(std::io::Error::other)?;
+        write!(out, "\n{}\n", message.body.len())?;
+        out.extend_from_slice(&message.body);
     }
-    let file = file.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(tmp, &dest)?;
-    File::open(&incoming)?.sync_all()?;
-    Ok(dest)
+    Ok(())
 }
 
-/// Reads a segment back (on start, to finish what a previous run accepted).
-pub fn read_segment(path: &Path) -> Result<Segment, SpoolError> {
-    let corrupt = |reason: &str| SpoolError::Corrupt { path: path.display().to_string(), reason: reason.to_string() };
-    let mut reader = BufReader::new(File::open(path)?);
+/// Decodes what [`encode`] wrote; `what` names the source in errors.
+pub fn decode(mut reader: impl BufRead, what: &str) -> Result<Vec<SpooledMessage>, SpoolError> {
+    let corrupt = |reason: &str| SpoolError::Corrupt { path: what.to_string(), reason: reason.to_string() };
     let mut magic = [0u8; MAGIC.len()];
     reader.read_exact(&mut magic)?;
     if magic != MAGIC {
@@ -85,20 +89,23 @@ pub fn read_segment(path: &Path) -> Result<Segment, SpoolError> {
         reader.read_exact(&mut body).map_err(|_| corrupt("truncated message"))?;
         messages.push(SpooledMessage { record, body: Arc::new(body) });
     }
-    Ok(Segment { path: path.to_path_buf(), messages })
+    Ok(messages)
+}
+
+/// Reads a segment file an earlier version left in `incoming/`.
+pub fn read_legacy(path: &Path) -> Result<Segment, SpoolError> {
+    let reader = std::io::BufReader::new(std::fs::File::open(path)?);
+    let messages = decode(reader, &path.display().to_string())?;
+    Ok(Segment { origin: Origin::File(path.to_path_buf()), messages })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::spool::{Envelope, SpoolRecord};
 
-    #[test]
-    fn round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        std::fs::create_dir_all(dir.path().join("incoming")).unwrap();
-        let message = |id: &str, body: &[u8]| SpooledMessage {
+    pub(crate) fn message(id: &str, body: &[u8]) -> SpooledMessage {
+        SpooledMessage {
             record: SpoolRecord {
                 id: id.to_string(),
                 envelope: Envelope { sender: "a@b.c".into(), recipients: vec!["d@e.f".into()], ..Default::default() },
@@ -107,14 +114,30 @@ mod tests {
                 received_at: 1,
             },
             body: Arc::new(body.to_vec()),
-        };
+        }
+    }
+
+    #[test]
+    fn round_trip() {
         let written = vec![message("A1", b"x\r\n\nbinary\0\xff\r\n"), message("A2", b"")];
-        let path = write_segment(dir.path(), &written).unwrap();
-        assert!(path.starts_with(dir.path().join("incoming")));
-        let read = read_segment(&path).unwrap();
-        assert_eq!(read.messages.len(), 2);
-        assert_eq!(read.messages[0].body.as_slice(), b"x\r\n\nbinary\0\xff\r\n");
-        assert_eq!(read.messages[1].record.id, "A2");
-        assert!(dir.path().join("tmp").read_dir().unwrap().next().is_none());
+        let mut bytes = Vec::new();
+        encode(&mut bytes, &written).unwrap();
+        let read = decode(bytes.as_slice(), "test").unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].body.as_slice(), b"x\r\n\nbinary\0\xff\r\n");
+        assert_eq!(read[1].record.id, "A2");
+    }
+
+    #[test]
+    fn legacy_file_is_read_and_retired_by_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0001");
+        let mut bytes = Vec::new();
+        encode(&mut bytes, &[message("L1", b"old\r\n")]).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let segment = read_legacy(&path).unwrap();
+        assert_eq!(segment.messages[0].record.id, "L1");
+        segment.retire().unwrap();
+        assert!(!path.exists());
     }
 }

@@ -1,11 +1,12 @@
-//! The spool writer task: group commit of concurrently finished messages.
+//! The spool writer task: group commit of concurrently finished messages into one slot.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::segment::{read_segment, write_segment, Segment};
+use super::segment::{read_legacy, Origin, Segment};
+use super::slots::Pool;
 use super::{SpoolError, SpoolRecord, SpooledMessage};
 
 /// Most messages (and bytes) written into one segment.
@@ -27,26 +28,16 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Creates the spool folders and starts the writer; each durable segment is then sent to
-    /// `deliver`. Returns the handle and the segments a previous run left behind.
+    /// Opens the slot spool and starts the writer; each durable segment is then sent to
+    /// `deliver`. Returns the handle and the segments a previous run left behind (also those
+    /// an earlier version left as files in `incoming/`), oldest first.
     pub fn open(dir: &Path, deliver: mpsc::Sender<Segment>) -> Result<(Spool, Vec<Segment>), SpoolError> {
-        std::fs::create_dir_all(dir.join("tmp"))?;
-        std::fs::create_dir_all(dir.join("incoming"))?;
-        // A temp file is a segment that never got its 250: its client was told nothing good.
-        for entry in std::fs::read_dir(dir.join("tmp"))?.flatten() {
-            let _ = std::fs::remove_file(entry.path());
-        }
-        let mut leftovers = Vec::new();
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("incoming"))?.flatten().map(|e| e.path()).collect();
-        paths.sort();
-        for path in paths {
-            match read_segment(&path) {
-                Ok(segment) => leftovers.push(segment),
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "unreadable spool segment left in place"),
-            }
-        }
+        std::fs::create_dir_all(dir)?;
+        let mut leftovers = legacy_segments(dir)?;
+        let (pool, slots) = Pool::open(dir)?;
+        leftovers.extend(slots);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_writer(dir.to_path_buf(), rx, deliver));
+        tokio::spawn(run_writer(pool, rx, deliver));
         Ok((Spool { tx, dir: dir.to_path_buf() }, leftovers))
     }
 
@@ -70,7 +61,7 @@ impl Spool {
     }
 }
 
-async fn run_writer(dir: PathBuf, mut rx: mpsc::Receiver<Request>, deliver: mpsc::Sender<Segment>) {
+async fn run_writer(pool: Arc<Pool>, mut rx: mpsc::Receiver<Request>, deliver: mpsc::Sender<Segment>) {
     while let Some(first) = rx.recv().await {
         let mut bytes = first.message.body.len();
         let mut batch = vec![first];
@@ -84,16 +75,15 @@ async fn run_writer(dir: PathBuf, mut rx: mpsc::Receiver<Request>, deliver: mpsc
             }
         }
         let messages: Vec<SpooledMessage> = batch.iter().map(|r| r.message.clone()).collect();
-        let dir2 = dir.clone();
-        let written =
-            tokio::task::spawn_blocking(move || write_segment(&dir2, &messages).map(|path| (path, messages))).await;
+        let pool2 = pool.clone();
+        let written = tokio::task::spawn_blocking(move || pool2.write(&messages).map(|slot| (slot, messages))).await;
         match written {
-            Ok(Ok((path, messages))) => {
-                tracing::debug!(segment = %path.display(), messages = messages.len(), "spool segment synced");
+            Ok(Ok((slot, messages))) => {
+                tracing::debug!(segment = %slot, messages = messages.len(), "spool segment synced");
                 for request in batch {
                     let _ = request.done.send(Ok(()));
                 }
-                if deliver.send(Segment { path, messages }).await.is_err() {
+                if deliver.send(Segment { origin: Origin::Slot(slot), messages }).await.is_err() {
                     tracing::error!("deliverer stopped; spooled messages wait for the next start");
                 }
             }
@@ -110,4 +100,33 @@ async fn run_writer(dir: PathBuf, mut rx: mpsc::Receiver<Request>, deliver: mpsc
             }
         }
     }
+}
+
+/// Segments an earlier version wrote as whole files into `incoming/` (its unfinished temp
+/// files in `tmp/` never got a 250 and are dropped). Both folders go once they are empty.
+fn legacy_segments(dir: &Path) -> Result<Vec<Segment>, SpoolError> {
+    let tmp = dir.join("tmp");
+    if tmp.is_dir() {
+        for entry in std::fs::read_dir(&tmp)?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let _ = std::fs::remove_dir(&tmp);
+    }
+    let incoming = dir.join("incoming");
+    if !incoming.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&incoming)?.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    let mut segments = Vec::new();
+    for path in paths {
+        match read_legacy(&path) {
+            Ok(segment) => segments.push(segment),
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "unreadable spool segment left in place"),
+        }
+    }
+    if segments.is_empty() {
+        let _ = std::fs::remove_dir(&incoming);
+    }
+    Ok(segments)
 }

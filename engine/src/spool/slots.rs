@@ -1,0 +1,317 @@
+//! The slot spool: segments are written into reused files, so making one durable costs a
+//! single `fdatasync` of blocks the file already owns.
+//!
+//! A new file for every segment costs two disk flushes before the `250`: the file's own
+//! `fsync` (its data and its new inode) and the folder's, for the rename that published it
+//! (0.73 ms together on the bench machine). A slot is a file in `spool/slots/` that stays
+//! there: a segment is written over it from offset 0 and made durable with `fdatasync` alone
+//! (0.21 ms), because nothing the file system needs to find the data has changed. The first
+//! use of a new slot also syncs the folder once, so its name survives a crash.
+//!
+//! ```text
+//! header, 32 bytes:  "MFSLOT1\n" | seq u64 LE | len u64 LE | crc32 u32 LE | 0u32
+//! payload:           len bytes, the segment encoding (see [`super::segment`])
+//! ```
+//! The checksum covers `seq`, `len` and the payload, so a write cut off by a crash (never
+//! acknowledged: the `250` waits for the sync) reads as invalid, whatever mix of old and new
+//! sectors reached the disk. A delivered segment is retired by zeroing its header, unsynced:
+//! if a crash loses that write, the segment is delivered again — at least once, never zero
+//! times. On start, every slot with a valid header is a segment to deliver, in `seq` order.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::segment::{self, Origin, Segment};
+use super::{SpoolError, SpooledMessage};
+
+const FOLDER: &str = "slots";
+const CORRUPT_FOLDER: &str = "corrupt";
+const MAGIC: &[u8; 8] = b"MFSLOT1\n";
+const HEADER_LEN: usize = 32;
+/// Slots made ready on open, so the first messages do not pay for new files.
+const PREWARM: usize = 4;
+const PREWARM_SIZE: usize = 64 * 1024;
+/// Free slots kept beyond this are deleted: a burst should not leave its disk space behind.
+const KEEP_FREE: usize = 64;
+/// A freed slot larger than this is cut back to [`PREWARM_SIZE`].
+const SHRINK_ABOVE: u64 = 8 * 1024 * 1024;
+
+/// The set of slot files, and which of them are free.
+#[derive(Debug)]
+pub struct Pool {
+    dir: PathBuf,
+    free: Mutex<Vec<u64>>,
+    next_index: AtomicU64,
+    next_seq: AtomicU64,
+}
+
+/// A slot that holds a durable segment until [`SlotRef::release`].
+#[derive(Debug)]
+pub struct SlotRef {
+    pool: Arc<Pool>,
+    index: u64,
+}
+
+impl Pool {
+    /// Opens (or creates) `spool_dir/slots`. Returns the pool and the segments a previous run
+    /// left there, oldest first. A slot that fails its checksum is moved to `corrupt/`.
+    pub fn open(spool_dir: &Path) -> Result<(Arc<Pool>, Vec<Segment>), SpoolError> {
+        let dir = spool_dir.join(FOLDER);
+        std::fs::create_dir_all(&dir)?;
+        let mut free = Vec::new();
+        let mut found = Vec::new();
+        let mut max_index = None;
+        let mut max_seq = 0;
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name();
+            let Some(index) = name.to_str().and_then(parse_name) else { continue };
+            max_index = max_index.max(Some(index));
+            match read_slot(&entry.path()) {
+                Ok(None) => free.push(index),
+                Ok(Some((seq, messages))) => {
+                    max_seq = max_seq.max(seq);
+                    found.push((seq, index, messages));
+                }
+                Err(e) => {
+                    tracing::warn!(slot = %entry.path().display(), error = %e,
+                        "spool slot fails its checksum (a write cut off before its 250); moved aside");
+                    let aside = spool_dir.join(CORRUPT_FOLDER);
+                    std::fs::create_dir_all(&aside)?;
+                    std::fs::rename(entry.path(), aside.join(&name))?;
+                }
+            }
+        }
+        let pool = Arc::new(Pool {
+            dir,
+            free: Mutex::new(Vec::new()),
+            next_index: AtomicU64::new(max_index.map_or(0, |i| i + 1)),
+            next_seq: AtomicU64::new(max_seq + 1),
+        });
+        let mut created = false;
+        while free.len() + found.len() < PREWARM {
+            let index = pool.next_index.fetch_add(1, Ordering::Relaxed);
+            let file = File::create(pool.path(index))?;
+            file.write_all_at(&[0u8; PREWARM_SIZE], 0)?;
+            file.sync_data()?;
+            free.push(index);
+            created = true;
+        }
+        if created {
+            File::open(&pool.dir)?.sync_all()?;
+        }
+        // Lowest index last: it is popped first, so a quiet daemon keeps reusing one file.
+        free.sort_unstable_by(|a, b| b.cmp(a));
+        *pool.lock_free() = free;
+        found.sort_unstable_by_key(|(seq, _, _)| *seq);
+        let segments = found
+            .into_iter()
+            .map(|(_, index, messages)| Segment {
+                origin: Origin::Slot(SlotRef { pool: pool.clone(), index }),
+                messages,
+            })
+            .collect();
+        Ok((pool, segments))
+    }
+
+    /// Writes `messages` as one segment into a free slot (a new one if none is free) and
+    /// makes it durable. Blocking: call off the async runtime.
+    pub fn write(self: &Arc<Self>, messages: &[SpooledMessage]) -> Result<SlotRef, SpoolError> {
+        let mut buf = Vec::with_capacity(HEADER_LEN + 512 + messages.iter().map(|m| m.body.len() + 512).sum::<usize>());
+        buf.resize(HEADER_LEN, 0);
+        segment::encode(&mut buf, messages)?;
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let len = (buf.len() - HEADER_LEN) as u64;
+        buf[..8].copy_from_slice(MAGIC);
+        buf[8..16].copy_from_slice(&seq.to_le_bytes());
+        buf[16..24].copy_from_slice(&len.to_le_bytes());
+        let crc = checksum(&buf[8..24], &buf[HEADER_LEN..]);
+        buf[24..28].copy_from_slice(&crc.to_le_bytes());
+
+        let reused = self.lock_free().pop();
+        let (index, fresh) = match reused {
+            Some(index) => (index, false),
+            None => (self.next_index.fetch_add(1, Ordering::Relaxed), true),
+        };
+        match self.write_slot(index, fresh, &buf) {
+            Ok(()) => Ok(SlotRef { pool: self.clone(), index }),
+            Err(e) => {
+                // The client hears 451; make sure a restart does not deliver it anyway.
+                if let Ok(file) = OpenOptions::new().write(true).open(self.path(index)) {
+                    let _ = file.write_all_at(&[0u8; HEADER_LEN], 0);
+                }
+                // A new slot whose folder sync failed may vanish in a crash: never reuse it
+                // without that sync (a restart finds it free again).
+                if !fresh {
+                    self.lock_free().push(index);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    fn write_slot(&self, index: u64, fresh: bool, buf: &[u8]) -> std::io::Result<()> {
+        let file = OpenOptions::new().write(true).create(fresh).open(self.path(index))?;
+        file.write_all_at(buf, 0)?;
+        file.sync_data()?;
+        if fresh {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn path(&self, index: u64) -> PathBuf {
+        self.dir.join(format!("slot-{index:010}"))
+    }
+
+    fn lock_free(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl SlotRef {
+    /// Frees the slot: zeroes its header (not synced, see the module doc) and hands it back
+    /// for reuse.
+    pub fn release(&self) -> std::io::Result<()> {
+        let path = self.pool.path(self.index);
+        let file = OpenOptions::new().write(true).open(&path)?;
+        file.write_all_at(&[0u8; HEADER_LEN], 0)?;
+        if file.metadata()?.len() > SHRINK_ABOVE {
+            file.set_len(PREWARM_SIZE as u64)?;
+        }
+        drop(file);
+        let mut free = self.pool.lock_free();
+        if free.len() >= KEEP_FREE {
+            drop(free);
+            return std::fs::remove_file(&path);
+        }
+        free.push(self.index);
+        Ok(())
+    }
+}
+
+impl fmt::Display for SlotRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.pool.path(self.index).display())
+    }
+}
+
+fn parse_name(name: &str) -> Option<u64> {
+    name.strip_prefix("slot-")?.parse().ok()
+}
+
+fn checksum(seq_and_len: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(seq_and_len);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// `Ok(None)`: a free slot. `Ok(Some)`: a durable segment. `Err`: a torn or damaged one.
+fn read_slot(path: &Path) -> Result<Option<(u64, Vec<SpooledMessage>)>, SpoolError> {
+    let corrupt = |reason: &str| SpoolError::Corrupt { path: path.display().to_string(), reason: reason.to_string() };
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut header = [0u8; HEADER_LEN];
+    if size < HEADER_LEN as u64 {
+        return Ok(None);
+    }
+    file.read_exact_at(&mut header, 0)?;
+    if &header[..8] != MAGIC {
+        return Ok(None);
+    }
+    let seq = u64::from_le_bytes(header[8..16].try_into().map_err(|_| corrupt("header"))?);
+    let len = u64::from_le_bytes(header[16..24].try_into().map_err(|_| corrupt("header"))?);
+    let crc = u32::from_le_bytes(header[24..28].try_into().map_err(|_| corrupt("header"))?);
+    if len > size - HEADER_LEN as u64 {
+        return Err(corrupt("length beyond the end of the file"));
+    }
+    let mut payload = vec![0u8; len as usize];
+    file.read_exact_at(&mut payload, HEADER_LEN as u64)?;
+    if checksum(&header[8..24], &payload) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let messages = segment::decode(payload.as_slice(), &path.display().to_string())?;
+    Ok(Some((seq, messages)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::segment::tests::message;
+
+    fn live(dir: &Path) -> Vec<Segment> {
+        Pool::open(dir).unwrap().1
+    }
+
+    #[test]
+    fn written_segment_survives_a_restart_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, leftovers) = Pool::open(dir.path()).unwrap();
+        assert!(leftovers.is_empty());
+        let first = pool.write(&[message("A1", b"one\r\n"), message("A2", b"two\r\n")]).unwrap();
+        let second = pool.write(&[message("B1", b"three\r\n")]).unwrap();
+        let found = live(dir.path());
+        let ids: Vec<Vec<&str>> =
+            found.iter().map(|s| s.messages.iter().map(|m| m.record.id.as_str()).collect()).collect();
+        assert_eq!(ids, vec![vec!["A1", "A2"], vec!["B1"]], "oldest first");
+        first.release().unwrap();
+        let found = live(dir.path());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].messages[0].body.as_slice(), b"three\r\n");
+        second.release().unwrap();
+        assert!(live(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_freed_slot_is_reused_and_a_shorter_segment_reads_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = Pool::open(dir.path()).unwrap();
+        let big = pool.write(&[message("BIG", &vec![b'x'; 200_000])]).unwrap();
+        let index = big.index;
+        big.release().unwrap();
+        let small = pool.write(&[message("SMALL", b"s\r\n")]).unwrap();
+        assert_eq!(small.index, index, "the freed slot is taken first");
+        let found = live(dir.path());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].messages.len(), 1);
+        assert_eq!(found[0].messages[0].record.id, "SMALL");
+        let files = std::fs::read_dir(dir.path().join(FOLDER)).unwrap().count();
+        assert_eq!(files, PREWARM, "no file beyond the prewarmed ones");
+    }
+
+    #[test]
+    fn a_torn_write_is_not_delivered_and_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = Pool::open(dir.path()).unwrap();
+        let slot = pool.write(&[message("TORN", b"payload that a crash cut short\r\n")]).unwrap();
+        let path = pool.path(slot.index);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_LEN + 40] ^= 0xFF; // a sector of the payload never reached the disk
+        std::fs::write(&path, bytes).unwrap();
+        let good = pool.write(&[message("GOOD", b"ok\r\n")]).unwrap();
+        let found = live(dir.path());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].messages[0].record.id, "GOOD");
+        assert!(dir.path().join(CORRUPT_FOLDER).join(path.file_name().unwrap()).exists());
+        drop(good);
+    }
+
+    #[test]
+    fn new_slots_are_made_when_all_are_busy_and_surplus_free_ones_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = Pool::open(dir.path()).unwrap();
+        let held: Vec<SlotRef> =
+            (0..KEEP_FREE + 3).map(|i| pool.write(&[message(&format!("M{i}"), b"x\r\n")]).unwrap()).collect();
+        assert_eq!(live(dir.path()).len(), KEEP_FREE + 3);
+        for slot in &held {
+            slot.release().unwrap();
+        }
+        assert!(live(dir.path()).is_empty());
+        let files = std::fs::read_dir(dir.path().join(FOLDER)).unwrap().count();
+        assert_eq!(files, KEEP_FREE);
+    }
+}
