@@ -49,7 +49,9 @@ impl DataReader {
     pub fn new(max_size: usize) -> DataReader {
         DataReader {
             state: LineState::Start,
-            body: Vec::with_capacity(max_size.min(64 * 1024)),
+            // Most mail is a few KB: a larger head start is memory held by every session in
+            // DATA (50 sessions × 64 KB showed in the daemon's peak); bigger messages double.
+            body: Vec::with_capacity(max_size.min(16 * 1024)),
             size: 0,
             max_size,
             bare: false,
