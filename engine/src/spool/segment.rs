@@ -66,8 +66,9 @@ pub fn encode(out: &mut Vec<u8>, messages: &[SpooledMessage]) -> std::io::Result
     Ok(())
 }
 
-/// Decodes what [`encode`] wrote; `what` names the source in errors.
-pub fn decode(mut reader: impl BufRead, what: &str) -> Result<Vec<SpooledMessage>, SpoolError> {
+/// Decodes what [`encode`] wrote; `limit` is the number of bytes the source holds (a size
+/// line beyond it is damage, not a reason to allocate), `what` names the source in errors.
+pub fn decode(mut reader: impl BufRead, limit: usize, what: &str) -> Result<Vec<SpooledMessage>, SpoolError> {
     let corrupt = |reason: &str| SpoolError::Corrupt { path: what.to_string(), reason: reason.to_string() };
     let mut magic = [0u8; MAGIC.len()];
     reader.read_exact(&mut magic)?;
@@ -85,6 +86,9 @@ pub fn decode(mut reader: impl BufRead, what: &str) -> Result<Vec<SpooledMessage
         let mut size_line = String::new();
         reader.read_line(&mut size_line)?;
         let size: usize = size_line.trim().parse().map_err(|_| corrupt("size line"))?;
+        if size > limit {
+            return Err(corrupt("size beyond the end of the segment"));
+        }
         let mut body = vec![0u8; size];
         reader.read_exact(&mut body).map_err(|_| corrupt("truncated message"))?;
         messages.push(SpooledMessage { record, body: Arc::new(body) });
@@ -94,8 +98,9 @@ pub fn decode(mut reader: impl BufRead, what: &str) -> Result<Vec<SpooledMessage
 
 /// Reads a segment file an earlier version left in `incoming/`.
 pub fn read_legacy(path: &Path) -> Result<Segment, SpoolError> {
-    let reader = std::io::BufReader::new(std::fs::File::open(path)?);
-    let messages = decode(reader, &path.display().to_string())?;
+    let file = std::fs::File::open(path)?;
+    let limit = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    let messages = decode(std::io::BufReader::new(file), limit, &path.display().to_string())?;
     Ok(Segment { origin: Origin::File(path.to_path_buf()), messages })
 }
 
@@ -122,7 +127,7 @@ pub(crate) mod tests {
         let written = vec![message("A1", b"x\r\n\nbinary\0\xff\r\n"), message("A2", b"")];
         let mut bytes = Vec::new();
         encode(&mut bytes, &written).unwrap();
-        let read = decode(bytes.as_slice(), "test").unwrap();
+        let read = decode(bytes.as_slice(), bytes.len(), "test").unwrap();
         assert_eq!(read.len(), 2);
         assert_eq!(read[0].body.as_slice(), b"x\r\n\nbinary\0\xff\r\n");
         assert_eq!(read[1].record.id, "A2");

@@ -37,6 +37,9 @@ const PREWARM: usize = 4;
 const PREWARM_SIZE: usize = 64 * 1024;
 /// Free slots kept beyond this are deleted: a burst should not leave its disk space behind.
 const KEEP_FREE: usize = 64;
+/// No segment payload is larger: the writer's batch limit plus records and the largest
+/// message it could add on top (a bigger length in a header is damage, not data).
+const MAX_PAYLOAD: u64 = 4 * 1024 * 1024 * 1024;
 /// A freed slot larger than this is cut back to [`PREWARM_SIZE`].
 const SHRINK_ABOVE: u64 = 8 * 1024 * 1024;
 
@@ -58,7 +61,9 @@ pub struct SlotRef {
 
 impl Pool {
     /// Opens (or creates) `spool_dir/slots`. Returns the pool and the segments a previous run
-    /// left there, oldest first. A slot that fails its checksum is moved to `corrupt/`.
+    /// left there, oldest first. A slot that fails its checksum (a write cut off by a crash) is
+    /// moved to `corrupt/`; a slot that cannot be read, or whose checksum is good but whose
+    /// records do not decode, is left where it is and never reused — it was acknowledged.
     pub fn open(spool_dir: &Path) -> Result<(Arc<Pool>, Vec<Segment>), SpoolError> {
         let dir = spool_dir.join(FOLDER);
         std::fs::create_dir_all(&dir)?;
@@ -66,43 +71,53 @@ impl Pool {
         let mut found = Vec::new();
         let mut max_index = None;
         let mut max_seq = 0;
+        let mut moved_aside = false;
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let name = entry.file_name();
             let Some(index) = name.to_str().and_then(parse_name) else { continue };
             max_index = max_index.max(Some(index));
             match read_slot(&entry.path()) {
-                Ok(None) => free.push(index),
-                Ok(Some((seq, messages))) => {
+                Ok(Slot::Free) => free.push(index),
+                Ok(Slot::Live(seq, messages)) => {
                     max_seq = max_seq.max(seq);
                     found.push((seq, index, messages));
                 }
-                Err(e) => {
-                    tracing::warn!(slot = %entry.path().display(), error = %e,
+                Ok(Slot::Torn(reason)) => {
+                    tracing::warn!(slot = %entry.path().display(), reason,
                         "spool slot fails its checksum (a write cut off before its 250); moved aside");
                     let aside = spool_dir.join(CORRUPT_FOLDER);
                     std::fs::create_dir_all(&aside)?;
-                    std::fs::rename(entry.path(), aside.join(&name))?;
+                    let unique = format!("{}.{}", name.to_string_lossy(), super::new_id());
+                    std::fs::rename(entry.path(), aside.join(unique))?;
+                    moved_aside = true;
                 }
+                Err(e) => tracing::error!(slot = %entry.path().display(), error = %e,
+                    "unreadable spool slot left in place and not reused; deliver or remove it by hand"),
             }
         }
+        if moved_aside {
+            File::open(spool_dir.join(CORRUPT_FOLDER))?.sync_all()?;
+        }
+        let next_index = match max_index {
+            None => 0,
+            Some(i) => i.checked_add(1).ok_or_else(|| std::io::Error::other("spool slot numbers exhausted"))?,
+        };
         let pool = Arc::new(Pool {
             dir,
             free: Mutex::new(Vec::new()),
-            next_index: AtomicU64::new(max_index.map_or(0, |i| i + 1)),
+            next_index: AtomicU64::new(next_index),
             next_seq: AtomicU64::new(max_seq + 1),
         });
-        let mut created = false;
         while free.len() + found.len() < PREWARM {
             let index = pool.next_index.fetch_add(1, Ordering::Relaxed);
-            let file = File::create(pool.path(index))?;
+            let file = OpenOptions::new().write(true).create_new(true).open(pool.path(index))?;
             file.write_all_at(&[0u8; PREWARM_SIZE], 0)?;
             file.sync_data()?;
             free.push(index);
-            created = true;
         }
-        if created {
-            File::open(&pool.dir)?.sync_all()?;
-        }
+        // Always: a slot a previous run created just before a crash may have a name that is
+        // not durable yet, and reusing it needs only `fdatasync` from now on.
+        File::open(&pool.dir)?.sync_all()?;
         // Lowest index last: it is popped first, so a quiet daemon keeps reusing one file.
         free.sort_unstable_by(|a, b| b.cmp(a));
         *pool.lock_free() = free;
@@ -141,20 +156,20 @@ impl Pool {
             Err(e) => {
                 // The client hears 451; make sure a restart does not deliver it anyway.
                 if let Ok(file) = OpenOptions::new().write(true).open(self.path(index)) {
-                    let _ = file.write_all_at(&[0u8; HEADER_LEN], 0);
+                    if file.write_all_at(&[0u8; HEADER_LEN], 0).is_ok() {
+                        let _ = file.sync_data();
+                    }
                 }
-                // A new slot whose folder sync failed may vanish in a crash: never reuse it
-                // without that sync (a restart finds it free again).
-                if !fresh {
-                    self.lock_free().push(index);
-                }
+                // The slot is not reused in this run: a failure that sticks to its file would
+                // otherwise fail every later batch, and a new slot whose folder sync failed
+                // may vanish in a crash. A restart finds it (free or torn) again.
                 Err(e.into())
             }
         }
     }
 
     fn write_slot(&self, index: u64, fresh: bool, buf: &[u8]) -> std::io::Result<()> {
-        let file = OpenOptions::new().write(true).create(fresh).open(self.path(index))?;
+        let file = OpenOptions::new().write(true).create_new(fresh).open(self.path(index))?;
         file.write_all_at(buf, 0)?;
         file.sync_data()?;
         if fresh {
@@ -180,6 +195,9 @@ impl SlotRef {
         let file = OpenOptions::new().write(true).open(&path)?;
         file.write_all_at(&[0u8; HEADER_LEN], 0)?;
         if file.metadata()?.len() > SHRINK_ABOVE {
+            // The size change is journaled and may reach the disk before the zeroed header:
+            // sync the header first, or a crash leaves a header pointing past the end.
+            file.sync_data()?;
             file.set_len(PREWARM_SIZE as u64)?;
         }
         drop(file);
@@ -199,8 +217,22 @@ impl fmt::Display for SlotRef {
     }
 }
 
+/// The index of a slot file, only for the exact name [`Pool::path`] gives it (`slot-05` or
+/// `slot-+5` would alias `slot-0000000005`).
 fn parse_name(name: &str) -> Option<u64> {
-    name.strip_prefix("slot-")?.parse().ok()
+    let digits = name.strip_prefix("slot-")?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// What a slot file holds.
+enum Slot {
+    Free,
+    Live(u64, Vec<SpooledMessage>),
+    /// A bad header, length or checksum: a write that a crash cut off.
+    Torn(&'static str),
 }
 
 fn checksum(seq_and_len: &[u8], payload: &[u8]) -> u32 {
@@ -210,32 +242,33 @@ fn checksum(seq_and_len: &[u8], payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// `Ok(None)`: a free slot. `Ok(Some)`: a durable segment. `Err`: a torn or damaged one.
-fn read_slot(path: &Path) -> Result<Option<(u64, Vec<SpooledMessage>)>, SpoolError> {
-    let corrupt = |reason: &str| SpoolError::Corrupt { path: path.display().to_string(), reason: reason.to_string() };
+/// Reads a slot. `Err` is an I/O error, or records that do not decode behind a good checksum.
+fn read_slot(path: &Path) -> Result<Slot, SpoolError> {
     let file = File::open(path)?;
     let size = file.metadata()?.len();
     let mut header = [0u8; HEADER_LEN];
     if size < HEADER_LEN as u64 {
-        return Ok(None);
+        return Ok(Slot::Free);
     }
     file.read_exact_at(&mut header, 0)?;
     if &header[..8] != MAGIC {
-        return Ok(None);
+        return Ok(Slot::Free);
     }
-    let seq = u64::from_le_bytes(header[8..16].try_into().map_err(|_| corrupt("header"))?);
-    let len = u64::from_le_bytes(header[16..24].try_into().map_err(|_| corrupt("header"))?);
-    let crc = u32::from_le_bytes(header[24..28].try_into().map_err(|_| corrupt("header"))?);
+    let field = |range: std::ops::Range<usize>| header[range].iter().rev().fold(0u64, |n, &b| n << 8 | u64::from(b));
+    let (seq, len, crc) = (field(8..16), field(16..24), field(24..28) as u32);
     if len > size - HEADER_LEN as u64 {
-        return Err(corrupt("length beyond the end of the file"));
+        return Ok(Slot::Torn("length beyond the end of the file"));
+    }
+    if len > MAX_PAYLOAD {
+        return Ok(Slot::Torn("length beyond any segment the writer makes"));
     }
     let mut payload = vec![0u8; len as usize];
     file.read_exact_at(&mut payload, HEADER_LEN as u64)?;
     if checksum(&header[8..24], &payload) != crc {
-        return Err(corrupt("checksum mismatch"));
+        return Ok(Slot::Torn("checksum mismatch"));
     }
-    let messages = segment::decode(payload.as_slice(), &path.display().to_string())?;
-    Ok(Some((seq, messages)))
+    let messages = segment::decode(payload.as_slice(), payload.len(), &path.display().to_string())?;
+    Ok(Slot::Live(seq, messages))
 }
 
 #[cfg(test)]
@@ -296,8 +329,43 @@ mod tests {
         let found = live(dir.path());
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].messages[0].record.id, "GOOD");
-        assert!(dir.path().join(CORRUPT_FOLDER).join(path.file_name().unwrap()).exists());
+        let aside: Vec<String> = std::fs::read_dir(dir.path().join(CORRUPT_FOLDER))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(aside.len() == 1 && aside[0].starts_with(&format!("{name}.")), "{aside:?}");
         drop(good);
+    }
+
+    #[test]
+    fn a_good_checksum_over_records_that_do_not_decode_stays_in_place_and_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = Pool::open(dir.path()).unwrap();
+        let path = pool.path(0);
+        let payload = b"MFSEG1\n{not a record}\n".to_vec();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&7u64.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        let mut seq_len = 7u64.to_le_bytes().to_vec();
+        seq_len.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&checksum(&seq_len, &payload).to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 4]);
+        bytes.extend_from_slice(&payload);
+        std::fs::write(&path, &bytes).unwrap();
+        let (pool, found) = Pool::open(dir.path()).unwrap();
+        assert!(found.is_empty());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "left as it was");
+        assert!(!pool.lock_free().contains(&0), "never handed out for reuse");
+        assert!(!dir.path().join(CORRUPT_FOLDER).exists());
+    }
+
+    #[test]
+    fn only_the_exact_slot_name_counts() {
+        assert_eq!(parse_name("slot-0000000005"), Some(5));
+        for alias in ["slot-5", "slot-05", "slot-+000000005", "slot-00000000005", "slot-000000000x", "x"] {
+            assert_eq!(parse_name(alias), None, "{alias}");
+        }
     }
 
     #[test]
