@@ -37,8 +37,8 @@ const PREWARM: usize = 4;
 const PREWARM_SIZE: usize = 64 * 1024;
 /// Free slots kept beyond this are deleted: a burst should not leave its disk space behind.
 const KEEP_FREE: usize = 64;
-/// No segment payload is larger: the writer's batch limit plus records and the largest
-/// message it could add on top (a bigger length in a header is damage, not data).
+/// Far above any segment the writer makes (64 MB batches plus one message): a larger length
+/// in a header is damage, and must not become an allocation of that size.
 const MAX_PAYLOAD: u64 = 4 * 1024 * 1024 * 1024;
 /// A freed slot larger than this is cut back to [`PREWARM_SIZE`].
 const SHRINK_ABOVE: u64 = 8 * 1024 * 1024;
@@ -358,6 +358,19 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "left as it was");
         assert!(!pool.lock_free().contains(&0), "never handed out for reuse");
         assert!(!dir.path().join(CORRUPT_FOLDER).exists());
+    }
+
+    #[test]
+    fn a_slot_whose_write_failed_is_not_handed_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = Pool::open(dir.path()).unwrap();
+        let first = pool.path(0);
+        std::fs::remove_file(&first).unwrap();
+        std::fs::create_dir(&first).unwrap(); // opening it for writing now fails
+        assert!(pool.write(&[message("FAILS", b"x\r\n")]).is_err());
+        let slot = pool.write(&[message("OK", b"y\r\n")]).unwrap();
+        assert_ne!(slot.index, 0);
+        assert!(!pool.lock_free().contains(&0));
     }
 
     #[test]
