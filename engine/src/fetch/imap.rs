@@ -3,7 +3,8 @@
 //! New messages are found by UIDVALIDITY + UID against the stored state and fetched in
 //! batches with `BODY.PEEK[]` (fetching never sets `\Seen`). Per message: the `fetched` hook,
 //! its local effects (local copy, queued mail), then one journal record (see
-//! [`state::Journal`]). Per batch: the scripts' server actions by UID set (flags, then
+//! [`state::Journal`]) — on a thread of its own while the next batch is fetched (see
+//! [`super::hooks`]). Per batch: the scripts' server actions by UID set (flags, then
 //! `UID MOVE` — else `UID COPY` + `\Deleted` + `UID EXPUNGE`/`EXPUNGE` — then deletions), then
 //! one durable commit of the state. A crash anywhere replays the journal at the next session:
 //! finished messages are not run again and their server actions, all idempotent, are
@@ -15,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_imap::types::{Fetch, Flag, UnsolicitedResponse};
@@ -23,13 +24,15 @@ use async_imap::{Client, Session};
 use base64::Engine as _;
 use futures::TryStreamExt;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
+use super::hooks::{lock, Decided, Fetched, HookWorker, Outcome, Targets};
 use super::net::ClientStream;
 use super::state::{self, Done, Journal, MailboxState, ServerActions};
 use super::{process, FetchDeps};
 use crate::config::{AccountConfig, AccountTls};
 use crate::message::MessageView;
-use crate::script::{Action, ScriptSet, Stage};
+use crate::script::{ScriptSet, Stage};
 
 type ImapSession = Session<ClientStream>;
 
@@ -265,8 +268,8 @@ impl Poller<'_> {
             .await
             .map_err(|e| ImapError::Other(e.to_string()))?
             .map_err(ImapError::Other)?;
-        let mut journal = Journal::open(&self.deps.journal_dir, &self.key);
-        let replay = journal.read();
+        let journal = Arc::new(Mutex::new(Journal::open(&self.deps.journal_dir, &self.key)));
+        let replay = lock(&journal).read();
         let mut pending = Pending::default();
         let mut previous = state.uidvalidity;
         for record in &replay {
@@ -300,7 +303,7 @@ impl Poller<'_> {
             self.apply(session, &plan).await?;
         }
         if dirty {
-            self.commit(&state, std::mem::take(&mut pending), &mut journal).await?;
+            self.commit(&state, std::mem::take(&mut pending), &journal).await?;
         }
 
         let search = format!("UID {}:*", state.watermark.saturating_add(1));
@@ -317,86 +320,64 @@ impl Poller<'_> {
             |set: &ScriptSet| process::local_root(self.account).is_none() && !set.stage_reads_body(Stage::Fetched);
         let batch = if headers_only(&self.deps.scripts.current()) { HEADER_BATCH } else { BATCH };
         let mut round = Round::default();
-        for chunk in todo.chunks(batch) {
-            if *shutdown.borrow() {
-                break;
-            }
+        let worker = Arc::new(HookWorker {
+            account: self.account.clone(),
+            mailbox: self.mailbox.to_string(),
+            deliverer: self.deps.deliverer.clone(),
+            journal: journal.clone(),
+            uidvalidity,
+            targets: Targets {
+                local_mode: process::local_root(self.account).is_some(),
+                delimiter: self.delimiter.clone(),
+                polled: self.server_mailbox.clone(),
+            },
+        });
+        // The hooks of one batch run on a blocking thread while the next batch is fetched; the
+        // thread's results are booked here before the next batch goes to it.
+        let mut deciding: Option<(JoinHandle<Decided>, Arc<ScriptSet>)> = None;
+        let mut chunks = todo.chunks(batch);
+        loop {
+            let chunk = if *shutdown.borrow() { None } else { chunks.next() };
             // One script set per batch: it decides whether headers are enough.
             let set = self.deps.scripts.current();
             let headers_only = headers_only(&set);
-            round.headers_only = headers_only;
-            let query = if headers_only {
-                "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER])"
-            } else {
-                "(UID FLAGS RFC822.SIZE BODY.PEEK[])"
-            };
-            let started = Instant::now();
-            let fetches: Vec<Fetch> =
-                timed(FETCH_TIMEOUT, async { session.uid_fetch(uid_set(chunk), query).await?.try_collect().await })
-                    .await?;
-            let fetched_at = Instant::now();
-            round.fetch += fetched_at - started;
-            let (plan, pending) = (&mut round.plan, &mut round.pending);
-            for fetch in &fetches {
-                let raw = if headers_only { fetch.header() } else { fetch.body() };
-                let (Some(uid), Some(raw)) = (fetch.uid, raw) else { continue };
-                if state.is_done(uid) {
-                    continue;
-                }
-                let flags: Vec<String> = fetch.flags().map(|f| flag_name(&f)).collect();
-                let view = if headers_only {
-                    let size = fetch.size.map_or(raw.len(), |s| s as usize);
-                    MessageView::headers_only(Arc::new(raw.to_vec()), flags, size)
+            let fetch = async {
+                let Some(chunk) = chunk else { return (Ok(None), Duration::ZERO) };
+                let query = if headers_only {
+                    "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER])"
                 } else {
-                    MessageView::with_flags(Arc::new(raw.to_vec()), flags)
+                    "(UID FLAGS RFC822.SIZE BODY.PEEK[])"
                 };
-                let message_id = view.parsed().message_id.clone();
-                let span = tracing::info_span!("fetched", uid, message_id = %message_id);
-                let _enter = span.enter();
-                let mut record = Done { v: uidvalidity, uid, ..Done::default() };
-                if uid <= state.dedupe_below
-                    && !message_id.is_empty()
-                    && (pending.message_ids.contains(&message_id)
-                        || state::seen_message_id(&self.deps.store, &self.key, &message_id))
-                {
-                    tracing::info!("already processed before the UIDVALIDITY change: skipped");
-                    journal.append(&record)?;
-                    state.done.insert(uid);
-                    round.records += 1;
-                    continue;
+                let started = Instant::now();
+                let fetches: Result<Vec<Fetch>, _> =
+                    timed(FETCH_TIMEOUT, async { session.uid_fetch(uid_set(chunk), query).await?.try_collect().await })
+                        .await;
+                (fetches.map(Some), started.elapsed())
+            };
+            let previous = async {
+                match deciding.take() {
+                    Some((hooks, set)) => Some((hooks.await, set)),
+                    None => None,
                 }
-                let uid_text = uid.to_string();
-                let handled = match self.handle(session, &set, uid, &view).await? {
-                    Ok(handled) => handled,
-                    Err(error) => {
-                        if state.failed(uid_text, &error) {
-                            journal.append(&record)?;
-                            state.done.insert(uid);
-                        }
-                        // The attempt count changed: it must be committed too.
-                        round.records += 1;
-                        continue;
-                    }
-                };
-                record.act = self.server_actions(&handled.decision);
-                record.mid = message_id.clone();
-                record.copies = handled.copies;
-                journal.append(&record)?;
-                pending.dirs.extend(state::finish_copies(&record.copies)?);
-                state.done.insert(uid);
-                state.attempts.remove(&uid.to_string());
-                plan.add(uid, &record.act);
-                pending.message_ids.push(message_id);
-                round.processed += 1;
-                round.records += 1;
+            };
+            let ((fetched, fetch_time), previous) = tokio::join!(fetch, previous);
+            round.fetch += fetch_time;
+            // The previous batch is booked even when this fetch failed: what the thread
+            // journaled is done.
+            if let Some((decided, set)) = previous {
+                let decided = decided.map_err(|e| ImapError::Other(e.to_string()))?;
+                self.act(session, &worker, &set, decided, &mut state, &mut round).await?;
+                if round.records >= APPLY_EVERY {
+                    self.finish_round(session, &mut state, &present, std::mem::take(&mut round), &journal).await?;
+                }
             }
-            round.hooks += fetched_at.elapsed();
-            if round.records >= APPLY_EVERY {
-                self.finish_round(session, &mut state, &present, std::mem::take(&mut round), &mut journal).await?;
-            }
+            let Some(fetches) = fetched? else { break };
+            round.headers_only = headers_only;
+            let items = self.prepare(&fetches, headers_only, uidvalidity, &mut state, &mut round, &journal)?;
+            deciding = Some((worker.spawn(set.clone(), items), set));
         }
         if round.records > 0 {
-            self.finish_round(session, &mut state, &present, round, &mut journal).await?;
+            self.finish_round(session, &mut state, &present, round, &journal).await?;
         }
         Ok(state.attempts.keys().any(|k| k.parse::<u32>().is_ok_and(|u| !state.is_done(u))))
     }
@@ -409,7 +390,7 @@ impl Poller<'_> {
         state: &mut MailboxState,
         present: &BTreeSet<u32>,
         round: Round,
-        journal: &mut Journal,
+        journal: &Mutex<Journal>,
     ) -> Result<(), ImapError> {
         let started = Instant::now();
         self.apply(session, &round.plan).await?;
@@ -432,70 +413,102 @@ impl Poller<'_> {
         Ok(())
     }
 
-    /// The hook, then its local effects. A header-only `view` is completed by fetching the
-    /// whole message when the decision needs it (a forward, a local copy...): rare, so most
-    /// messages never cross the network in full. The outer error is the connection's.
-    async fn handle(
+    /// Turns a batch's answers into messages for the hook, leaving out the UIDs already done
+    /// and, after a UIDVALIDITY change, those whose Message-ID was processed before (journaled
+    /// as done).
+    fn prepare(
+        &self,
+        fetches: &[Fetch],
+        headers_only: bool,
+        uidvalidity: u32,
+        state: &mut MailboxState,
+        round: &mut Round,
+        journal: &Mutex<Journal>,
+    ) -> Result<Vec<Fetched>, ImapError> {
+        let mut items = Vec::with_capacity(fetches.len());
+        for fetch in fetches {
+            let raw = if headers_only { fetch.header() } else { fetch.body() };
+            let (Some(uid), Some(raw)) = (fetch.uid, raw) else { continue };
+            if state.is_done(uid) {
+                continue;
+            }
+            let flags: Vec<String> = fetch.flags().map(|f| flag_name(&f)).collect();
+            let view = if headers_only {
+                let size = fetch.size.map_or(raw.len(), |s| s as usize);
+                MessageView::headers_only(Arc::new(raw.to_vec()), flags, size)
+            } else {
+                MessageView::with_flags(Arc::new(raw.to_vec()), flags)
+            };
+            let message_id = view.parsed().message_id.clone();
+            if uid <= state.dedupe_below
+                && !message_id.is_empty()
+                && (round.pending.message_ids.contains(&message_id)
+                    || state::seen_message_id(&self.deps.store, &self.key, &message_id))
+            {
+                tracing::info!(uid, message_id = %message_id, "already processed before the UIDVALIDITY change: skipped");
+                lock(journal).append(&Done { v: uidvalidity, uid, ..Done::default() })?;
+                state.done.insert(uid);
+                round.records += 1;
+                continue;
+            }
+            items.push(Fetched { uid, view, message_id, decision: None });
+        }
+        Ok(items)
+    }
+
+    /// Books what the hook thread finished, and carries on where it stopped: a message whose
+    /// effects need the whole message (only its header was fetched) gets it fetched here, then
+    /// the thread goes on with it and the rest. That part waits for the thread: it is the rare
+    /// case (a forward, an auto-reply).
+    async fn act(
         &self,
         session: &mut ImapSession,
-        set: &ScriptSet,
-        uid: u32,
-        view: &MessageView,
-    ) -> Result<Result<process::Handled, String>, ImapError> {
-        let uid_text = uid.to_string();
-        let decision = match process::hook(set, self.account, "imap", self.mailbox, &uid_text, view) {
-            Ok(decision) => decision,
-            Err(error) => return Ok(Err(error)),
-        };
-        if !(view.is_headers_only() && process::has_local_effects(self.account, &decision)) {
-            return Ok(process::effects(self.deps, self.account, &uid_text, view, decision).await);
+        worker: &Arc<HookWorker>,
+        set: &Arc<ScriptSet>,
+        mut decided: Decided,
+        state: &mut MailboxState,
+        round: &mut Round,
+    ) -> Result<(), ImapError> {
+        loop {
+            round.hooks += decided.took;
+            for outcome in decided.outcomes.drain(..) {
+                book(outcome, worker, state, round)?;
+            }
+            if let Some(error) = decided.error {
+                return Err(error.into());
+            }
+            let mut next = decided.rest;
+            match decided.waiting {
+                Some(waiting) => match self.whole(session, waiting).await? {
+                    Ok(item) => next.insert(0, item),
+                    Err(outcome) => book(outcome, worker, state, round)?,
+                },
+                None if next.is_empty() => return Ok(()),
+                None => {}
+            }
+            decided = worker.spawn(set.clone(), next).await.map_err(|e| ImapError::Other(e.to_string()))?;
         }
+    }
+
+    /// `item` with the whole message in place of its header, or its failure when the message
+    /// left the server meanwhile. The outer error is the connection's.
+    async fn whole(&self, session: &mut ImapSession, item: Fetched) -> Result<Result<Fetched, Outcome>, ImapError> {
+        let uid_text = item.uid.to_string();
         let fetches: Vec<Fetch> = timed(FETCH_TIMEOUT, async {
             session.uid_fetch(&uid_text, "(UID BODY.PEEK[])").await?.try_collect().await
         })
         .await?;
-        let Some(body) = fetches.iter().find(|f| f.uid == Some(uid)).and_then(|f| f.body()) else {
-            return Ok(Err("message vanished from the server before its body was fetched".into()));
+        let Some(body) = fetches.iter().find(|f| f.uid == Some(item.uid)).and_then(|f| f.body()) else {
+            let error = "message vanished from the server before its body was fetched".to_string();
+            return Ok(Err(Outcome::Failed { uid: item.uid, message_id: item.message_id, error }));
         };
-        let whole = MessageView::with_flags(Arc::new(body.to_vec()), view.flags().to_vec());
-        Ok(process::effects(self.deps, self.account, &uid_text, &whole, decision).await)
-    }
-
-    /// What the hook asked of the server: flags (and `mark_seen`), the first `file_into`
-    /// (unless `deliver` makes folders local, or it names this very mailbox), `delete`.
-    /// Nothing after `discard()`/`reject()`.
-    fn server_actions(&self, decision: &crate::script::Decision) -> ServerActions {
-        let mut out = ServerActions::default();
-        if process::dropped(decision) {
-            return out;
-        }
-        let local_mode = process::local_root(self.account).is_some();
-        for action in &decision.actions {
-            match action {
-                Action::FileInto { folder } if !local_mode && out.move_to.is_none() => {
-                    let target = server_name(folder, self.delimiter.as_deref());
-                    if same_mailbox(&target, &self.server_mailbox) {
-                        tracing::debug!(folder, "file_into names the polled mailbox: nothing to move");
-                    } else {
-                        out.move_to = Some(target);
-                    }
-                }
-                Action::Flag { flag } => match valid_flag(flag) {
-                    Some(flag) if !out.flags.contains(&flag) => out.flags.push(flag),
-                    Some(_) => {}
-                    None => tracing::warn!(flag, "not a valid IMAP flag: ignored"),
-                },
-                Action::MarkSeen if !out.flags.iter().any(|f| f == "\\Seen") => out.flags.push("\\Seen".into()),
-                Action::Delete => out.delete = true,
-                _ => {}
-            }
-        }
-        out
+        let view = MessageView::with_flags(Arc::new(body.to_vec()), item.view.flags().to_vec());
+        Ok(Ok(Fetched { view, ..item }))
     }
 
     /// Makes a batch durable: local copies' folders fsynced, state and Message-IDs committed,
     /// then the journal emptied.
-    async fn commit(&self, state: &MailboxState, pending: Pending, journal: &mut Journal) -> Result<(), ImapError> {
+    async fn commit(&self, state: &MailboxState, pending: Pending, journal: &Mutex<Journal>) -> Result<(), ImapError> {
         let (store, key, snapshot) = (self.deps.store.clone(), self.key.clone(), state.clone());
         tokio::task::spawn_blocking(move || {
             state::sync_dirs(&pending.dirs).map_err(|e| format!("local copies: {e}"))?;
@@ -505,7 +518,7 @@ impl Poller<'_> {
         .await
         .map_err(|e| ImapError::Other(e.to_string()))?
         .map_err(ImapError::Other)?;
-        journal.clear()?;
+        lock(journal).clear()?;
         Ok(())
     }
 
@@ -563,6 +576,31 @@ impl Poller<'_> {
         }
         Ok(())
     }
+}
+
+/// Books one message the hook thread finished: its server actions join the round's plan. A
+/// failure counts an attempt; after too many the message is given up (journaled as done).
+fn book(outcome: Outcome, worker: &HookWorker, state: &mut MailboxState, round: &mut Round) -> Result<(), ImapError> {
+    match outcome {
+        Outcome::Done { record, dirs } => {
+            round.pending.dirs.extend(dirs);
+            state.done.insert(record.uid);
+            state.attempts.remove(&record.uid.to_string());
+            round.plan.add(record.uid, &record.act);
+            round.pending.message_ids.push(record.mid);
+            round.processed += 1;
+        }
+        Outcome::Failed { uid, message_id, error } => {
+            let _span = tracing::info_span!("fetched", uid, message_id = %message_id).entered();
+            if state.failed(uid.to_string(), &error) {
+                lock(&worker.journal).append(&Done { v: worker.uidvalidity, uid, ..Done::default() })?;
+                state.done.insert(uid);
+            }
+        }
+    }
+    // Either way the state changed (done, or an attempt counted): it must be committed.
+    round.records += 1;
+    Ok(())
 }
 
 /// A NO or BAD answer becomes a logged error and `Ok`; anything else stays an error.
@@ -631,7 +669,7 @@ pub fn server_name(folder: &str, delimiter: Option<&str>) -> String {
     mutf7(&folder)
 }
 
-fn same_mailbox(a: &str, b: &str) -> bool {
+pub(super) fn same_mailbox(a: &str, b: &str) -> bool {
     a == b || (a.eq_ignore_ascii_case("INBOX") && b.eq_ignore_ascii_case("INBOX"))
 }
 

@@ -8,6 +8,7 @@
 //!
 //! Security: server responses are untrusted; every read is bounded.
 
+mod hooks;
 pub mod imap;
 pub mod net;
 pub mod pop3;
