@@ -1109,6 +1109,10 @@ idle = true
                     got, ok = wait_counts(dv, want, timeout, every=0.25)
                     wall = (done_at or time.perf_counter()) - t0
                     note = ""
+                    if done_at is None:
+                        # no end mark (log level or format changed?): no wall time to report
+                        ok = False
+                        note = "no 'batch done processed=N' lines adding up to the mailbox in mailflow's log"
                     if ok:
                         # IDLE push latency on the same live instance
                         lat = idle_latency(dv, env_int("BENCH_IDLE_SAMPLES", 20))
@@ -1117,7 +1121,7 @@ idle = true
                                      "ms": idle_floor(dv, env_int("BENCH_IDLE_SAMPLES", 20))})
                     errs = mf.log_errors()
                     if errs:
-                        note = " | ".join(e[:200] for e in errs[-3:])
+                        note = " | ".join([note] * bool(note) + [e[:200] for e in errs[-3:]])
                 runs.append({"tool": tool, "rep": rep, "wall_s": wall, "ok": ok, "counts": got, "note": note})
                 log(f"imap {tool} rep {rep}: {wall:.2f}s ok={ok} counts={got}")
             finally:

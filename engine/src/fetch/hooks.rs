@@ -8,7 +8,7 @@
 //! thread stops at a message whose effects need the whole message when only its header was
 //! fetched: only the session can fetch it (see [`Decided::waiting`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -36,6 +36,18 @@ pub enum Outcome {
     Done { record: Done, dirs: BTreeSet<PathBuf> },
     /// The hook or its local effects failed: nothing done, nothing journaled.
     Failed { uid: u32, message_id: String, error: String },
+    /// Already processed before a UIDVALIDITY change (same Message-ID): journaled as done, no
+    /// hook run.
+    Skipped { uid: u32 },
+}
+
+/// How far [`HookWorker::finish`] got with one message.
+enum Step {
+    Finished(Outcome),
+    /// Its hook ran; its local effects need the whole message, only the header is here.
+    NeedsWhole(Fetched),
+    /// The journal or a local copy could not be written: the session must end.
+    Broken(Box<Fetched>, std::io::Error),
 }
 
 /// A batch back from the thread.
@@ -46,7 +58,9 @@ pub struct Decided {
     /// need the whole message. `rest` follows it, hooks not run.
     pub waiting: Option<Fetched>,
     pub rest: Vec<Fetched>,
-    /// A journal write failed: the thread stopped before the message in `waiting`/`rest`.
+    /// A journal write or moving a local copy into place failed: the thread stopped there,
+    /// and the session must end (the first message of `rest` may be journaled already; the
+    /// next session replays the journal).
     pub error: Option<std::io::Error>,
     /// Time spent in hooks and effects.
     pub took: Duration,
@@ -103,11 +117,23 @@ pub struct HookWorker {
     pub journal: Arc<Mutex<Journal>>,
     pub uidvalidity: u32,
     pub targets: Targets,
+    /// After a UIDVALIDITY change, UIDs up to this may be old messages under new UIDs: one
+    /// whose Message-ID was processed before is skipped (see `docs/accounts.md`). 0: no check.
+    pub dedupe_below: u32,
+    pub store: Arc<redb::Database>,
+    /// The state key of the mailbox (for the Message-IDs committed in the store).
+    pub key: String,
+    /// Message-IDs processed since the session started (kept only when `dedupe_below` is set).
+    pub done_ids: Mutex<HashSet<String>>,
 }
 
 /// The journal, even if a thread panicked while holding it (a line is written whole or not).
 pub fn lock(journal: &Mutex<Journal>) -> MutexGuard<'_, Journal> {
     journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lock_ids(ids: &Mutex<HashSet<String>>) -> MutexGuard<'_, HashSet<String>> {
+    ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl HookWorker {
@@ -127,17 +153,23 @@ impl HookWorker {
             took: Duration::ZERO,
         };
         let mut items = items.into_iter();
-        while let Some(item) = items.next() {
+        for item in items.by_ref() {
             let span = tracing::info_span!("fetched", uid = item.uid, message_id = %item.message_id);
             let _enter = span.enter();
-            match self.finish(set, item) {
-                Ok(Ok(outcome)) => decided.outcomes.push(outcome),
-                Ok(Err(waiting)) => {
+            let (uid, message_id) = (item.uid, item.message_id.clone());
+            let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.finish(set, item)))
+                .unwrap_or_else(|_| {
+                    let error = "internal error (panic) while carrying out the hook's actions".to_string();
+                    Step::Finished(Outcome::Failed { uid, message_id, error })
+                });
+            match finished {
+                Step::Finished(outcome) => decided.outcomes.push(outcome),
+                Step::NeedsWhole(waiting) => {
                     decided.waiting = Some(waiting);
                     break;
                 }
-                Err((item, error)) => {
-                    decided.rest.push(item);
+                Step::Broken(item, error) => {
+                    decided.rest.push(*item);
                     decided.error = Some(error);
                     break;
                 }
@@ -149,32 +181,33 @@ impl HookWorker {
     }
 
     /// One message: hook (unless decided already), local effects, journal record, copies in
-    /// place. `Ok(Err(item))`: its effects need the whole message. `Err`: the journal could not
-    /// be written (nothing is done for the message, its hook may have run).
-    #[allow(clippy::type_complexity)]
-    fn finish(
-        &self,
-        set: &ScriptSet,
-        mut item: Fetched,
-    ) -> Result<Result<Outcome, Fetched>, (Fetched, std::io::Error)> {
+    /// place.
+    fn finish(&self, set: &ScriptSet, mut item: Fetched) -> Step {
         let uid = item.uid;
         let uid_text = uid.to_string();
+        if item.decision.is_none() && self.seen_before(&item) {
+            tracing::info!("already processed before the UIDVALIDITY change: skipped");
+            return match lock(&self.journal).append(&Done { v: self.uidvalidity, uid, ..Done::default() }) {
+                Ok(()) => Step::Finished(Outcome::Skipped { uid }),
+                Err(error) => Step::Broken(Box::new(item), error),
+            };
+        }
         let decision = match item.decision.take() {
             Some(decision) => decision,
-            None => match process::hook(set, &self.account, "imap", &self.mailbox, &uid_text, &item.view) {
+            None => match process::hook_blocking(set, &self.account, "imap", &self.mailbox, &uid_text, &item.view) {
                 Ok(decision) => decision,
-                Err(error) => return Ok(Ok(Outcome::Failed { uid, message_id: item.message_id, error })),
+                Err(error) => return Step::Finished(Outcome::Failed { uid, message_id: item.message_id, error }),
             },
         };
         let mut copies = Vec::new();
         if process::has_local_effects(&self.account, &decision) {
             if item.view.is_headers_only() {
                 item.decision = Some(decision);
-                return Ok(Err(item));
+                return Step::NeedsWhole(item);
             }
             match process::local_effects(&self.deliverer, &self.account, &uid_text, &item.view, &decision) {
                 Ok(staged) => copies = staged,
-                Err(error) => return Ok(Ok(Outcome::Failed { uid, message_id: item.message_id, error })),
+                Err(error) => return Step::Finished(Outcome::Failed { uid, message_id: item.message_id, error }),
             }
         }
         let record = Done {
@@ -186,11 +219,23 @@ impl HookWorker {
             ..Done::default()
         };
         if let Err(error) = lock(&self.journal).append(&record) {
-            return Err((item, error));
+            return Step::Broken(Box::new(item), error);
+        }
+        if self.dedupe_below > 0 && !record.mid.is_empty() {
+            lock_ids(&self.done_ids).insert(record.mid.clone());
         }
         match state::finish_copies(&record.copies) {
-            Ok(dirs) => Ok(Ok(Outcome::Done { record, dirs })),
-            Err(error) => Err((item, error)),
+            Ok(dirs) => Step::Finished(Outcome::Done { record, dirs }),
+            Err(error) => Step::Broken(Box::new(item), error),
         }
+    }
+
+    /// Whether `item` is an old message under a new UID: at or below `dedupe_below`, with a
+    /// Message-ID processed before (committed, or earlier in this session).
+    fn seen_before(&self, item: &Fetched) -> bool {
+        item.uid <= self.dedupe_below
+            && !item.message_id.is_empty()
+            && (lock_ids(&self.done_ids).contains(&item.message_id)
+                || state::seen_message_id(&self.store, &self.key, &item.message_id))
     }
 }

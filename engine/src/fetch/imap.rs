@@ -331,6 +331,10 @@ impl Poller<'_> {
                 delimiter: self.delimiter.clone(),
                 polled: self.server_mailbox.clone(),
             },
+            dedupe_below: state.dedupe_below,
+            store: self.deps.store.clone(),
+            key: self.key.clone(),
+            done_ids: Mutex::default(),
         });
         // The hooks of one batch run on a blocking thread while the next batch is fetched; the
         // thread's results are booked here before the next batch goes to it.
@@ -362,8 +366,9 @@ impl Poller<'_> {
             };
             let ((fetched, fetch_time), previous) = tokio::join!(fetch, previous);
             round.fetch += fetch_time;
-            // The previous batch is booked even when this fetch failed: what the thread
-            // journaled is done.
+            // After a failed fetch the connection is of no more use: what the thread journaled
+            // is replayed by the next session.
+            let fetched = fetched?;
             if let Some((decided, set)) = previous {
                 let decided = decided.map_err(|e| ImapError::Other(e.to_string()))?;
                 self.act(session, &worker, &set, decided, &mut state, &mut round).await?;
@@ -371,9 +376,9 @@ impl Poller<'_> {
                     self.finish_round(session, &mut state, &present, std::mem::take(&mut round), &journal).await?;
                 }
             }
-            let Some(fetches) = fetched? else { break };
+            let Some(fetches) = fetched else { break };
             round.headers_only = headers_only;
-            let items = self.prepare(&fetches, headers_only, uidvalidity, &mut state, &mut round, &journal)?;
+            let items = Self::prepare(&fetches, headers_only, &state);
             deciding = Some((worker.spawn(set.clone(), items), set));
         }
         if round.records > 0 {
@@ -413,18 +418,8 @@ impl Poller<'_> {
         Ok(())
     }
 
-    /// Turns a batch's answers into messages for the hook, leaving out the UIDs already done
-    /// and, after a UIDVALIDITY change, those whose Message-ID was processed before (journaled
-    /// as done).
-    fn prepare(
-        &self,
-        fetches: &[Fetch],
-        headers_only: bool,
-        uidvalidity: u32,
-        state: &mut MailboxState,
-        round: &mut Round,
-        journal: &Mutex<Journal>,
-    ) -> Result<Vec<Fetched>, ImapError> {
+    /// Turns a batch's answers into messages for the hook, leaving out the UIDs already done.
+    fn prepare(fetches: &[Fetch], headers_only: bool, state: &MailboxState) -> Vec<Fetched> {
         let mut items = Vec::with_capacity(fetches.len());
         for fetch in fetches {
             let raw = if headers_only { fetch.header() } else { fetch.body() };
@@ -440,20 +435,9 @@ impl Poller<'_> {
                 MessageView::with_flags(Arc::new(raw.to_vec()), flags)
             };
             let message_id = view.parsed().message_id.clone();
-            if uid <= state.dedupe_below
-                && !message_id.is_empty()
-                && (round.pending.message_ids.contains(&message_id)
-                    || state::seen_message_id(&self.deps.store, &self.key, &message_id))
-            {
-                tracing::info!(uid, message_id = %message_id, "already processed before the UIDVALIDITY change: skipped");
-                lock(journal).append(&Done { v: uidvalidity, uid, ..Done::default() })?;
-                state.done.insert(uid);
-                round.records += 1;
-                continue;
-            }
             items.push(Fetched { uid, view, message_id, decision: None });
         }
-        Ok(items)
+        items
     }
 
     /// Books what the hook thread finished, and carries on where it stopped: a message whose
@@ -589,6 +573,9 @@ fn book(outcome: Outcome, worker: &HookWorker, state: &mut MailboxState, round: 
             round.plan.add(record.uid, &record.act);
             round.pending.message_ids.push(record.mid);
             round.processed += 1;
+        }
+        Outcome::Skipped { uid } => {
+            state.done.insert(uid);
         }
         Outcome::Failed { uid, message_id, error } => {
             let _span = tracing::info_span!("fetched", uid, message_id = %message_id).entered();

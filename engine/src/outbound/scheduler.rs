@@ -123,7 +123,9 @@ async fn attempt(outbound: &Outbound, transport: &Transport, settings: &Settings
     }
     entry.attempts += 1;
     let now = crate::spool::unix_now();
-    let expired = now.saturating_sub(entry.created) >= settings.max_age.as_secs();
+    // Both times are whole seconds (truncated): `>` makes sure a full `max_age` has passed (up
+    // to a second late), where `>=` could give up to a second early.
+    let expired = now.saturating_sub(entry.created) > settings.max_age.as_secs();
     if entry.pending().next().is_some() && expired {
         for state in entry.recipients.iter_mut().filter(|r| r.status == RcptStatus::Pending) {
             state.status = RcptStatus::Failed;
