@@ -222,7 +222,8 @@ def test_exec_hang_hits_timeout(daemon):
     assert time.time() - start < 3
     assert "timed out" in d.log()
     # The hung command was killed, not left behind.
-    out = subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True)
+    # -x: the whole command line, so an unrelated "sleep 300" elsewhere does not count.
+    out = subprocess.run(["pgrep", "-fx", "sleep 30"], capture_output=True, text=True)
     assert out.stdout.strip() == ""
 
 
