@@ -140,7 +140,9 @@ impl HookWorker {
     /// Runs `items` through the hook on a blocking thread, under the caller's span.
     pub fn spawn(self: &Arc<Self>, set: Arc<ScriptSet>, items: Vec<Fetched>) -> tokio::task::JoinHandle<Decided> {
         let (worker, parent) = (self.clone(), tracing::Span::current());
-        tokio::task::spawn_blocking(move || parent.in_scope(|| worker.run(&set, items)))
+        tokio::task::spawn_blocking(move || {
+            parent.in_scope(|| crate::script::runner::on_blocking_thread(|| worker.run(&set, items)))
+        })
     }
 
     fn run(&self, set: &ScriptSet, items: Vec<Fetched>) -> Decided {
@@ -194,7 +196,7 @@ impl HookWorker {
         }
         let decision = match item.decision.take() {
             Some(decision) => decision,
-            None => match process::hook_blocking(set, &self.account, "imap", &self.mailbox, &uid_text, &item.view) {
+            None => match process::hook(set, &self.account, "imap", &self.mailbox, &uid_text, &item.view) {
                 Ok(decision) => decision,
                 Err(error) => return Step::Finished(Outcome::Failed { uid, message_id: item.message_id, error }),
             },

@@ -47,32 +47,6 @@ pub fn hook(
     uid: &str,
     view: &MessageView,
 ) -> Result<Decision, String> {
-    hook_on(set, account, protocol, mailbox, uid, view, ScriptSet::call_from_async)
-}
-
-/// [`hook`] on a thread that may block (see [`ScriptSet::call_blocking`]).
-pub fn hook_blocking(
-    set: &ScriptSet,
-    account: &AccountConfig,
-    protocol: &str,
-    mailbox: &str,
-    uid: &str,
-    view: &MessageView,
-) -> Result<Decision, String> {
-    hook_on(set, account, protocol, mailbox, uid, view, ScriptSet::call_blocking)
-}
-
-type Call = fn(&ScriptSet, Stage, &ScriptCtx, Option<&MessageView>, &str) -> Decision;
-
-fn hook_on(
-    set: &ScriptSet,
-    account: &AccountConfig,
-    protocol: &str,
-    mailbox: &str,
-    uid: &str,
-    view: &MessageView,
-    call: Call,
-) -> Result<Decision, String> {
     let ctx = ScriptCtx::new(Context {
         account: account.name.clone(),
         protocol: protocol.to_string(),
@@ -83,7 +57,7 @@ fn hook_on(
         ..Context::default()
     });
     let id = format!("{}/{}/{}", account.name, mailbox, uid);
-    let decision = call(set, Stage::Fetched, &ctx, Some(view), &id);
+    let decision = set.call_from_async(Stage::Fetched, &ctx, Some(view), &id);
     if failed(&decision) {
         return Err(decision.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "tempfail".into()));
     }

@@ -11,6 +11,7 @@
 //! Hooks that may block — a plugin call (`kv::`, `http::`, `exec::`: disk or network) or an
 //! imported module (see [`super::analysis`]) — always get their own thread.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -18,12 +19,28 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 /// How long a hook may run inline before it moves to a thread of its own.
 pub const INLINE_LEASH: Duration = Duration::from_millis(5);
 
+thread_local! {
+    /// Set while [`on_blocking_thread`] runs: this thread may block, hooks need no leash.
+    static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with hook calls made directly under their full timeout: for a thread of its own
+/// that may block (the IMAP poller's hook thread), where a leash would only make a slow hook
+/// run twice. Tokio cannot tell such a thread from a runtime worker.
+pub fn on_blocking_thread<R>(f: impl FnOnce() -> R) -> R {
+    let before = MAY_BLOCK.replace(true);
+    let result = f();
+    MAY_BLOCK.set(before);
+    result
+}
+
 /// Runs a hook call. `inline(leash)` runs it with a deadline at `leash` and returns `None` when
 /// it was stopped there; `threaded()` runs it whole. Outside a multi-thread runtime
-/// (`mailflow test`, unit tests) `threaded` simply runs on the caller.
+/// (`mailflow test`, unit tests) and within [`on_blocking_thread`], `threaded` simply runs on
+/// the caller.
 pub fn run<R>(may_block: bool, inline: impl FnOnce(Instant) -> Option<R>, threaded: impl FnOnce() -> R) -> R {
     let multi_thread = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if !multi_thread {
+    if !multi_thread || MAY_BLOCK.get() {
         return threaded();
     }
     if !may_block {
@@ -49,6 +66,8 @@ mod tests {
             assert_eq!(run(false, |_| Some("inline"), || "threaded"), "inline");
             assert_eq!(run(false, |_| None, || "threaded"), "threaded");
             assert_eq!(run(true, |_| Some("inline"), || "threaded"), "threaded");
+            assert_eq!(on_blocking_thread(|| run(false, |_| Some("inline"), || "threaded")), "threaded");
+            assert_eq!(run(false, |_| Some("inline"), || "threaded"), "inline");
         });
         assert_eq!(run(false, |_| Some("inline"), || "threaded"), "threaded");
     }

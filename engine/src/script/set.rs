@@ -195,16 +195,9 @@ impl ScriptSet {
             |leash| self.call_leashed(stage, ctx, msg, id, Some(leash)),
             || self.call(stage, ctx, msg, id),
         );
-        write_logs(stage, id, &decision);
-        decision
-    }
-
-    /// Runs `stage` on a thread that may block (not a runtime worker: the IMAP poller's hook
-    /// thread), under the hooks' full `timeout_ms`; writes the hooks' `log` lines once the call
-    /// is over.
-    pub fn call_blocking(&self, stage: Stage, ctx: &ScriptCtx, msg: Option<&MessageView>, id: &str) -> Decision {
-        let decision = self.call(stage, ctx, msg, id);
-        write_logs(stage, id, &decision);
+        for line in &decision.logs {
+            tracing::info!(target: "mailflow::script", file = %line.file, stage = %stage, id, "{}", line.text);
+        }
         decision
     }
 
@@ -473,13 +466,6 @@ pub fn error_of(file: &str, e: &EvalAltResult) -> ScriptError {
 
 fn position(pos: Position) -> (usize, usize) {
     (pos.line().unwrap_or(0), pos.position().unwrap_or(0))
-}
-
-/// The hooks' `log` lines of a finished call, tagged with the stage and message or session id.
-fn write_logs(stage: Stage, id: &str, decision: &Decision) {
-    for line in &decision.logs {
-        tracing::info!(target: "mailflow::script", file = %line.file, stage = %stage, id, "{}", line.text);
-    }
 }
 
 #[cfg(test)]
