@@ -2,12 +2,13 @@
 //!
 //! Start: compile scripts (a broken set refuses to start), open the spool and resume what a
 //! previous run left, start the deliverer, the script watcher and the listeners. SIGHUP
-//! reloads the scripts. Stop: no new connections, sessions get `shutdown_grace` to finish
+//! reloads the scripts and the config (what can change while running). Stop: no new connections, sessions get `shutdown_grace` to finish
 //! (idle ones are told 421 at once), the spool writer and the deliverer drain, exit 0.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -86,7 +87,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let connections = Arc::new(Semaphore::new(config.smtp.max_connections));
     let tls = load_tls(&config)?;
     let shared = Arc::new(Shared {
-        config: config.clone(),
+        config: ArcSwap::new(config.clone()),
         scripts: scripts.clone(),
         spool,
         shutdown: shutdown_rx,
@@ -120,14 +121,15 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading scripts and TLS certificate");
+                tracing::info!("SIGHUP: reloading scripts, config and TLS certificate");
                 let host = scripts.clone();
                 let _ = tokio::task::spawn_blocking(move || host.reload()).await;
-                match load_tls(&config) {
+                let running = reload_config(&loaded_source, &shared).await;
+                match load_tls(&running) {
                     Ok(tls) => shared.tls.store(tls),
                     Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays"),
                 }
-                reload_accounts(&loaded_source, &fetch_deps, &mut pollers, config.smtp.shutdown_grace).await;
+                reload_accounts(&running.accounts, &fetch_deps, &mut pollers, running.smtp.shutdown_grace).await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -135,6 +137,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     }
 
     tracing::info!("shutting down: no new connections");
+    let config = shared.config.load_full();
     for (_, tasks) in std::mem::take(&mut pollers) {
         tasks.stop(config.smtp.shutdown_grace).await;
     }
@@ -165,22 +168,39 @@ fn load_tls(config: &crate::config::Config) -> anyhow::Result<Option<Arc<rustls:
     }
 }
 
-/// SIGHUP: re-reads `[[accounts]]` from the config file; starts new accounts, stops removed
-/// ones and restarts changed ones. Other sections need a restart.
+/// SIGHUP: re-reads the config file and swaps in what can change while running (see
+/// [`crate::config::reload`]). Returns the config now in force; on a broken file, the old one.
+async fn reload_config(source: &Option<std::path::PathBuf>, shared: &Shared) -> Arc<crate::config::Config> {
+    let running = shared.config.load_full();
+    let Some(path) = source.clone() else { return running };
+    let fresh = match tokio::task::spawn_blocking(move || LoadedConfig::load(Some(&path))).await {
+        Ok(Ok(loaded)) => loaded.config,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "config not reloaded; the running settings stay");
+            return running;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config not reloaded; the running settings stay");
+            return running;
+        }
+    };
+    let reloaded = crate::config::reload::merge(&running, fresh);
+    for setting in &reloaded.need_restart {
+        tracing::warn!(setting = %setting, "config change needs a restart; the running value stays");
+    }
+    let config = Arc::new(reloaded.config);
+    shared.config.store(config.clone());
+    tracing::info!("config reloaded");
+    config
+}
+
+/// SIGHUP: starts new accounts, stops removed ones and restarts changed ones.
 async fn reload_accounts(
-    source: &Option<std::path::PathBuf>,
+    fresh: &[crate::config::AccountConfig],
     deps: &FetchDeps,
     pollers: &mut BTreeMap<String, AccountTasks>,
     grace: std::time::Duration,
 ) {
-    let Some(path) = source else { return };
-    let fresh = match LoadedConfig::load(Some(path)) {
-        Ok(loaded) => loaded.config.accounts,
-        Err(e) => {
-            tracing::error!(error = %e, "config not reloaded; accounts unchanged");
-            return;
-        }
-    };
     let same = |a: &crate::config::AccountConfig, b: &crate::config::AccountConfig| {
         serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
     };
@@ -197,7 +217,7 @@ async fn reload_accounts(
     for account in fresh {
         if !pollers.contains_key(&account.name) {
             tracing::info!(account = %account.name, "starting poller");
-            pollers.insert(account.name.clone(), fetch::start(deps, account));
+            pollers.insert(account.name.clone(), fetch::start(deps, account.clone()));
         }
     }
 }

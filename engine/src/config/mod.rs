@@ -7,6 +7,7 @@
 
 pub mod duration;
 mod load;
+pub mod reload;
 
 pub use load::{ConfigError, LoadedConfig};
 

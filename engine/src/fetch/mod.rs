@@ -50,12 +50,18 @@ pub struct AccountTasks {
 }
 
 impl AccountTasks {
-    /// Stops the account's tasks (IMAP logs out; a POP3 round in progress finishes).
+    /// Stops the account's tasks (IMAP logs out; a POP3 round in progress finishes). A task
+    /// still running after `grace` is aborted, so that a restarted poller never shares the
+    /// account's journal and state with the old one; being cut off mid-round is safe — it is
+    /// what a crash does, and the next start replays the journal.
     pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
-        for handle in self.handles {
-            if tokio::time::timeout(grace, handle).await.is_err() {
-                tracing::warn!(account = %self.config.name, "poller did not stop in time");
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut handle in self.handles {
+            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
+                tracing::warn!(account = %self.config.name, "poller did not stop in time: aborted");
+                handle.abort();
+                let _ = handle.await;
             }
         }
     }

@@ -27,12 +27,12 @@ enum Step {
 impl Session {
     /// Whether AUTH may be advertised and used on this connection now.
     pub(super) fn auth_offered(&self) -> bool {
-        let smtp = &self.shared.config.smtp;
+        let smtp = &self.config.smtp;
         !smtp.auth_users.is_empty() && (self.tls.is_some() || smtp.allow_plain_auth)
     }
 
     pub(super) async fn handle_auth(&mut self, mechanism: u64, initial: String) -> std::io::Result<Flow> {
-        let smtp = &self.shared.config.smtp;
+        let smtp = &self.config.smtp;
         if smtp.auth_users.is_empty() {
             self.reply(Reply::new(502, "5.5.1", "AUTH not available"));
             return Ok(Flow::Continue);
@@ -78,7 +78,7 @@ impl Session {
             }
             Err(Step::Closed) => return Ok(Flow::Close),
         };
-        let users = self.shared.config.smtp.auth_users.clone();
+        let users = self.config.smtp.auth_users.clone();
         let Some(ok) = verify_bounded(users, user.clone(), password).await else {
             tracing::warn!("AUTH: no password verification slot free in time");
             self.reply(Reply::new(454, "4.7.0", "Server busy; try again later"));
@@ -131,7 +131,7 @@ impl Session {
     /// Sends `334 prompt` and reads the client's line.
     async fn sasl_step(&mut self, prompt: &str) -> Result<String, Step> {
         self.reply(Reply::plain(334, prompt));
-        let timeout = self.shared.config.smtp.command_timeout;
+        let timeout = self.config.smtp.command_timeout;
         match self.next_line(timeout).await {
             Ok(Some(line)) => {
                 let text = String::from_utf8(line).map_err(|_| Step::Malformed)?;

@@ -33,7 +33,7 @@ impl Session {
             Err(ReadError::Io(e)) => return Err(e),
             Err(ReadError::Eof) => return Ok(Flow::Close),
             Err(ReadError::Timeout | ReadError::Shutdown) => {
-                let hostname = self.shared.config.smtp.hostname.clone();
+                let hostname = self.config.smtp.hostname.clone();
                 self.reply(Reply::new(421, "4.4.2", format!("{hostname} Error: timeout exceeded")));
                 return Ok(Flow::Close);
             }
@@ -49,10 +49,10 @@ impl Session {
     }
 
     async fn read_data(&mut self) -> Result<DataOutcome, ReadError> {
-        let mut reader = DataReader::new(self.shared.config.smtp.max_message_size);
+        let mut reader = DataReader::new(self.config.smtp.max_message_size);
         // Message data comes in bulk: read it in large chunks.
         self.inbuf_mut().reserve(64 * 1024);
-        let timeout = self.shared.config.smtp.data_timeout;
+        let timeout = self.config.smtp.data_timeout;
         loop {
             let buffered = self.inbuf_mut();
             if !buffered.is_empty() {
@@ -68,7 +68,7 @@ impl Session {
     }
 
     async fn finish_message(&mut self, id: String, tx: super::session::Transaction, outcome: DataOutcome) -> Reply {
-        let config = self.shared.config.clone();
+        let config = self.config.clone();
         if outcome.bare_line_ending {
             return Reply::new(554, "5.6.0", "Message contains bare CR or LF line endings; refused (RFC 5321 2.3.8)");
         }

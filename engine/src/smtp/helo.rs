@@ -17,7 +17,7 @@ impl Session {
         }
         self.helo = Some(host);
         self.esmtp = esmtp;
-        let config = &self.shared.config.smtp;
+        let config = &self.config.smtp;
         let mut lines = vec![format!("{} greets {}", config.hostname, self.remote_ip)];
         if esmtp {
             lines.extend([

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_rustls::TlsAcceptor;
 
 use super::credentials::FailureLimiter;
@@ -22,7 +22,9 @@ use crate::spool::{new_id, Spool};
 
 /// What every session shares.
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The running config; SIGHUP swaps in a new one (see [`crate::config::reload`]). A
+    /// session takes a snapshot when it starts.
+    pub config: ArcSwap<Config>,
     pub scripts: Arc<ScriptHost>,
     pub spool: Spool,
     /// Flips to `true` on SIGTERM/SIGINT: sessions waiting for a command answer 421.
@@ -80,7 +82,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
                 );
             }
             Err(_) => {
-                let hostname = shared.config.smtp.hostname.clone();
+                let hostname = shared.config.load().smtp.hostname.clone();
                 tokio::spawn(
                     async move {
                         tracing::warn!("connection limit reached: 421");

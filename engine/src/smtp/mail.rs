@@ -26,7 +26,7 @@ impl Session {
             self.reply(Reply::new(555, "5.5.4", "MAIL parameters need EHLO"));
             return Flow::Continue;
         }
-        let max = self.shared.config.smtp.max_message_size;
+        let max = self.config.smtp.max_message_size;
         if size > max {
             self.reply(Reply::new(552, "5.3.4", format!("Message size exceeds fixed limit of {max} bytes")));
             return Flow::Continue;

@@ -15,7 +15,7 @@ impl Session {
             self.reply(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
             return Flow::Continue;
         };
-        let config = &self.shared.config.smtp;
+        let config = &self.config.smtp;
         if tx.recipients.len() >= config.max_recipients {
             self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
             return Flow::Continue;

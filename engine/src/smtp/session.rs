@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use super::listener::Shared;
 use super::reply::Reply;
 use super::tls::{Stream, TlsInfo};
+use crate::config::Config;
 use crate::script::{Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verdict};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
@@ -59,6 +60,8 @@ pub struct Session {
     /// Discarding an overlong line up to its LF.
     discarding: bool,
     pub(super) shared: Arc<Shared>,
+    /// The config this session started with; a reload does not change it mid-session.
+    pub(super) config: Arc<Config>,
     /// The script set this session started with; reloads do not affect it.
     pub(super) scripts: Arc<ScriptSet>,
     shutdown: watch::Receiver<bool>,
@@ -78,6 +81,7 @@ pub struct Session {
 impl Session {
     pub fn new(stream: Stream, shared: Arc<Shared>, remote_ip: IpAddr, id: String, tls: Option<TlsInfo>) -> Session {
         let scripts = shared.scripts.current();
+        let config = shared.config.load_full();
         let shutdown = shared.shutdown.clone();
         Session {
             stream,
@@ -85,6 +89,7 @@ impl Session {
             out: Vec::with_capacity(1024),
             discarding: false,
             shared,
+            config,
             scripts,
             shutdown,
             id,
@@ -104,11 +109,11 @@ impl Session {
             tracing::debug!(error = %e, "session ended with I/O error");
         }
         // Timed like every write: a TLS close_notify waits for a client that may never read.
-        let _ = tokio::time::timeout(self.shared.config.smtp.command_timeout, self.stream.shutdown()).await;
+        let _ = tokio::time::timeout(self.config.smtp.command_timeout, self.stream.shutdown()).await;
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
-        let hostname = self.shared.config.smtp.hostname.clone();
+        let hostname = self.config.smtp.hostname.clone();
         let decision = self.run_stage(Stage::Connect, self.context(""), None);
         match decision.verdict {
             Some(Verdict::Tempfail { status, text, .. }) => {
@@ -122,7 +127,7 @@ impl Session {
             _ => self.reply(Reply::plain(220, format!("{hostname} ESMTP mailflow"))),
         }
         loop {
-            let line = match self.next_line(self.shared.config.smtp.command_timeout).await {
+            let line = match self.next_line(self.config.smtp.command_timeout).await {
                 Ok(Some(line)) => line,
                 Ok(None) => {
                     self.reply(Reply::new(500, "5.5.2", "Line too long (max 512 octets)"));
@@ -214,7 +219,7 @@ impl Session {
     }
 
     fn quit(&mut self) -> Flow {
-        let hostname = self.shared.config.smtp.hostname.clone();
+        let hostname = self.config.smtp.hostname.clone();
         self.reply(Reply::new(221, "2.0.0", format!("{hostname} closing connection")));
         Flow::Close
     }
@@ -233,7 +238,7 @@ impl Session {
     /// would otherwise block the write, and hold its connection slot, forever.
     pub(super) async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            let timeout = self.shared.config.smtp.command_timeout;
+            let timeout = self.config.smtp.command_timeout;
             let write = async {
                 self.stream.write_all(&self.out).await?;
                 self.stream.flush().await
