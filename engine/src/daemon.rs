@@ -83,6 +83,9 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     deliver::resume(leftovers, &deliver_tx).await;
     drop(deliver_tx);
 
+    if let Some(addr) = crate::prometheus::start(&config.metrics.listen).await? {
+        tracing::info!(addr = %addr, "metrics listening at /metrics");
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.smtp.max_connections));
     let tls = load_tls(&config)?;

@@ -9,7 +9,8 @@
 //! - powers for scripts: [`plugins`] (crates under `plugins/`), on the [`state`] store
 //!
 //! [`config`] reads `mailflow.toml`, [`message`] is the lazily parsed message every stage
-//! sees, [`daemon`] wires the stages together and [`cli`] is the command line.
+//! sees, [`daemon`] wires the stages together, [`prometheus`] counts what each stage did and
+//! serves it at `/metrics`, and [`cli`] is the command line.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod fetch;
 pub mod message;
 pub mod outbound;
 pub mod plugins;
+pub mod prometheus;
 pub mod script;
 pub mod smtp;
 pub mod spool;

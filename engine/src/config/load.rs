@@ -96,6 +96,7 @@ fn validate(config: &Config) -> Result<(), String> {
     if !(1..=1000).contains(&config.outbound.concurrency) {
         return Err(format!("[outbound] concurrency = {} is out of range 1..=1000", config.outbound.concurrency));
     }
+    crate::prometheus::parse_listen(&config.metrics.listen).map_err(|e| e.to_string())?;
     if config.scripts.timeout_ms == 0 || config.scripts.max_operations == 0 {
         return Err("[scripts] timeout_ms and max_operations must be > 0".into());
     }

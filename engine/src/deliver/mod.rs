@@ -208,6 +208,7 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mu
             }
         }
     }
+    crate::prometheus::delivered(all_ok);
     if all_ok {
         tracing::info!(
             sender = %record.envelope.sender,

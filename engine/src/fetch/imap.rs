@@ -573,11 +573,14 @@ fn book(outcome: Outcome, worker: &HookWorker, state: &mut MailboxState, round: 
             round.plan.add(record.uid, &record.act);
             round.pending.message_ids.push(record.mid);
             round.processed += 1;
+            crate::prometheus::fetched("imap", "done");
         }
         Outcome::Skipped { uid } => {
             state.done.insert(uid);
+            crate::prometheus::fetched("imap", "skipped");
         }
         Outcome::Failed { uid, message_id, error } => {
+            crate::prometheus::fetched("imap", "failed");
             let _span = tracing::info_span!("fetched", uid, message_id = %message_id).entered();
             if state.failed(uid.to_string(), &error) {
                 lock(&worker.journal).append(&Done { v: worker.uidvalidity, uid, ..Done::default() })?;

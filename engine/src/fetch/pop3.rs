@@ -277,6 +277,7 @@ pub async fn round(
         let handled = match process::handle(deps, &set, account, "pop3", "INBOX", uidl, &view).await {
             Ok(handled) => handled,
             Err(error) => {
+                crate::prometheus::fetched("pop3", "failed");
                 if state.failed(uidl.clone(), &error) {
                     // Skipped, never deleted: it stays on the server untouched.
                     journal.append(&record)?;
@@ -300,6 +301,7 @@ pub async fn round(
         state.attempts.remove(uidl);
         message_ids.push(record.mid);
         processed += 1;
+        crate::prometheus::fetched("pop3", "done");
     }
     // Forget UIDLs the server no longer has, then make the state durable before any DELE.
     let present: BTreeSet<&String> = listing.iter().map(|(_, u)| u).collect();

@@ -108,16 +108,19 @@ async fn attempt(outbound: &Outbound, transport: &Transport, settings: &Settings
                 state.status = RcptStatus::Sent;
                 state.last_error.clear();
                 tracing::info!(rcpt = %rcpt, outcome = "sent", "message sent");
+                crate::prometheus::outbound("sent");
             }
             Err(e) if e.permanent => {
                 state.status = RcptStatus::Failed;
                 state.last_error = e.message.clone();
                 tracing::warn!(rcpt = %rcpt, error = %e.message, outcome = "failed", "permanent failure");
+                crate::prometheus::outbound("failed");
             }
             Err(e) => {
                 state.last_error = e.message.clone();
                 entry.last_error = e.message.clone();
                 tracing::info!(rcpt = %rcpt, error = %e.message, outcome = "deferred", "temporary failure; will retry");
+                crate::prometheus::outbound("deferred");
             }
         }
     }
@@ -131,6 +134,7 @@ async fn attempt(outbound: &Outbound, transport: &Transport, settings: &Settings
             state.status = RcptStatus::Failed;
             state.last_error = format!("gave up after {} attempts (max_age): {}", entry.attempts, state.last_error);
             tracing::warn!(rcpt = %state.addr, outcome = "expired", "delivery given up: max_age reached");
+            crate::prometheus::outbound("expired");
         }
     }
     let dir = outbound.dir().to_path_buf();

@@ -38,6 +38,7 @@ impl ScriptHost {
             Ok(set) => {
                 let files = set.file_names().join(", ");
                 self.current.store(Arc::new(set));
+                crate::prometheus::script_reload(true);
                 tracing::info!(target: "mailflow::script", files = %files, "scripts reloaded");
                 Ok(())
             }
@@ -46,6 +47,7 @@ impl ScriptHost {
                     tracing::error!(target: "mailflow::script", "{error}");
                 }
                 tracing::error!(target: "mailflow::script", "scripts not reloaded: the previous set stays live");
+                crate::prometheus::script_reload(false);
                 Err(errors)
             }
         }

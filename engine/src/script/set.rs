@@ -281,6 +281,7 @@ impl ScriptSet {
                 }
             }
         }
+        crate::prometheus::script_call(stage, &decision);
         Some(decision)
     }
 

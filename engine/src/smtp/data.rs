@@ -44,6 +44,7 @@ impl Session {
         let id = new_id();
         let span = tracing::info_span!("message", id = %id);
         let reply = self.finish_message(id, tx, outcome).instrument(span).await;
+        crate::prometheus::smtp_message(reply.code);
         self.reply(reply);
         Ok(Flow::Continue)
     }

@@ -62,6 +62,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
         let span = tracing::info_span!("session", id = %id, remote = %peer);
         match shared.connections.clone().try_acquire_owned() {
             Ok(permit) => {
+                crate::prometheus::smtp_connection(true);
                 let shared = shared.clone();
                 tokio::spawn(
                     async move {
@@ -82,6 +83,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
                 );
             }
             Err(_) => {
+                crate::prometheus::smtp_connection(false);
                 let hostname = shared.config.load().smtp.hostname.clone();
                 tokio::spawn(
                     async move {

@@ -76,9 +76,11 @@ async fn run_writer(pool: Arc<Pool>, mut rx: mpsc::Receiver<Request>, deliver: m
         }
         let messages: Vec<SpooledMessage> = batch.iter().map(|r| r.message.clone()).collect();
         let pool2 = pool.clone();
+        let started = std::time::Instant::now();
         let written = tokio::task::spawn_blocking(move || pool2.write(&messages).map(|slot| (slot, messages))).await;
         match written {
             Ok(Ok((slot, messages))) => {
+                crate::prometheus::spool_segment(messages.len(), started.elapsed());
                 tracing::debug!(segment = %slot, messages = messages.len(), "spool segment synced");
                 for request in batch {
                     let _ = request.done.send(Ok(()));
