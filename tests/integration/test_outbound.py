@@ -1118,3 +1118,102 @@ def test_forwarder_example_in_the_daemon(tmp_path, sinks, instances):
     assert [parse(p)["Subject"] for p in d.messages("team@example.org")] == ["Order 2026-118"]
     assert len(d.messages("team@example.org", folder="Junk")) == 1
     assert d.messages("old@example.org") == []
+
+
+# === STARTTLS towards MX hosts =================================================================
+
+
+def tls_receiver(tmp_path, port):
+    """A second mailflow with a certificate for mx-tls.test, on 127.0.0.1 and 127.0.0.2."""
+    root = tmp_path / "receiver"
+    root.mkdir()
+    cert, key, ca, ca_key = root / "cert.pem", root / "cert.key", root / "ca.pem", root / "ca.key"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-sha256"]
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)  # noqa: E731
+    # A private CA and a server certificate it signed (webpki refuses a CA certificate as the
+    # server's own).
+    run("req", "-x509", *ec, "-days", "2", "-keyout", str(ca_key), "-out", str(ca), "-subj", "/CN=test CA")
+    csr = root / "cert.csr"
+    run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=mx-tls.test")
+    ext = root / "ext.cnf"
+    ext.write_text("basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:mx-tls.test\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2",
+        "-sha256", "-extfile", str(ext), "-out", str(cert))
+    config = textwrap.dedent(
+        f"""\
+        [smtp]
+        listen = ["127.0.0.1:{port}", "127.0.0.2:{port}"]
+        hostname = "mx-tls.test"
+        local_domains = ["tls.test"]
+        tls_cert = "cert.pem"
+        tls_key = "cert.key"
+
+        [delivery]
+        maildir = "data/mail/{{local}}@{{domain}}"
+        """
+    )
+    return Daemon(root, config, {}, port), ca
+
+
+@pytest.mark.parametrize(
+    "policy, trusted, expected",
+    [("never", False, "ESMTP"), ("opportunistic", False, "ESMTPS"), ("required", True, "ESMTPS"),
+     ("required", False, None)],
+    ids=["never", "opportunistic-unverified", "required-verified", "required-untrusted-defers"],
+)
+def test_mx_mode_follows_the_starttls_policy(daemon, instances, tmp_path, policy, trusted, expected):
+    from dnslib import MX, A
+
+    port = free_port()
+    receiver, ca = tls_receiver(tmp_path, port)
+    instances.append(receiver)
+    receiver.start()
+    dns = DNS({("tls.test.", "MX"): [MX("mx-tls.test.", 10)], ("mx-tls.test.", "A"): [A("127.0.0.2")]})
+    try:
+        config = textwrap.dedent(
+            f"""
+            [outbound]
+            mode = "mx"
+            dns_server = "127.0.0.1:{dns.port}"
+            mx_port = {port}
+            starttls = "{policy}"
+            retry = ["1h"]
+            """
+        )
+        d = daemon(scripts={"10.rhai": 'fn data(ctx, msg) { msg.forward("u@tls.test"); }'}, extra=config, start=False)
+        # The sender trusts the receiver's private CA only through SSL_CERT_FILE.
+        d.start(env={"SSL_CERT_FILE": str(ca)} if trusted else {"SSL_CERT_FILE": "/nonexistent"})
+        send(d, sender="ann@test.example", subject=f"starttls {policy}")
+        if expected is None:
+            rows = wait_queue(d, lambda rows: rows and rows[0]["attempts"] == "1")
+            assert rows and "STARTTLS" in rows[0]["error"], rows
+            assert receiver.messages("u@tls.test") == []
+            assert d.messages("ann@test.example") == [], "a TLS failure must be retried, not bounced"
+            return
+        assert wait_for(lambda: len(receiver.messages("u@tls.test")) == 1, 10), d.log()[-2000:]
+        raw = receiver.messages("u@tls.test")[0].read_bytes().decode()
+        m = re.search(r"by mx-tls\.test[^;]* with (ESMTPS?) id", raw)
+        assert m and m.group(1) == expected, raw[:800]
+    finally:
+        dns.close()
+
+
+def test_mx_mode_required_starttls_defers_when_not_offered(daemon, mx_world):
+    """smtp-sink offers no STARTTLS: with `required` nothing is sent in clear, and the message
+    waits in the queue (no bounce)."""
+    config = textwrap.dedent(
+        f"""
+        [outbound]
+        mode = "mx"
+        dns_server = "127.0.0.1:{mx_world['dns'].port}"
+        mx_port = {mx_world['port']}
+        starttls = "required"
+        retry = ["1h"]
+        """
+    )
+    d = daemon(scripts={"10.rhai": 'fn data(ctx, msg) { msg.forward("u@order.test"); }'}, extra=config)
+    send(d, sender="ann@test.example")
+    rows = wait_queue(d, lambda rows: rows and rows[0]["attempts"] == "1")
+    assert rows and "STARTTLS is required but not offered" in rows[0]["error"], rows
+    assert mx_world["a"].messages() == []
+    assert d.messages("ann@test.example") == []

@@ -20,7 +20,7 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_IDLE: usize = 10;
 
 /// STARTTLS policy of one destination.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub enum StartTls {
     Never,
     /// Use it when offered; `verify` = check the certificate (relay) or not (MX, like
@@ -120,11 +120,26 @@ impl Pool {
             .map_err(|_| SendError::transient(format!("connecting to {target} timed out")))?
             .map_err(|e| SendError::transient(format!("connecting to {target}: {e}")))?;
         let _ = tcp.set_nodelay(true);
+        let smtp_error = |e: lettre::transport::smtp::Error| {
+            if e.is_permanent() {
+                SendError::from_smtp(e)
+            } else {
+                SendError::transient(format!("{target}: {e}"))
+            }
+        };
+        // A failed TLS set-up is never permanent: the message waits for the peer to be fixed
+        // (Postfix defers too) rather than bouncing on a certificate or a missing STARTTLS.
+        let tls_failed = |e: lettre::transport::smtp::Error| SendError::transient(format!("{target}: STARTTLS: {e}"));
         let setup = async {
-            let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await?;
+            let mut conn =
+                AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await.map_err(smtp_error)?;
             let use_tls = match d.starttls {
                 StartTls::Never => false,
                 StartTls::Opportunistic { .. } => conn.can_starttls(),
+                StartTls::Required if !conn.can_starttls() => {
+                    conn.abort().await;
+                    return Err(SendError::transient(format!("{target}: STARTTLS is required but not offered")));
+                }
                 StartTls::Required => true,
             };
             if use_tls {
@@ -132,18 +147,17 @@ impl Pool {
                 let params = TlsParameters::builder(d.tls_name.clone())
                     .dangerous_accept_invalid_certs(!verify)
                     .dangerous_accept_invalid_hostnames(!verify)
-                    .build_rustls()?;
-                conn.starttls(params, &self.hello).await?;
+                    .build_rustls()
+                    .map_err(tls_failed)?;
+                conn.starttls(params, &self.hello).await.map_err(tls_failed)?;
             }
             if let Some(credentials) = &d.credentials {
-                conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await?;
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(smtp_error)?;
             }
-            Ok::<_, lettre::transport::smtp::Error>(conn)
+            Ok(conn)
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) if e.is_permanent() => Err(SendError::from_smtp(e)),
-            Ok(Err(e)) => Err(SendError::transient(format!("{target}: {e}"))),
+            Ok(result) => result,
             Err(_) => Err(SendError::transient(format!("{target}: greeting or EHLO timed out"))),
         }
     }

@@ -57,6 +57,7 @@ pub struct MxTransport {
     resolver: MxResolver,
     port: u16,
     pool: Pool,
+    starttls: StartTls,
 }
 
 impl Transport {
@@ -69,10 +70,19 @@ impl Transport {
                 } else {
                     Some(config.dns_server.parse::<SocketAddr>().map_err(|e| format!("[outbound] dns_server: {e}"))?)
                 };
+                // Opportunistic towards MX hosts does not verify: their certificates are often
+                // self-signed or name another host, and refusing them would only fall back to
+                // plain text (Postfix's `may`). `required` verifies against the MX host name.
+                let starttls = match config.starttls {
+                    StartTlsPolicy::Never => StartTls::Never,
+                    StartTlsPolicy::Opportunistic => StartTls::Opportunistic { verify: false },
+                    StartTlsPolicy::Required => StartTls::Required,
+                };
                 Ok(Transport::Mx(Box::new(MxTransport {
                     resolver: MxResolver::new(dns)?,
                     port: config.mx_port,
                     pool: Pool::new(hostname),
+                    starttls,
                 })))
             }
         }
@@ -94,7 +104,7 @@ impl Transport {
             }
             Transport::Relay(relay) => relay.0.send(&relay.1, &envelope, message).await,
             Transport::Mx(mx_transport_state) => {
-                let MxTransport { resolver, port, pool } = mx_transport_state.as_ref();
+                let MxTransport { resolver, port, pool, starttls } = mx_transport_state.as_ref();
                 let domain = rcpt.rsplit_once('@').map_or(rcpt, |(_, d)| d);
                 let records = resolver.records(domain).await.map_err(|e| SendError::transient(e.to_string()))?;
                 let hosts = mx::plan(domain, records).map_err(|e| SendError::permanent(e.to_string()))?;
@@ -113,7 +123,7 @@ impl Transport {
                             host: ip.to_string(),
                             port: *port,
                             tls_name: host.clone(),
-                            starttls: StartTls::Opportunistic { verify: false },
+                            starttls: *starttls,
                             credentials: None,
                         };
                         match pool.send(&destination, &envelope, message).await {
