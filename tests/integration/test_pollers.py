@@ -321,6 +321,30 @@ def test_failing_script_gives_up_after_five_attempts_and_moves_on(daemon, doveco
     assert dv.mailbox()[mid(1)] == set()  # left untouched
 
 
+def test_on_error_accept_processes_a_failing_message_without_its_actions(daemon, dovecot):
+    dv = dovecot()
+    dv.seed([message(1, subject="boom"), message(2)])
+    scripts = {
+        "10-log.rhai": LOG_SCRIPT,
+        "20-boom.rhai": r"""
+            fn fetched(ctx, msg) {
+                msg.flag("\\Flagged");
+                if msg.subject == "boom" { throw "broken"; }
+            }
+        """,
+    }
+    d = daemon(scripts=scripts, extra='[scripts]\non_error = "accept"\n\n' + dv.account(poll_interval="1s"))
+    wait_processed(d, ids(1, 2))
+    wait_for(lambda: dv.mailbox().get(mid(2)) == {"\\Flagged"}, timeout=5)
+    time.sleep(2.5)  # two more polls: nothing is retried
+    log = d.log()
+    assert "script failed; on_error applies" in log
+    assert "retried next round" not in log and "giving up" not in log
+    assert set(processed(d).values()) == {1}
+    assert dv.mailbox()[mid(1)] == set()  # the failing stage's actions are dropped
+    assert dv.mailbox()[mid(2)] == {"\\Flagged"}
+
+
 def test_kill_9_mid_batch_processes_every_message_exactly_once(daemon, dovecot):
     """1,000 messages (5 batches); mailflow is killed with SIGKILL in the middle of the second
     batch, then restarted. Afterwards every message has had its server action exactly once

@@ -94,9 +94,14 @@ pub fn has_local_effects(account: &AccountConfig, decision: &Decision) -> bool {
     !dropped(decision) && (local_root(account).is_some() || decision.actions.iter().any(Action::is_outbound))
 }
 
-/// Whether the hook failed in a way that means "leave it, retry next round".
+/// Whether the hook failed in a way that means "leave it, retry next round": `tempfail()`, or
+/// a script error under `on_error = "tempfail"` (which [`ScriptSet::call`] turns into a
+/// tempfail). Under `on_error = "accept"` an error leaves no verdict and no actions: the
+/// message is processed as if no script had acted, as at the SMTP stages.
+///
+/// [`ScriptSet::call`]: crate::script::ScriptSet::call
 pub fn failed(decision: &Decision) -> bool {
-    decision.error.is_some() || matches!(decision.verdict, Some(Verdict::Tempfail { .. }))
+    matches!(decision.verdict, Some(Verdict::Tempfail { .. }))
 }
 
 /// The Return-Path, else the From address: who an auto-reply answers.
