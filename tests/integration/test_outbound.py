@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, free_port, make_config, wait_for
+from conftest import BIN, Daemon, free_port, make_config, wait_for
 from smtpclient import make_message, mailflow, parse, transaction, wait_delivered, wait_log
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -1217,3 +1217,54 @@ def test_mx_mode_required_starttls_defers_when_not_offered(daemon, mx_world):
     assert rows and "STARTTLS is required but not offered" in rows[0]["error"], rows
     assert mx_world["a"].messages() == []
     assert d.messages("ann@test.example") == []
+
+
+# === relay credentials =========================================================================
+
+
+@pytest.mark.parametrize("form", ["url", "fields"])
+def test_relay_authenticates_with_credentials_from_the_url_or_the_fields(daemon, instances, tmp_path, form):
+    """The relay is a second mailflow that knows one user (allow_plain_auth: loopback, no TLS);
+    its Received header says ESMTPA only for an authenticated session."""
+    user, password = "relay@user", "pa:ss w@rd"
+    hashed = subprocess.run(
+        [str(BIN), "hash-password"], input=password + "\n", capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    port = free_port()
+    relay = second_daemon(
+        tmp_path, "relay", port, "relay.test", "far.example", free_port(), {},
+    )
+    relay.config_path.write_text(
+        relay.config_path.read_text().replace(
+            'local_domains = ["far.example"]',
+            f'local_domains = ["far.example"]\nallow_plain_auth = true\nauth_users = {{ "{user}" = "{hashed}" }}',
+        )
+    )
+    instances.append(relay)
+    relay.start()
+    if form == "url":
+        more = f'relay = "smtp://relay%40user:pa%3Ass%20w%40rd@127.0.0.1:{port}"\nstarttls = "never"\n'
+    else:
+        more = f'relay = "smtp://127.0.0.1:{port}"\nrelay_user = "{user}"\nrelay_password = "{password}"\nstarttls = "never"\n'
+    d = daemon(scripts={"10-fwd.rhai": FORWARD}, extra="\n[outbound]\n" + more)
+    send(d, subject=f"auth via {form}")
+    assert wait_for(lambda: len(relay.messages("bob@far.example")) == 1, 10), d.log()[-2000:]
+    raw = relay.messages("bob@far.example")[0].read_bytes().decode()
+    assert re.search(r"by relay\.test[^;]* with ESMTPA id", raw), raw[:800]
+
+
+def test_check_refuses_what_run_would_refuse(tmp_path):
+    cases = {
+        '[outbound]\nrelay = "foo://x"\n': "relay",
+        '[outbound]\nrelay = "smtp://a:b@x"\nrelay_user = "c"\n': "both in the URL and in relay_user",
+        '[outbound]\nmode = "mx"\ndns_server = "bad"\n': "dns_server",
+        '[outbound]\nforward_sender = "not an address"\n': "forward_sender",
+        '[smtp]\ntls_listen = ["127.0.0.1:4650"]\n': "tls_listen needs tls_cert",
+    }
+    for text, needle in cases.items():
+        cfg = tmp_path / "bad.toml"
+        cfg.write_text(text)
+        for command in (["check"], ["run"]):
+            r = mailflow(*command, "--config", cfg)
+            assert r.returncode == 1, (text, command, r.stdout, r.stderr)
+            assert needle in r.stderr, (text, command, r.stderr)

@@ -93,6 +93,21 @@ fn validate(config: &Config) -> Result<(), String> {
         crate::smtp::credentials::check_hash(hash)
             .map_err(|e| format!("[smtp] auth_users {user:?}: {e}; make one with `mailflow hash-password`"))?;
     }
+    if !smtp.tls_listen.is_empty() && smtp.tls_cert.is_none() {
+        return Err("[smtp] tls_listen needs tls_cert and tls_key".into());
+    }
+    let outbound = &config.outbound;
+    if outbound.mode == super::OutboundMode::Relay {
+        crate::outbound::parse_relay(outbound)?;
+    }
+    if !outbound.dns_server.is_empty() && outbound.dns_server.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!("[outbound] dns_server {:?}: use ip:port", outbound.dns_server));
+    }
+    match outbound.forward_sender.as_str() {
+        "" | "original" => {}
+        fixed if crate::smtp::address::parse_mailbox(fixed, true).is_ok() => {}
+        fixed => return Err(format!("[outbound] forward_sender {fixed:?}: \"original\" or an address")),
+    }
     if !(1..=1000).contains(&config.outbound.concurrency) {
         return Err(format!("[outbound] concurrency = {} is out of range 1..=1000", config.outbound.concurrency));
     }

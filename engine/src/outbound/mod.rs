@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 pub use entry::{EntryKind, QueueEntry, RcptState, RcptStatus};
 pub use scheduler::Settings;
-pub use transport::Transport;
+pub use transport::{parse_relay, RelayUrl, Transport};
 
 /// Handle to the queue: cheap to clone, usable from blocking code.
 #[derive(Clone)]
