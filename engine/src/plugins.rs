@@ -81,6 +81,22 @@ pub fn build(
     Ok(plugins)
 }
 
+/// A table for a plugin that is not enabled is still checked (a typo in it is an error now, not
+/// when the plugin is switched on later): built once and dropped.
+fn check_disabled(config: &PluginsConfig, store: &Arc<redb::Database>, state_dir: &Path) -> Result<(), PluginError> {
+    let tables = [("kv", &config.kv), ("http", &config.http), ("exec", &config.exec)];
+    let disabled: Vec<String> = tables
+        .iter()
+        .filter(|(name, table)| table.is_some() && !config.enabled.iter().any(|e| e == name))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if disabled.is_empty() {
+        return Ok(());
+    }
+    let check = PluginsConfig { enabled: disabled, ..config.clone() };
+    build(&check, store.clone(), state_dir).map(drop)
+}
+
 /// The engine hook that registers each plugin's module under its name.
 pub fn engine_hook(plugins: Vec<Box<dyn Plugin>>) -> Arc<EngineHook> {
     let modules: Vec<(&'static str, rhai::Shared<rhai::Module>)> =
@@ -97,6 +113,7 @@ pub fn hook_for(
     config: &crate::config::Config,
     store: Arc<redb::Database>,
 ) -> Result<Option<Arc<EngineHook>>, PluginError> {
+    check_disabled(&config.plugins, &store, &config.state.dir)?;
     if config.plugins.enabled.is_empty() {
         return Ok(None);
     }

@@ -297,3 +297,33 @@ def test_rate_limit_example_in_the_daemon(daemon):
     assert header_of(first, "X-First-Contact") == "yes"
     second = [f for f in files if "Subject: 1" in f.read_text()][0]
     assert header_of(second, "X-First-Contact") is None
+
+
+def test_unknown_key_in_a_disabled_plugin_table_is_config_error(tmp_path):
+    """A typo in `[plugins.http]` is an error even before `http` is enabled (SPEC §3)."""
+    (tmp_path / "mailflow.toml").write_text('[plugins]\nenabled = []\n[plugins.http]\nallwo = ["http://x/"]\n')
+    out = subprocess.run([str(BIN), "check", "--config", str(tmp_path / "mailflow.toml")], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "allwo" in out.stderr
+
+
+def test_exec_relative_command_is_found_beside_the_config(tmp_path):
+    """`["./classify.sh"]` resolves against the config file's folder, whatever the current
+    folder of the process (here `/`)."""
+    cfg = tmp_path / "cfg"
+    (cfg / "scripts").mkdir(parents=True)
+    tool = cfg / "classify.sh"
+    tool.write_text("#!/bin/sh\necho beside-the-config\n")
+    tool.chmod(0o755)
+    (cfg / "mailflow.toml").write_text('[plugins]\nenabled = ["exec"]\n[plugins.exec.commands]\nmine = ["./classify.sh"]\n')
+    (cfg / "scripts" / "10.rhai").write_text(
+        'fn data(ctx, msg) { let r = exec::pipe("mine", msg); let s = r.stdout; s.trim(); msg.set_header("X-Class", s); }\n'
+    )
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(b"Subject: hi\r\nFrom: a@example.org\r\n\r\nbody\r\n")
+    out = subprocess.run(
+        [str(BIN), "test", "--config", str(cfg / "mailflow.toml"), "--stage", "data", str(eml)],
+        capture_output=True, text=True, cwd="/", timeout=30,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "X-Class: beside-the-config" in out.stdout, out.stdout

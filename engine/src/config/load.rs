@@ -145,6 +145,15 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     if maildir.is_relative() {
         config.delivery.maildir = base.join(maildir).to_string_lossy().into_owned();
     }
+    // `[plugins.exec.commands] name = ["./classify.sh", ...]`: a program named by a relative path
+    // (one with a `/`) is found beside the config file; a bare name is looked up in PATH.
+    let commands = config.plugins.exec.as_mut().and_then(|t| t.get_mut("commands")).and_then(|c| c.as_table_mut());
+    for (_, argv) in commands.into_iter().flat_map(|c| c.iter_mut()) {
+        let Some(first) = argv.as_array_mut().and_then(|a| a.first_mut()) else { continue };
+        if let Some(program) = first.as_str().filter(|p| p.contains('/') && Path::new(p).is_relative()) {
+            *first = toml::Value::String(base.join(program).to_string_lossy().into_owned());
+        }
+    }
     for account in &mut config.accounts {
         if !account.deliver.is_empty() && PathBuf::from(&account.deliver).is_relative() {
             account.deliver = base.join(&account.deliver).to_string_lossy().into_owned();
