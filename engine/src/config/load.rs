@@ -47,7 +47,10 @@ impl LoadedConfig {
         let text =
             std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
         let mut config = parse(&text, &shown)?;
-        validate(&config).map_err(|message| ConfigError::Invalid { path: shown.clone(), message })?;
+        validate(&config).map_err(|message| match locate(&text, &message) {
+            Some((line, col)) => ConfigError::Syntax { path: shown.clone(), line, col, message },
+            None => ConfigError::Invalid { path: shown.clone(), message },
+        })?;
         let absolute = if path.is_absolute() { path.clone() } else { cwd.join(&path) };
         let base_dir = absolute.parent().map(Path::to_path_buf).unwrap_or(cwd);
         resolve_paths(&mut config, &base_dir);
@@ -79,8 +82,14 @@ fn validate(config: &Config) -> Result<(), String> {
     if smtp.hostname.trim().is_empty() {
         return Err("[smtp] hostname is empty".into());
     }
-    if smtp.max_connections == 0 || smtp.max_recipients == 0 || smtp.max_message_size == 0 {
-        return Err("[smtp] max_connections, max_recipients and max_message_size must be > 0".into());
+    for (key, value) in [
+        ("max_connections", smtp.max_connections),
+        ("max_recipients", smtp.max_recipients),
+        ("max_message_size", smtp.max_message_size),
+    ] {
+        if value == 0 {
+            return Err(format!("[smtp] {key} must be > 0"));
+        }
     }
     if !config.delivery.maildir.contains("{local}") && !config.delivery.maildir.contains("{domain}") {
         // One shared Maildir for every recipient is allowed, but almost always a mistake.
@@ -112,8 +121,11 @@ fn validate(config: &Config) -> Result<(), String> {
         return Err(format!("[outbound] concurrency = {} is out of range 1..=1000", config.outbound.concurrency));
     }
     crate::prometheus::parse_listen(&config.metrics.listen).map_err(|e| e.to_string())?;
-    if config.scripts.timeout_ms == 0 || config.scripts.max_operations == 0 {
-        return Err("[scripts] timeout_ms and max_operations must be > 0".into());
+    if config.scripts.timeout_ms == 0 {
+        return Err("[scripts] timeout_ms must be > 0".into());
+    }
+    if config.scripts.max_operations == 0 {
+        return Err("[scripts] max_operations must be > 0".into());
     }
     let mut names = std::collections::BTreeSet::new();
     for account in &config.accounts {
@@ -125,6 +137,39 @@ fn validate(config: &Config) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Where the setting a [`validate`] message names (`[section] key ...`) is written, so the error
+/// can be printed as `FILE:LINE:COL:` like a syntax error. Among several candidate lines (one
+/// per `[[accounts]]`), the one carrying a quoted value from the message wins. `None` when the
+/// key is not written in the file (a default) or the message names none.
+fn locate(text: &str, message: &str) -> Option<(usize, usize)> {
+    let rest = message.strip_prefix('[')?;
+    let (section, rest) = rest.trim_start_matches('[').split_once(']')?;
+    let key: String = rest
+        .trim_start_matches(']')
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let quoted: Vec<&str> = message.split('"').skip(1).step_by(2).filter(|q| !q.is_empty()).collect();
+    let mut current = String::new();
+    let mut found = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(header) = trimmed.strip_prefix('[') {
+            current = header.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string();
+            continue;
+        }
+        let in_section = current == section || current.starts_with(&format!("{section}."));
+        let names_key = !key.is_empty()
+            && trimmed.strip_prefix(key.as_str()).is_some_and(|after| after.trim_start().starts_with('='));
+        if in_section && names_key {
+            found.push((n + 1, line.len() - trimmed.len() + 1, line));
+        }
+    }
+    let best = found.iter().rev().find(|(_, _, line)| quoted.iter().any(|q| line.contains(q))).or(found.first());
+    best.map(|(line, col, _)| (*line, *col))
 }
 
 fn resolve_paths(config: &mut Config, base: &Path) {
@@ -183,6 +228,18 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("m.toml:3:1:"), "{text}");
         assert!(text.contains("listen_typo"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_value_is_located_in_the_file() {
+        let text =
+            "[smtp]\nhostname = \"x\"\n  max_recipients = 0\n[[accounts]]\nname = \"a\"\n[[accounts]]\nname = \"b\"\n";
+        assert_eq!(locate(text, "[smtp] max_recipients must be > 0"), Some((3, 3)));
+        assert_eq!(locate(text, "[[accounts]] name \"b\" is used twice"), Some((7, 1)));
+        assert_eq!(locate(text, "[smtp] max_connections must be > 0"), None);
+        assert_eq!(locate(text, "no section named"), None);
+        let auth = "[smtp.auth_users]\nme = \"x\"\n[smtp]\nauth_users = { me = \"y\" }\n";
+        assert_eq!(locate(auth, "[smtp] auth_users \"me\": not a hash"), Some((4, 1)));
     }
 
     #[test]
