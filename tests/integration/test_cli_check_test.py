@@ -199,7 +199,10 @@ def test_test_rcpt_to_runs_once_per_recipient(project, tmp_path):
 
 def test_test_connect_helo_mail_from_stages(project, tmp_path):
     cfg = project({"10-gate.rhai": """
-        fn connect(ctx) { if ctx.remote_ip == "192.0.2.7" { return reject("blocked"); } }
+        fn connect(ctx) {
+            if ctx.remote_ip == "192.0.2.7" { return reject("blocked"); }
+            if ctx.remote_ip == "192.0.2.9" { return tempfail("busy"); }
+        }
         fn helo(ctx) { if ctx.helo == "localhost" { return reject(550, "5.7.1 fake helo"); } }
         fn mail_from(ctx) { if ctx.sender == "" { return tempfail(); } }
     """})
@@ -208,6 +211,9 @@ def test_test_connect_helo_mail_from_stages(project, tmp_path):
     assert "verdict: reject 554 5.7.1 blocked (by 10-gate.rhai)" in r.stdout
     r = mailflow("test", "--config", cfg, "--stage", "connect", "--remote-ip", "192.0.2.8", eml)
     assert "verdict: accept (default: no script decided)" in r.stdout
+    # As the daemon answers: a tempfail at connect is 421 and the connection closes.
+    r = mailflow("test", "--config", cfg, "--stage", "connect", "--remote-ip", "192.0.2.9", eml)
+    assert "verdict: tempfail 421 4.7.1 busy (and the connection is closed) (by 10-gate.rhai)" in r.stdout, r.stdout
     r = mailflow("test", "--config", cfg, "--stage", "helo", "--helo", "localhost", eml)
     assert "verdict: reject 550 5.7.1 fake helo (by 10-gate.rhai)" in r.stdout
     r = mailflow("test", "--config", cfg, "--stage", "mail_from", eml)

@@ -132,13 +132,13 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
                 }
                 all_actions.extend(decision.actions.clone());
             }
-            runs.push(report(Some(rcpt.clone()), decision));
+            runs.push(report(Some(rcpt.clone()), Stage::RcptTo, decision));
         }
         recipients = accepted;
     } else {
         let decision = set.call(args.stage, &ScriptCtx::new(base), msg, "test");
         all_actions.extend(decision.actions.clone());
-        runs.push(report(None, decision));
+        runs.push(report(None, args.stage, decision));
     }
     let edited = apply::message_edits(&raw, &all_actions);
     let edited_view = MessageView::new(Arc::new(edited.clone()));
@@ -196,11 +196,18 @@ fn outbound_preview(view: &MessageView, sender: &str, rcpt: Option<&str>, action
         .collect()
 }
 
-fn report(rcpt: Option<String>, decision: Decision) -> RunReport {
+fn report(rcpt: Option<String>, stage: Stage, decision: Decision) -> RunReport {
+    let closes = stage == Stage::Connect && matches!(decision.verdict, Some(crate::script::Verdict::Tempfail { .. }));
     RunReport {
         rcpt,
         verdict: decision.verdict.as_ref().map_or("accept", |v| v.name()).to_string(),
-        reply: decision.refusal().map(|r| r.to_string()),
+        reply: decision.refusal_at(stage).map(|r| {
+            if closes {
+                format!("{r} (and the connection is closed)")
+            } else {
+                r.to_string()
+            }
+        }),
         decided_by: decision.decided_by.clone(),
         actions: decision.actions,
         logs: decision.logs.iter().map(|l| format!("{}: {}", l.file, l.text)).collect(),

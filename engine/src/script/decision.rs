@@ -253,4 +253,16 @@ impl Decision {
     pub fn refusal(&self) -> Option<Reply> {
         self.verdict.as_ref().and_then(Verdict::reply)
     }
+
+    /// The reply the receiver gives for this decision at `stage`. At `connect` a tempfail is
+    /// `421` whatever code the script chose, and the connection is closed: RFC 5321 §3.1 lets
+    /// a greeting be 220, 554 or 421 only.
+    pub fn refusal_at(&self, stage: Stage) -> Option<Reply> {
+        match (&self.verdict, stage) {
+            (Some(Verdict::Tempfail { status, text, .. }), Stage::Connect) => {
+                Some(Reply::new(421, status, text.clone()))
+            }
+            _ => self.refusal(),
+        }
+    }
 }

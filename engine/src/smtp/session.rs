@@ -116,8 +116,10 @@ impl Session {
         let hostname = self.config.smtp.hostname.clone();
         let decision = self.run_stage(Stage::Connect, self.context(""), None);
         match decision.verdict {
-            Some(Verdict::Tempfail { status, text, .. }) => {
-                self.reply(Reply::new(421, &status, text));
+            Some(Verdict::Tempfail { .. }) => {
+                if let Some(reply) = decision.refusal_at(Stage::Connect) {
+                    self.reply(reply);
+                }
                 return self.flush().await;
             }
             Some(Verdict::Reject { code, status, text }) => {
