@@ -323,3 +323,19 @@ def test_test_json_refusal_and_error(project, tmp_path):
     [run] = json.loads(r.stdout)["runs"]
     assert run["verdict"] == "tempfail"
     assert run["error"].startswith("20-err.rhai:3:")
+
+
+def test_test_reply_preview_knows_the_daemons_own_addresses(project, tmp_path):
+    """The preview applies the daemon's own-address rule: mail from postmaster@<hostname> is
+    never answered (a real daemon suppresses it too)."""
+    cfg = project({"10-reply.rhai": 'fn data(ctx, msg) { msg.reply(#{ body: "Got it." }); }\n'})
+    cfg.write_text('[smtp]\nhostname = "mx.example.org"\nlocal_domains = ["example.org"]\n\n[scripts]\ndir = "scripts"\n')
+    eml = tmp_path / "plain.eml"
+    for sender, expected in (
+        ("postmaster@mx.example.org", "reply: suppressed: the sender postmaster@mx.example.org is this daemon's own address"),
+        ("carol@elsewhere.example", "reply: would be sent to <carol@elsewhere.example> from <>"),
+    ):
+        eml.write_bytes(f"From: {sender}\r\nTo: bob@example.org\r\nSubject: hello\r\n\r\nHi.\r\n".encode())
+        r = mailflow("test", "--config", cfg, "--stage", "data", "--from", sender, "--to", "bob@example.org", eml)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert expected in r.stdout, r.stdout

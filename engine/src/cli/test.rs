@@ -142,7 +142,8 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
     }
     let edited = apply::message_edits(&raw, &all_actions);
     let edited_view = MessageView::new(Arc::new(edited.clone()));
-    let outbound = outbound_preview(&view, &args.from, recipients.first().map(String::as_str), &all_actions);
+    let own = crate::deliver::own_addresses(&loaded.config.smtp.hostname, &loaded.config.smtp.local_domains);
+    let outbound = outbound_preview(&view, &args.from, recipients.first().map(String::as_str), &all_actions, &own);
     let report = Report {
         outbound,
         stage: args.stage,
@@ -175,7 +176,13 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
 
 /// What the daemon would do with each outbound action, with the same suppression checks (the
 /// vacation memory of a dry run is empty: a real daemon may also suppress a repeat).
-fn outbound_preview(view: &MessageView, sender: &str, rcpt: Option<&str>, actions: &[Action]) -> Vec<String> {
+fn outbound_preview(
+    view: &MessageView,
+    sender: &str,
+    rcpt: Option<&str>,
+    actions: &[Action],
+    own: &[String],
+) -> Vec<String> {
     use crate::outbound::autoreply;
     let rcpt = rcpt.unwrap_or("");
     let outcome = |what: &str, checked: Result<(), autoreply::Suppressed>| match checked {
@@ -187,9 +194,9 @@ fn outbound_preview(view: &MessageView, sender: &str, rcpt: Option<&str>, action
         .filter_map(|action| match action {
             Action::Forward { addr } => Some(format!("forward: a copy would be sent to <{addr}>")),
             Action::Redirect { addr } => Some(format!("redirect: would be sent to <{addr}> instead of local delivery")),
-            Action::Reply(_) => Some(outcome("reply", autoreply::check_reply(view, sender, &[]))),
+            Action::Reply(_) => Some(outcome("reply", autoreply::check_reply(view, sender, own))),
             Action::Vacation(spec) => {
-                Some(outcome("vacation", autoreply::check_vacation(view, sender, rcpt, spec, &[])))
+                Some(outcome("vacation", autoreply::check_vacation(view, sender, rcpt, spec, own)))
             }
             _ => None,
         })

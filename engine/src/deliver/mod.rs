@@ -65,6 +65,16 @@ impl DeliveryTarget {
     }
 }
 
+/// The daemon's own addresses (`mailer-daemon@`, `postmaster@` its host name, `mailer-daemon@`
+/// each local domain): auto-replies never answer them. `mailflow test` uses the same list.
+pub fn own_addresses(hostname: &str, local_domains: &[String]) -> Vec<String> {
+    let mut own = vec![format!("mailer-daemon@{hostname}"), format!("postmaster@{hostname}")];
+    for domain in local_domains {
+        own.push(format!("mailer-daemon@{domain}"));
+    }
+    own
+}
+
 /// Everything the deliverer acts with.
 #[derive(Clone)]
 pub struct Deliverer {
@@ -88,12 +98,7 @@ impl Deliverer {
 
     /// This daemon's own addresses: never auto-answered.
     fn own_addresses(&self) -> Vec<String> {
-        let mut own =
-            vec![format!("mailer-daemon@{}", self.target.hostname), format!("postmaster@{}", self.target.hostname)];
-        for domain in &self.target.local_domains {
-            own.push(format!("mailer-daemon@{domain}"));
-        }
-        own
+        own_addresses(&self.target.hostname, &self.target.local_domains)
     }
 }
 
