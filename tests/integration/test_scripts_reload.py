@@ -182,14 +182,18 @@ def test_edited_module_is_seen_after_reload(daemon):
     assert re.search(r"lib/tag\.rhai:3:\d+: ", log), log
 
 
-def test_session_in_flight_keeps_its_set(daemon):
+def test_transaction_in_flight_keeps_its_set_and_the_next_one_sees_the_reload(daemon):
     d = daemon(scripts={"10-rule.rhai": BLOCK_RULE})
     with SMTP(d.port) as old:
         old.cmd("EHLO client.example")
+        assert old.cmd("MAIL FROM:<a@remote.example>").code == 250
         time.sleep(0.2)
         d.write_script("10-rule.rhai", "fn rcpt_to(ctx) { reject(\"5.7.1 all\") }\n")
         assert until(lambda: rcpt_code(d.port, "other@example.org") == 550) is not None
-        # The session that started before the reload finishes on the old set.
-        old.cmd("MAIL FROM:<a@remote.example>")
+        # The transaction that started before the reload finishes on the old set.
         assert old.cmd("RCPT TO:<other@example.org>").code == 250
         assert old.cmd("RCPT TO:<blocked@example.org>").code == 550
+        assert old.cmd("RSET").code == 250
+        # The next transaction on the same connection (a relay keeping it open) uses the new set.
+        assert old.cmd("MAIL FROM:<a@remote.example>").code == 250
+        assert old.cmd("RCPT TO:<other@example.org>").code == 550

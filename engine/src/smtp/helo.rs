@@ -8,6 +8,7 @@ impl Session {
     pub(super) fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
         // A new greeting resets any transaction (RFC 5321 §4.1.4).
         self.tx = None;
+        self.scripts = self.shared.scripts.current();
         let mut context = self.context("");
         context.helo = host.clone();
         let decision = self.run_stage(Stage::Helo, context, None);

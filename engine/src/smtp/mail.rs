@@ -26,6 +26,10 @@ impl Session {
             self.reply(Reply::new(555, "5.5.4", "MAIL parameters need EHLO"));
             return Flow::Continue;
         }
+        // Each transaction runs on the newest script set (SPEC §4: a reload is live within a
+        // second, also for a client that keeps its connection for many messages); within a
+        // transaction the set stays the same from mail_from to data.
+        self.scripts = self.shared.scripts.current();
         let max = self.config.smtp.max_message_size;
         if size > max {
             self.reply(Reply::new(552, "5.3.4", format!("Message size exceeds fixed limit of {max} bytes")));

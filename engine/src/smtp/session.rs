@@ -62,7 +62,8 @@ pub struct Session {
     pub(super) shared: Arc<Shared>,
     /// The config this session started with; a reload does not change it mid-session.
     pub(super) config: Arc<Config>,
-    /// The script set this session started with; reloads do not affect it.
+    /// The script set in use: taken at connect and again at each MAIL FROM, so a transaction
+    /// (mail_from through data) runs on one set while a long connection still sees reloads.
     pub(super) scripts: Arc<ScriptSet>,
     shutdown: watch::Receiver<bool>,
     pub(super) id: String,
