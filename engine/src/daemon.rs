@@ -124,10 +124,10 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading scripts, config and TLS certificate");
-                let host = scripts.clone();
-                let _ = tokio::task::spawn_blocking(move || host.reload()).await;
+                tracing::info!("SIGHUP: reloading config, scripts and TLS certificate");
                 let running = reload_config(&loaded_source, &shared).await;
+                let (host, limits) = (scripts.clone(), running.scripts.clone());
+                let _ = tokio::task::spawn_blocking(move || host.reload_with(&limits)).await;
                 match load_tls(&running) {
                     Ok(tls) => shared.tls.store(tls),
                     Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays"),

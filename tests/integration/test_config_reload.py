@@ -176,3 +176,19 @@ def test_a_poller_that_does_not_stop_is_cut_off_before_its_successor_starts(daem
         assert d.proc.poll() is None
     finally:
         hung.close()
+
+
+def test_sighup_applies_on_error_to_the_scripts(daemon):
+    d = daemon(scripts={"10.rhai": 'fn data(ctx, msg) { throw "broken"; }'}, extra='\n[scripts]\non_error = "tempfail"\n')
+    s = connect(d)
+    with pytest.raises(smtplib.SMTPDataError) as failed:
+        s.sendmail("a@client.test", ["bob@example.org"], "Subject: one\r\n\r\nhi\r\n")
+    assert failed.value.smtp_code == 451
+    s.quit()
+
+    d.config_path.write_text(d.config_path.read_text().replace('on_error = "tempfail"', 'on_error = "accept"'))
+    reload_and_wait(d, "scripts reloaded")
+    s = connect(d)
+    s.sendmail("a@client.test", ["bob@example.org"], "Subject: two\r\n\r\nhi\r\n")
+    s.quit()
+    assert wait_for(lambda: len(d.messages("bob@example.org")) == 1, timeout=10)

@@ -4,9 +4,10 @@
 //! Taken at once (new connections see them; a session keeps the config it started with, as it
 //! keeps its scripts): the `[smtp]` policy — size and recipient limits, `max_received_headers`,
 //! `auth_users`, `allow_plain_auth`, the certificate paths, timeouts, `shutdown_grace` — and
-//! `[[accounts]]`. Everything else names a socket, a folder or a component built once at start
-//! (listeners, `hostname` and `local_domains`, which the deliverer and the outbound queue also
-//! hold, `max_connections`, `[scripts]`, `[delivery]`, `[outbound]`, `[state]`, `[plugins]`,
+//! `[scripts]` limits (`timeout_ms`, `max_operations`, `on_error`), and `[[accounts]]`.
+//! Everything else names a socket, a folder or a component built once at start (listeners,
+//! `hostname` and `local_domains`, which the deliverer and the outbound queue also hold,
+//! `max_connections`, the scripts `dir`, `[delivery]`, `[outbound]`, `[state]`, `[plugins]`,
 //! `[metrics]`): a change there is logged as "needs a restart" and the running value stays,
 //! so the daemon never runs half on the old settings and half on the new.
 
@@ -36,7 +37,7 @@ pub fn merge(running: &Config, fresh: Config) -> Reloaded {
     check("smtp.hostname", old.hostname != new.hostname);
     check("smtp.local_domains", old.local_domains != new.local_domains);
     check("smtp.max_connections", old.max_connections != new.max_connections);
-    check("scripts", differs(&running.scripts, &fresh.scripts));
+    check("scripts.dir", running.scripts.dir != fresh.scripts.dir);
     check("delivery", differs(&running.delivery, &fresh.delivery));
     check("outbound", differs(&running.outbound, &fresh.outbound));
     check("state", differs(&running.state, &fresh.state));
@@ -61,6 +62,7 @@ pub fn merge(running: &Config, fresh: Config) -> Reloaded {
     } else if config.smtp.tls_cert.is_some() {
         need_restart.push("smtp.tls_cert");
     }
+    config.scripts = super::ScriptsConfig { dir: running.scripts.dir.clone(), ..fresh.scripts };
     config.accounts = fresh.accounts;
     Reloaded { config, need_restart }
 }

@@ -1,8 +1,9 @@
 //! The script host: the live [`ScriptSet`], swapped atomically on reload.
 //!
-//! Sessions take the current set once, when they start, and finish on it; a reload never
-//! disturbs a session in flight. A set that fails to compile is never activated: the previous
-//! one stays live and each error is logged as `FILE:LINE:COL: message`.
+//! An SMTP session takes the current set at connect, at HELO and at each MAIL FROM, so a
+//! transaction finishes on the set it started with while the next one sees a reload. A set that
+//! fails to compile is never activated: the previous one stays live and each error is logged
+//! as `FILE:LINE:COL: message`.
 
 use std::sync::Arc;
 
@@ -15,7 +16,8 @@ use crate::config::ScriptsConfig;
 /// Shared by every session and poller.
 pub struct ScriptHost {
     current: ArcSwap<ScriptSet>,
-    config: ScriptsConfig,
+    /// `timeout_ms`, `max_operations` and `on_error` may change on SIGHUP; `dir` stays.
+    config: ArcSwap<ScriptsConfig>,
     extend: Option<Arc<EngineHook>>,
 }
 
@@ -23,7 +25,7 @@ impl ScriptHost {
     /// Compiles the folder; fails with every error when any file does not compile.
     pub fn load(config: ScriptsConfig, extend: Option<Arc<EngineHook>>) -> Result<ScriptHost, Vec<ScriptError>> {
         let set = ScriptSet::compile(&config, extend.as_deref())?;
-        Ok(ScriptHost { current: ArcSwap::from_pointee(set), config, extend })
+        Ok(ScriptHost { current: ArcSwap::from_pointee(set), config: ArcSwap::from_pointee(config), extend })
     }
 
     /// The live set. Keep the `Arc` for the whole session.
@@ -34,9 +36,16 @@ impl ScriptHost {
     /// Recompiles the folder and swaps the new set in if it compiled; otherwise logs each
     /// error and keeps the old set.
     pub fn reload(&self) -> Result<(), Vec<ScriptError>> {
-        match ScriptSet::compile(&self.config, self.extend.as_deref()) {
+        self.reload_with(&self.config.load())
+    }
+
+    /// [`Self::reload`] with new limits (SIGHUP re-read the config file); they take effect
+    /// only together with a set that compiled under them.
+    pub fn reload_with(&self, config: &ScriptsConfig) -> Result<(), Vec<ScriptError>> {
+        match ScriptSet::compile(config, self.extend.as_deref()) {
             Ok(set) => {
                 let files = set.file_names().join(", ");
+                self.config.store(Arc::new(config.clone()));
                 self.current.store(Arc::new(set));
                 crate::prometheus::script_reload(true);
                 tracing::info!(target: "mailflow::script", files = %files, "scripts reloaded");
@@ -53,7 +62,7 @@ impl ScriptHost {
         }
     }
 
-    pub fn config(&self) -> &ScriptsConfig {
-        &self.config
+    pub fn config(&self) -> Arc<ScriptsConfig> {
+        self.config.load_full()
     }
 }
