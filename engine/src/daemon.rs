@@ -30,6 +30,9 @@ const DELIVERY_QUEUE: usize = 64;
 pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let loaded_source = loaded.source.clone();
     let config = Arc::new(loaded.config);
+    if let Some(addr) = crate::prometheus::start(&config.metrics.listen).await? {
+        tracing::info!(addr = %addr, "metrics listening at /metrics");
+    }
     let store = crate::state::open(&config.state.dir)?;
     let extend = crate::plugins::hook_for(&config, store.clone())?;
     let scripts = match ScriptHost::load(config.scripts.clone(), extend) {
@@ -68,6 +71,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         store: store.clone(),
         deliverer: delivery.clone(),
         journal_dir: config.state.dir.join("fetch-journal"),
+        busy: Arc::default(),
     };
     let mut pollers: BTreeMap<String, AccountTasks> =
         config.accounts.iter().map(|a| (a.name.clone(), fetch::start(&fetch_deps, a.clone()))).collect();
@@ -83,9 +87,6 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     deliver::resume(leftovers, &deliver_tx).await;
     drop(deliver_tx);
 
-    if let Some(addr) = crate::prometheus::start(&config.metrics.listen).await? {
-        tracing::info!(addr = %addr, "metrics listening at /metrics");
-    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.smtp.max_connections));
     let tls = load_tls(&config)?;

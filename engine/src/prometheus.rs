@@ -31,8 +31,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::script::{Decision, Stage, Verdict};
 
-/// How long a scraper may take to send its request.
+/// How long one scrape may take in all (request, page, close).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes served at once; more connections are closed at once, so a flood of them cannot
+/// use up the file descriptors the SMTP side needs.
+const MAX_SCRAPES: usize = 16;
 /// Longest request head read; a scrape is a few hundred bytes.
 const MAX_REQUEST: usize = 8192;
 /// Summaries are rolled over this often.
@@ -57,7 +60,8 @@ pub fn parse_listen(listen: &str) -> Result<Option<SocketAddr>, MetricsError> {
     listen.trim().parse().map(Some).map_err(|_| MetricsError::Address(listen.to_string()))
 }
 
-/// Installs the recorder and starts serving `/metrics` on `listen`; `Ok(None)` when off.
+/// Binds `listen` and installs the recorder, first thing at start so that nothing the stages
+/// count is lost, then serves `/metrics`; `Ok(None)` when off.
 pub async fn start(listen: &str) -> Result<Option<SocketAddr>, MetricsError> {
     let Some(addr) = parse_listen(listen)? else { return Ok(None) };
     let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
@@ -76,10 +80,19 @@ pub async fn start(listen: &str) -> Result<Option<SocketAddr>, MetricsError> {
 }
 
 async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, handle.clone()));
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    drop(stream);
+                    continue;
+                };
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, handle)).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "metrics listener: accept failed");
@@ -90,9 +103,10 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle) {
 }
 
 /// One scrape: the request head, then the page (or 404/405/400) and close.
+/// Bounded by the caller's [`REQUEST_TIMEOUT`].
 async fn answer(mut stream: TcpStream, handle: PrometheusHandle) {
     let mut head = Vec::with_capacity(512);
-    let complete = tokio::time::timeout(REQUEST_TIMEOUT, async {
+    let complete = async {
         let mut chunk = [0u8; 1024];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
             match stream.read(&mut chunk).await {
@@ -104,9 +118,8 @@ async fn answer(mut stream: TcpStream, handle: PrometheusHandle) {
             }
         }
         true
-    })
-    .await
-    .unwrap_or(false);
+    }
+    .await;
     let response = if complete { respond(&head, &handle) } else { status(400, "Bad Request") };
     let _ = stream.write_all(&response).await;
     let _ = stream.shutdown().await;

@@ -345,6 +345,36 @@ def test_on_error_accept_processes_a_failing_message_without_its_actions(daemon,
     assert dv.mailbox()[mid(2)] == {"\\Flagged"}
 
 
+def test_account_restart_during_slow_hooks_processes_each_message_once(daemon, dovecot):
+    """A SIGHUP that changes an account while its hooks are busy (each takes tens of ms, a
+    batch far longer than `shutdown_grace`): the old poller's hook thread stops before its next
+    message, and only then does the new poller start, so no message is hooked twice."""
+    dv = dovecot()
+    count = 40
+    dv.seed([message(n) for n in range(1, count + 1)])
+    slow = r"""
+        fn fetched(ctx, msg) {
+            let i = 0;
+            while i < 300000 { i += 1; }
+            log("processed [" + msg.message_id + "]");
+        }
+    """
+    limits = '[scripts]\ntimeout_ms = 10000\nmax_operations = 100000000\n\n'
+    d = daemon(
+        scripts={"10-slow.rhai": slow},
+        extra_smtp='shutdown_grace = "1s"',
+        extra=limits + dv.account(poll_interval="60s", idle=False),
+    )
+    assert wait_for(lambda: len(processed(d)) >= 3, timeout=30), d.log()[-2000:]
+    assert len(processed(d)) < count, "hooks too fast for this test: make the loop longer"
+    d.config_path.write_text(d.config_path.read_text().replace('poll_interval = "60s"', 'poll_interval = "59s"'))
+    d.reload()
+    counts = wait_processed(d, ids(*range(1, count + 1)), timeout=180)
+    assert "account removed or changed: stopping its poller" in d.log()
+    twice = {m: c for m, c in counts.items() if c != 1}
+    assert not twice, f"hooked more than once: {twice}"
+
+
 def test_kill_9_mid_batch_processes_every_message_exactly_once(daemon, dovecot):
     """1,000 messages (5 batches); mailflow is killed with SIGKILL in the middle of the second
     batch, then restarted. Afterwards every message has had its server action exactly once

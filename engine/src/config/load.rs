@@ -152,7 +152,8 @@ fn locate(text: &str, message: &str) -> Option<(usize, usize)> {
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
         .collect();
-    let quoted: Vec<&str> = message.split('"').skip(1).step_by(2).filter(|q| !q.is_empty()).collect();
+    let quoted: Vec<String> =
+        message.split('"').skip(1).step_by(2).filter(|q| !q.is_empty()).map(|q| format!("\"{q}\"")).collect();
     let mut current = String::new();
     let mut found = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -168,7 +169,8 @@ fn locate(text: &str, message: &str) -> Option<(usize, usize)> {
             found.push((n + 1, line.len() - trimmed.len() + 1, line));
         }
     }
-    let best = found.iter().rev().find(|(_, _, line)| quoted.iter().any(|q| line.contains(q))).or(found.first());
+    let best =
+        found.iter().rev().find(|(_, _, line)| quoted.iter().any(|q| line.contains(q.as_str()))).or(found.first());
     best.map(|(line, col, _)| (*line, *col))
 }
 
@@ -236,6 +238,8 @@ mod tests {
             "[smtp]\nhostname = \"x\"\n  max_recipients = 0\n[[accounts]]\nname = \"a\"\n[[accounts]]\nname = \"b\"\n";
         assert_eq!(locate(text, "[smtp] max_recipients must be > 0"), Some((3, 3)));
         assert_eq!(locate(text, "[[accounts]] name \"b\" is used twice"), Some((7, 1)));
+        let names = "[[accounts]]\nname = \"alpha\"\n[[accounts]]\nname = \"a\"\n";
+        assert_eq!(locate(names, "[[accounts]] name \"a\" is used twice"), Some((4, 1)));
         assert_eq!(locate(text, "[smtp] max_connections must be > 0"), None);
         assert_eq!(locate(text, "no section named"), None);
         let auth = "[smtp.auth_users]\nme = \"x\"\n[smtp]\nauth_users = { me = \"y\" }\n";

@@ -62,6 +62,8 @@ pub struct Decided {
     /// and the session must end (the first message of `rest` may be journaled already; the
     /// next session replays the journal).
     pub error: Option<std::io::Error>,
+    /// The poller is stopping: the thread left `rest` untouched (the next start does them).
+    pub stopped: bool,
     /// Time spent in hooks and effects.
     pub took: Duration,
 }
@@ -125,6 +127,10 @@ pub struct HookWorker {
     pub key: String,
     /// Message-IDs processed since the session started (kept only when `dedupe_below` is set).
     pub done_ids: Mutex<HashSet<String>>,
+    /// The poller's stop signal: the thread stops before the next message once it is set.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    /// The account's [`super::FetchDeps::busy`].
+    pub busy: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// The journal, even if a thread panicked while holding it (a line is written whole or not).
@@ -140,7 +146,9 @@ impl HookWorker {
     /// Runs `items` through the hook on a blocking thread, under the caller's span.
     pub fn spawn(self: &Arc<Self>, set: Arc<ScriptSet>, items: Vec<Fetched>) -> tokio::task::JoinHandle<Decided> {
         let (worker, parent) = (self.clone(), tracing::Span::current());
+        let busy = self.busy.clone().try_read_owned().ok();
         tokio::task::spawn_blocking(move || {
+            let _busy = busy;
             parent.in_scope(|| crate::script::runner::on_blocking_thread(|| worker.run(&set, items)))
         })
     }
@@ -152,10 +160,16 @@ impl HookWorker {
             waiting: None,
             rest: Vec::new(),
             error: None,
+            stopped: false,
             took: Duration::ZERO,
         };
         let mut items = items.into_iter();
         for item in items.by_ref() {
+            if *self.stop.borrow() {
+                decided.rest.push(item);
+                decided.stopped = true;
+                break;
+            }
             let span = tracing::info_span!("fetched", uid = item.uid, message_id = %item.message_id);
             let _enter = span.enter();
             let (uid, message_id) = (item.uid, item.message_id.clone());

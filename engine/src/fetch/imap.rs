@@ -335,6 +335,8 @@ impl Poller<'_> {
             store: self.deps.store.clone(),
             key: self.key.clone(),
             done_ids: Mutex::default(),
+            stop: shutdown.clone(),
+            busy: self.deps.busy.clone(),
         });
         // The hooks of one batch run on a blocking thread while the next batch is fetched; the
         // thread's results are booked here before the next batch goes to it.
@@ -461,6 +463,9 @@ impl Poller<'_> {
             if let Some(error) = decided.error {
                 return Err(error.into());
             }
+            if decided.stopped {
+                return Ok(());
+            }
             let mut next = decided.rest;
             match decided.waiting {
                 Some(waiting) => match self.whole(session, waiting).await? {
@@ -494,7 +499,9 @@ impl Poller<'_> {
     /// then the journal emptied.
     async fn commit(&self, state: &MailboxState, pending: Pending, journal: &Mutex<Journal>) -> Result<(), ImapError> {
         let (store, key, snapshot) = (self.deps.store.clone(), self.key.clone(), state.clone());
+        let busy = self.deps.busy_guard();
         tokio::task::spawn_blocking(move || {
+            let _busy = busy;
             state::sync_dirs(&pending.dirs).map_err(|e| format!("local copies: {e}"))?;
             let ids: Vec<String> = pending.message_ids.into_iter().filter(|m| !m.is_empty()).collect();
             state::save(&store, &key, &snapshot, &ids)

@@ -40,6 +40,20 @@ pub struct FetchDeps {
     pub deliverer: Deliverer,
     /// Where the per-mailbox progress journals live (`[state] dir`/fetch-journal).
     pub journal_dir: PathBuf,
+    /// Held (shared) by every piece of an account's blocking work — hooks and their effects,
+    /// journal writes, state commits — for as long as it runs. [`AccountTasks::stop`] takes it
+    /// exclusively after aborting a poller that outlived the grace period: aborting the async
+    /// task does not stop a blocking thread, and a restarted poller must not run beside it.
+    /// [`start`] gives each account its own.
+    pub busy: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl FetchDeps {
+    /// A share of [`Self::busy`] for one piece of blocking work (moved into its closure).
+    /// `None` only once the account is being stopped, when nothing new should start anyway.
+    pub fn busy_guard(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        self.busy.clone().try_read_owned().ok()
+    }
 }
 
 /// The running pollers of one account.
@@ -47,13 +61,16 @@ pub struct AccountTasks {
     pub config: AccountConfig,
     stop: watch::Sender<bool>,
     handles: Vec<JoinHandle<()>>,
+    busy: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl AccountTasks {
     /// Stops the account's tasks (IMAP logs out; a POP3 round in progress finishes). A task
-    /// still running after `grace` is aborted, so that a restarted poller never shares the
-    /// account's journal and state with the old one; being cut off mid-round is safe — it is
-    /// what a crash does, and the next start replays the journal.
+    /// still running after `grace` is aborted, and then this waits until the account's blocking
+    /// work has ended too (a hook thread stops at the next message once asked to): a restarted
+    /// poller never shares the account's journal and state with the old one. Being cut off
+    /// mid-round is safe — the journal and state are written in an order a crash may interrupt
+    /// anywhere, and the next start replays the journal.
     pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + grace;
@@ -64,6 +81,7 @@ impl AccountTasks {
                 let _ = handle.await;
             }
         }
+        let _quiet = self.busy.write().await;
     }
 }
 
@@ -83,6 +101,7 @@ pub fn mailboxes(account: &AccountConfig) -> Vec<String> {
 
 /// Starts the pollers of `account`.
 pub fn start(deps: &FetchDeps, account: AccountConfig) -> AccountTasks {
+    let deps = &FetchDeps { busy: Arc::default(), ..deps.clone() };
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
     match account.protocol {
@@ -100,7 +119,7 @@ pub fn start(deps: &FetchDeps, account: AccountConfig) -> AccountTasks {
             handles.push(tokio::spawn(run_pop3(deps.clone(), account.clone(), stop_rx).instrument(span)));
         }
     }
-    AccountTasks { config: account, stop, handles }
+    AccountTasks { config: account, stop, handles, busy: deps.busy.clone() }
 }
 
 async fn run_imap(deps: FetchDeps, account: AccountConfig, mailbox: String, mut stop: watch::Receiver<bool>) {

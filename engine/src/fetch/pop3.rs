@@ -309,7 +309,9 @@ pub async fn round(
     state.delete_uidls.retain(|u| present.contains(u));
     state.attempts.retain(|u, _| present.contains(u));
     let (store, key2, snapshot) = (deps.store.clone(), key.clone(), state.clone());
+    let busy = deps.busy_guard();
     tokio::task::spawn_blocking(move || {
+        let _busy = busy;
         state::sync_dirs(&dirs).map_err(|e| format!("local copies: {e}"))?;
         let ids: Vec<String> = message_ids.into_iter().filter(|m| !m.is_empty()).collect();
         state::save(&store, &key2, &snapshot, &ids)

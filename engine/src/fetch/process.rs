@@ -78,9 +78,13 @@ pub async fn effects(
     }
     let (deliverer, account, view, snapshot, uid) =
         (deps.deliverer.clone(), account.clone(), view.clone(), decision.clone(), uid.to_string());
-    let copies = tokio::task::spawn_blocking(move || local_effects(&deliverer, &account, &uid, &view, &snapshot))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()))?;
+    let busy = deps.busy_guard();
+    let copies = tokio::task::spawn_blocking(move || {
+        let _busy = busy;
+        local_effects(&deliverer, &account, &uid, &view, &snapshot)
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))?;
     Ok(Handled { decision, copies })
 }
 

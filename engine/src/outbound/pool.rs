@@ -20,7 +20,7 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_IDLE: usize = 10;
 
 /// STARTTLS policy of one destination.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub enum StartTls {
     Never,
     /// Use it when offered; `verify` = check the certificate (relay) or not (MX, like
@@ -44,8 +44,11 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// Idle connections are shared only between destinations that would have set them up the
+    /// same way: one checked against MX name A must not carry mail for MX name B at the same
+    /// address under `required`.
     fn key(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        format!("{}:{} {} {:?}", self.host, self.port, self.tls_name, self.starttls)
     }
 }
 
@@ -113,37 +116,54 @@ impl Pool {
         }
     }
 
+    /// A new connection, set up as `d` says. Opportunistic TLS without certificate checks (MX
+    /// hosts) falls back to plain text once when the TLS handshake itself fails — an old server
+    /// that offers STARTTLS but speaks no TLS version rustls accepts — as Postfix's `may` does;
+    /// where certificates are checked or credentials follow, it never does.
     async fn connect(&self, d: &Destination) -> Result<AsyncSmtpConnection, SendError> {
+        match self.connect_as(d, d.starttls).await {
+            Err((error, true))
+                if matches!(d.starttls, StartTls::Opportunistic { verify: false }) && d.credentials.is_none() =>
+            {
+                tracing::info!(host = %d.tls_name, addr = %d.host, error = %error.message, "STARTTLS failed; sending in plain text (opportunistic)");
+                self.connect_as(d, StartTls::Never).await.map_err(|(error, _)| error)
+            }
+            other => other.map_err(|(error, _)| error),
+        }
+    }
+
+    /// `Err((error, true))` when the TLS set-up was what failed.
+    async fn connect_as(&self, d: &Destination, starttls: StartTls) -> Result<AsyncSmtpConnection, (SendError, bool)> {
         let target = format!("{}:{}", d.host, d.port);
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((d.host.as_str(), d.port)))
             .await
-            .map_err(|_| SendError::transient(format!("connecting to {target} timed out")))?
-            .map_err(|e| SendError::transient(format!("connecting to {target}: {e}")))?;
+            .map_err(|_| (SendError::transient(format!("connecting to {target} timed out")), false))?
+            .map_err(|e| (SendError::transient(format!("connecting to {target}: {e}")), false))?;
         let _ = tcp.set_nodelay(true);
         let smtp_error = |e: lettre::transport::smtp::Error| {
-            if e.is_permanent() {
-                SendError::from_smtp(e)
-            } else {
-                SendError::transient(format!("{target}: {e}"))
-            }
+            let error =
+                if e.is_permanent() { SendError::from_smtp(e) } else { SendError::transient(format!("{target}: {e}")) };
+            (error, false)
         };
         // A failed TLS set-up is never permanent: the message waits for the peer to be fixed
-        // (Postfix defers too) rather than bouncing on a certificate or a missing STARTTLS.
-        let tls_failed = |e: lettre::transport::smtp::Error| SendError::transient(format!("{target}: STARTTLS: {e}"));
+        // rather than bouncing on a certificate or a missing STARTTLS.
+        let tls_failed =
+            |e: lettre::transport::smtp::Error| (SendError::transient(format!("{target}: STARTTLS: {e}")), true);
         let setup = async {
             let mut conn =
                 AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await.map_err(smtp_error)?;
-            let use_tls = match d.starttls {
+            let use_tls = match starttls {
                 StartTls::Never => false,
                 StartTls::Opportunistic { .. } => conn.can_starttls(),
                 StartTls::Required if !conn.can_starttls() => {
                     conn.abort().await;
-                    return Err(SendError::transient(format!("{target}: STARTTLS is required but not offered")));
+                    let error = SendError::transient(format!("{target}: STARTTLS is required but not offered"));
+                    return Err((error, false));
                 }
                 StartTls::Required => true,
             };
             if use_tls {
-                let verify = !matches!(d.starttls, StartTls::Opportunistic { verify: false });
+                let verify = !matches!(starttls, StartTls::Opportunistic { verify: false });
                 let params = TlsParameters::builder(d.tls_name.clone())
                     .dangerous_accept_invalid_certs(!verify)
                     .dangerous_accept_invalid_hostnames(!verify)
@@ -158,7 +178,7 @@ impl Pool {
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
             Ok(result) => result,
-            Err(_) => Err(SendError::transient(format!("{target}: greeting or EHLO timed out"))),
+            Err(_) => Err((SendError::transient(format!("{target}: greeting or EHLO timed out")), false)),
         }
     }
 

@@ -170,7 +170,7 @@ pub fn parse_relay(config: &OutboundConfig) -> Result<RelayUrl, String> {
     } else if let Some(rest) = url.strip_prefix("smtp://") {
         (false, rest)
     } else {
-        return Err(format!("[outbound] relay {url:?}: use smtp://host:port or smtps://host:port"));
+        return Err(format!("[outbound] relay {:?}: use smtp://host:port or smtps://host:port", redacted(url)));
     };
     let rest = rest.trim_end_matches('/');
     let (userinfo, hostport) = match rest.rsplit_once('@') {
@@ -195,6 +195,17 @@ pub fn parse_relay(config: &OutboundConfig) -> Result<RelayUrl, String> {
     Ok(RelayUrl { implicit_tls, host, port, credentials })
 }
 
+/// `url` with whatever stands before an `@` (user and password) replaced, for messages.
+fn redacted(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((before, after)) => {
+            let scheme = before.split_once("://").map_or("", |(s, _)| s);
+            format!("{scheme}://…@{after}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// `%XX` escapes of a URL's user or password (RFC 3986 §2.1), so `@`, `:` and `/` can be used.
 fn percent_decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
@@ -202,7 +213,10 @@ fn percent_decode(text: &str) -> Result<String, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = text
+                .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             out.push(hex.ok_or_else(|| "[outbound] relay: a '%' in the user or password must start %XX".to_string())?);
             i += 3;
         } else {
@@ -288,6 +302,9 @@ mod tests {
         assert_eq!(inline.credentials, Some(("me@home".into(), "p:ss@w0rd".into())));
         assert!(relay("smtp://me:pw@smtp.example", "other").is_err());
         assert!(relay("smtp://me:%zz@smtp.example", "").is_err());
+        assert!(relay("smtp://me:%+A@smtp.example", "").is_err());
+        let shown = relay("submission://me:secret@smtp.example", "").unwrap_err();
+        assert!(!shown.contains("secret") && shown.contains("smtp.example"), "{shown}");
         assert!(relay("foo://smtp.example", "").is_err());
         assert!(relay("smtp://", "").is_err());
     }

@@ -19,13 +19,21 @@ pub struct ScriptHost {
     /// `timeout_ms`, `max_operations` and `on_error` may change on SIGHUP; `dir` stays.
     config: ArcSwap<ScriptsConfig>,
     extend: Option<Arc<EngineHook>>,
+    /// One reload at a time: the watcher's and SIGHUP's could otherwise interleave, and a set
+    /// compiled under the old limits be stored after one compiled under the new.
+    reloading: std::sync::Mutex<()>,
 }
 
 impl ScriptHost {
     /// Compiles the folder; fails with every error when any file does not compile.
     pub fn load(config: ScriptsConfig, extend: Option<Arc<EngineHook>>) -> Result<ScriptHost, Vec<ScriptError>> {
         let set = ScriptSet::compile(&config, extend.as_deref())?;
-        Ok(ScriptHost { current: ArcSwap::from_pointee(set), config: ArcSwap::from_pointee(config), extend })
+        Ok(ScriptHost {
+            current: ArcSwap::from_pointee(set),
+            config: ArcSwap::from_pointee(config),
+            extend,
+            reloading: std::sync::Mutex::new(()),
+        })
     }
 
     /// The live set. Keep the `Arc` for the whole session.
@@ -36,12 +44,18 @@ impl ScriptHost {
     /// Recompiles the folder and swaps the new set in if it compiled; otherwise logs each
     /// error and keeps the old set.
     pub fn reload(&self) -> Result<(), Vec<ScriptError>> {
-        self.reload_with(&self.config.load())
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        self.compile_and_swap(&self.config.load())
     }
 
     /// [`Self::reload`] with new limits (SIGHUP re-read the config file); they take effect
     /// only together with a set that compiled under them.
     pub fn reload_with(&self, config: &ScriptsConfig) -> Result<(), Vec<ScriptError>> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        self.compile_and_swap(config)
+    }
+
+    fn compile_and_swap(&self, config: &ScriptsConfig) -> Result<(), Vec<ScriptError>> {
         match ScriptSet::compile(config, self.extend.as_deref()) {
             Ok(set) => {
                 let files = set.file_names().join(", ");
