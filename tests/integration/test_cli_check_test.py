@@ -339,3 +339,25 @@ def test_test_reply_preview_knows_the_daemons_own_addresses(project, tmp_path):
         r = mailflow("test", "--config", cfg, "--stage", "data", "--from", sender, "--to", "bob@example.org", eml)
         assert r.returncode == 0, r.stdout + r.stderr
         assert expected in r.stdout, r.stdout
+
+
+def test_test_sets_the_context_a_stage_would_see(project, tmp_path):
+    """--tls / --auth-user for SMTP stages; --account / --protocol / --mailbox / --uid / --flag
+    for `fetched`, so rules on them can be tried before the daemon runs them."""
+    cfg = project({"10-ctx.rhai": """
+        fn mail_from(ctx) { log("tls=" + ctx.tls + " user=" + ctx.auth_user); }
+        fn fetched(ctx, msg) {
+            log(ctx.account + " " + ctx.protocol + " " + ctx.mailbox + " uid=" + ctx.uid + " flags=" + msg.flags);
+            if "\\\\Flagged" in msg.flags { msg.file_into("Starred"); }
+        }
+    """})
+    eml = tmp_path / "msg.eml"
+    r = mailflow("test", "--config", cfg, "--stage", "mail_from", "--tls", "--auth-user", "me", eml)
+    assert "tls=true user=me" in r.stdout, r.stdout
+    r = mailflow("test", "--config", cfg, "--stage", "fetched", "--account", "work", "--protocol", "pop3",
+                 "--mailbox", "Archive", "--uid", "42", "--flag", "\\Flagged", "--flag", "\\Seen", eml)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'work pop3 Archive uid=42 flags=["\\\\Flagged", "\\\\Seen"]' in r.stdout, r.stdout
+    assert 'action: file_into("Starred")' in r.stdout, r.stdout
+    r = mailflow("test", "--config", cfg, "--stage", "fetched", "--protocol", "smtp", eml)
+    assert r.returncode == 2, r.stderr

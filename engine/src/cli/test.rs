@@ -29,6 +29,27 @@ pub struct TestArgs {
     /// HELO name as the scripts see it.
     #[arg(long, default_value = "localhost")]
     pub helo: String,
+    /// The session ran over TLS (`ctx.tls`).
+    #[arg(long)]
+    pub tls: bool,
+    /// The authenticated user (`ctx.auth_user`); empty: not authenticated.
+    #[arg(long, default_value = "")]
+    pub auth_user: String,
+    /// `fetched`: the account name (`ctx.account`).
+    #[arg(long, default_value = "")]
+    pub account: String,
+    /// `fetched`: imap or pop3 (`ctx.protocol`).
+    #[arg(long, default_value = "imap", value_parser = ["imap", "pop3"])]
+    pub protocol: String,
+    /// `fetched`: the mailbox polled (`ctx.mailbox`).
+    #[arg(long, default_value = "INBOX")]
+    pub mailbox: String,
+    /// `fetched`: the message's UID (IMAP) or UIDL (POP3) (`ctx.uid`).
+    #[arg(long, default_value = "")]
+    pub uid: String,
+    /// `fetched`: a flag the message has on the server (`msg.flags`); repeat for several.
+    #[arg(long = "flag")]
+    pub flags: Vec<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -105,14 +126,20 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
             return 1;
         }
     };
-    let view = MessageView::new(Arc::new(raw.clone()));
+    let fetched = args.stage == Stage::Fetched;
+    let view = MessageView::with_flags(Arc::new(raw.clone()), if fetched { args.flags.clone() } else { Vec::new() });
+    let only_fetched = |value: &String| if fetched { value.clone() } else { String::new() };
     let base = Context {
-        remote_ip: args.remote_ip.clone(),
-        helo: if args.stage == Stage::Connect { String::new() } else { args.helo.clone() },
+        remote_ip: if fetched { String::new() } else { args.remote_ip.clone() },
+        helo: if matches!(args.stage, Stage::Connect | Stage::Fetched) { String::new() } else { args.helo.clone() },
+        tls: args.tls && !fetched,
+        auth_user: if fetched { String::new() } else { args.auth_user.clone() },
         sender: args.from.clone(),
         recipients: args.to.clone(),
-        protocol: if args.stage == Stage::Fetched { "imap".into() } else { String::new() },
-        mailbox: if args.stage == Stage::Fetched { "INBOX".into() } else { String::new() },
+        account: only_fetched(&args.account),
+        protocol: only_fetched(&args.protocol),
+        mailbox: only_fetched(&args.mailbox),
+        uid: only_fetched(&args.uid),
         ..Context::default()
     };
     let msg = matches!(args.stage, Stage::Data | Stage::Fetched).then_some(&view);
