@@ -27,7 +27,7 @@ pub enum Command {
     Check,
     /// Dry run: run the scripts of one stage on a message and print the verdict and every
     /// action, doing none of them.
-    Test(test::TestArgs),
+    Test(Box<test::TestArgs>),
     /// The outbound queue.
     Queue {
         #[command(subcommand)]
