@@ -105,9 +105,6 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr().unwrap_or(*addr), "SMTP listening");
         listeners.push(tokio::spawn(smtp::serve(listener, shared.clone(), false)));
     }
-    if !config.smtp.tls_listen.is_empty() && shared.tls.load().is_none() {
-        anyhow::bail!("[smtp] tls_listen needs tls_cert and tls_key");
-    }
     for addr in &config.smtp.tls_listen {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %listener.local_addr().unwrap_or(*addr), "SMTP (implicit TLS) listening");
@@ -177,12 +174,11 @@ fn load_tls(config: &crate::config::Config) -> anyhow::Result<Option<Arc<rustls:
 async fn reload_config(source: &Option<std::path::PathBuf>, shared: &Shared) -> Arc<crate::config::Config> {
     let running = shared.config.load_full();
     let Some(path) = source.clone() else { return running };
-    let fresh = match tokio::task::spawn_blocking(move || LoadedConfig::load(Some(&path))).await {
-        Ok(Ok(loaded)) => loaded.config,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "config not reloaded; the running settings stay");
-            return running;
-        }
+    let loaded = tokio::task::spawn_blocking(move || LoadedConfig::load(Some(&path)).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let fresh = match loaded {
+        Ok(loaded) => loaded.config,
         Err(e) => {
             tracing::error!(error = %e, "config not reloaded; the running settings stay");
             return running;

@@ -970,17 +970,16 @@ def mx_world(sinks):
     dns.close()
 
 
+def mx_outbound(dns_port, mx_port, retry="1h", **more):
+    """An `[outbound]` table for mx mode against the test DNS server; `more` adds keys."""
+    lines = ["[outbound]", 'mode = "mx"', f'dns_server = "127.0.0.1:{dns_port}"', f"mx_port = {mx_port}",
+             f'retry = ["{retry}"]']
+    lines += [f'{key} = "{value}"' for key, value in more.items()]
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def test_mx_mode_ordering_fallback_and_null_mx(daemon, mx_world):
-    config = textwrap.dedent(
-        f"""
-        [outbound]
-        mode = "mx"
-        dns_server = "127.0.0.1:{mx_world['dns'].port}"
-        mx_port = {mx_world['port']}
-        retry = ["1s"]
-        max_age = "1h"
-        """
-    )
+    config = mx_outbound(mx_world["dns"].port, mx_world["port"], retry="1s", max_age="1h")
     targets = ["u@order.test", "u@fallback.test", "u@tempfail.test", "u@reject.test", "u@nomx.test", "u@nullmx.test"]
     script = "fn data(ctx, msg) {\n" + "".join(f'    msg.forward("{t}");\n' for t in targets) + "}\n"
     d = daemon(scripts={"10-fwd.rhai": script}, extra=config)
@@ -1009,15 +1008,7 @@ def test_mx_mode_ordering_fallback_and_null_mx(daemon, mx_world):
 def test_mx_mode_dns_failure_is_retried(daemon, mx_world):
     """A domain the DNS server does not know: NXDOMAIN -> no MX -> A lookup fails -> retry,
     not an immediate bounce."""
-    config = textwrap.dedent(
-        f"""
-        [outbound]
-        mode = "mx"
-        dns_server = "127.0.0.1:{mx_world['dns'].port}"
-        mx_port = {mx_world['port']}
-        retry = ["1h"]
-        """
-    )
+    config = mx_outbound(mx_world["dns"].port, mx_world["port"])
     d = daemon(scripts={"10.rhai": 'fn data(ctx, msg) { msg.forward("u@unknown.test"); }'}, extra=config)
     send(d, sender="ann@test.example")
     rows = wait_queue(d, lambda rows: rows and rows[0]["attempts"] == "1")
@@ -1170,16 +1161,7 @@ def test_mx_mode_follows_the_starttls_policy(daemon, instances, tmp_path, policy
     receiver.start()
     dns = DNS({("tls.test.", "MX"): [MX("mx-tls.test.", 10)], ("mx-tls.test.", "A"): [A("127.0.0.2")]})
     try:
-        config = textwrap.dedent(
-            f"""
-            [outbound]
-            mode = "mx"
-            dns_server = "127.0.0.1:{dns.port}"
-            mx_port = {port}
-            starttls = "{policy}"
-            retry = ["1h"]
-            """
-        )
+        config = mx_outbound(dns.port, port, starttls=policy)
         d = daemon(scripts={"10.rhai": 'fn data(ctx, msg) { msg.forward("u@tls.test"); }'}, extra=config, start=False)
         # The sender trusts the receiver's private CA only through SSL_CERT_FILE.
         d.start(env={"SSL_CERT_FILE": str(ca)} if trusted else {"SSL_CERT_FILE": "/nonexistent"})
@@ -1201,16 +1183,7 @@ def test_mx_mode_follows_the_starttls_policy(daemon, instances, tmp_path, policy
 def test_mx_mode_required_starttls_defers_when_not_offered(daemon, mx_world):
     """smtp-sink offers no STARTTLS: with `required` nothing is sent in clear, and the message
     waits in the queue (no bounce)."""
-    config = textwrap.dedent(
-        f"""
-        [outbound]
-        mode = "mx"
-        dns_server = "127.0.0.1:{mx_world['dns'].port}"
-        mx_port = {mx_world['port']}
-        starttls = "required"
-        retry = ["1h"]
-        """
-    )
+    config = mx_outbound(mx_world["dns"].port, mx_world["port"], starttls="required")
     d = daemon(scripts={"10.rhai": 'fn data(ctx, msg) { msg.forward("u@order.test"); }'}, extra=config)
     send(d, sender="ann@test.example")
     rows = wait_queue(d, lambda rows: rows and rows[0]["attempts"] == "1")
