@@ -23,6 +23,7 @@
 //! | `fetched_total` | `protocol` = imap, pop3; `result` = done, failed, skipped | messages taken from a mailbox |
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -67,6 +68,7 @@ pub async fn start(listen: &str) -> Result<Option<SocketAddr>, MetricsError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
     let bound = listener.local_addr().unwrap_or(addr);
     let handle = PrometheusBuilder::new().install_recorder().map_err(|e| MetricsError::Recorder(e.to_string()))?;
+    ON.store(true, Ordering::Relaxed);
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(UPKEEP_EVERY);
@@ -155,13 +157,27 @@ fn status(code: u16, text: &str) -> Vec<u8> {
 
 // --- the counts, one function per place that counts ----------------------------------------
 
+/// Whether a recorder is installed. Without one the `metrics` macros still build each count's
+/// key and labels (≈ 500 instructions, 1.7 % of a message's script work): skip them.
+static ON: AtomicBool = AtomicBool::new(false);
+
+fn on() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
 pub fn smtp_connection(accepted: bool) {
+    if !on() {
+        return;
+    }
     metrics::counter!("mailflow_smtp_connections_total", "result" => if accepted { "accepted" } else { "refused" })
         .increment(1);
 }
 
 /// The reply given at the end of DATA.
 pub fn smtp_message(code: u16) {
+    if !on() {
+        return;
+    }
     let result = match code {
         200..=299 => "accepted",
         400..=499 => "tempfailed",
@@ -172,6 +188,9 @@ pub fn smtp_message(code: u16) {
 
 /// A stage call that ran at least one script.
 pub fn script_call(stage: Stage, decision: &Decision) {
+    if !on() {
+        return;
+    }
     let verdict = match &decision.verdict {
         None => "none",
         Some(Verdict::Accept) => "accept",
@@ -186,26 +205,41 @@ pub fn script_call(stage: Stage, decision: &Decision) {
 }
 
 pub fn script_reload(ok: bool) {
+    if !on() {
+        return;
+    }
     metrics::counter!("mailflow_script_reloads_total", "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
 pub fn spool_segment(messages: usize, took: Duration) {
+    if !on() {
+        return;
+    }
     metrics::counter!("mailflow_spool_segments_total").increment(1);
     metrics::counter!("mailflow_spool_messages_total").increment(messages as u64);
     metrics::histogram!("mailflow_spool_sync_seconds").record(took.as_secs_f64());
 }
 
 pub fn delivered(ok: bool) {
+    if !on() {
+        return;
+    }
     metrics::counter!("mailflow_delivered_total", "result" => if ok { "delivered" } else { "failed" }).increment(1);
 }
 
 /// One recipient's outbound attempt: "sent", "deferred", "failed" or "expired".
 pub fn outbound(result: &'static str) {
+    if !on() {
+        return;
+    }
     metrics::counter!("mailflow_outbound_recipients_total", "result" => result).increment(1);
 }
 
 /// One message taken from a mailbox: "done", "failed" (retried next round) or "skipped".
 pub fn fetched(protocol: &'static str, result: &'static str) {
+    if !on() {
+        return;
+    }
     metrics::counter!("mailflow_fetched_total", "protocol" => protocol, "result" => result).increment(1);
 }
 

@@ -43,9 +43,24 @@ pub struct Parsed {
     pub cc: Vec<String>,
     pub date: String,
     pub message_id: String,
-    /// Every header field in order: name as written, value unfolded (decoded when the parser
-    /// decodes that field).
-    pub headers: Vec<(String, String)>,
+    /// Every header field in order. Values are unfolded on lookup, not here: a hook asks for
+    /// one or two fields of a dozen.
+    fields: Vec<Field>,
+}
+
+/// One header field of the block.
+#[derive(Debug)]
+struct Field {
+    name: String,
+    value: FieldValue,
+}
+
+#[derive(Debug)]
+enum FieldValue {
+    /// Where the value is in the raw message (unfolded on lookup).
+    Raw(std::ops::Range<usize>),
+    /// A field the parser decodes (Subject, Comments: RFC 2047 words), unfolded.
+    Decoded(String),
 }
 
 /// What scripts read from a message's body: decoded only when a script asks.
@@ -118,23 +133,32 @@ impl MessageView {
         self.inner.body.get_or_init(|| parse_body(&self.inner.raw))
     }
 
-    /// First value of header `name` (any case), "" if absent.
+    /// First value of header `name` (any case), unfolded; "" if absent.
     pub fn header(&self, name: &str) -> String {
-        self.parsed()
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+        self.fields_named(name).next().map(|f| self.value_of(f)).unwrap_or_default()
     }
 
     /// Every value of header `name`, in order.
     pub fn headers(&self, name: &str) -> Vec<String> {
-        self.parsed().headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).collect()
+        self.fields_named(name).map(|f| self.value_of(f)).collect()
     }
 
     pub fn has_header(&self, name: &str) -> bool {
-        self.parsed().headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.fields_named(name).next().is_some()
+    }
+
+    fn fields_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
+        self.parsed().fields.iter().filter(move |f| f.name.eq_ignore_ascii_case(name))
+    }
+
+    fn value_of(&self, field: &Field) -> String {
+        match &field.value {
+            FieldValue::Decoded(value) => value.clone(),
+            FieldValue::Raw(range) => {
+                let raw = self.inner.raw.get(range.clone()).unwrap_or_default();
+                headers::unfold(&String::from_utf8_lossy(raw))
+            }
+        }
     }
 }
 
@@ -160,21 +184,21 @@ fn parse_headers(raw: &[u8]) -> Parsed {
     let addresses = |value: Option<&mail_parser::Address<'_>>| -> Vec<String> {
         value.map(|a| a.iter().filter_map(|addr| addr.address()).map(str::to_string).collect()).unwrap_or_default()
     };
-    let headers = message
+    let fields = message
         .headers()
         .iter()
         .map(|h| {
             let value = match &h.value {
-                HeaderValue::Text(text) if !h.name.is_structured() || is_plain_text_field(h.name.as_str()) => {
-                    headers::unfold(text)
+                HeaderValue::Text(text) if is_plain_text_field(h.name.as_str()) => {
+                    FieldValue::Decoded(headers::unfold(text))
                 }
                 _ => {
                     let start = (h.offset_start as usize).min(raw.len());
                     let end = (h.offset_end as usize).clamp(start, raw.len());
-                    headers::unfold(&String::from_utf8_lossy(&raw[start..end]))
+                    FieldValue::Raw(start..end)
                 }
             };
-            (h.name.as_str().to_string(), value)
+            Field { name: h.name.as_str().to_string(), value }
         })
         .collect();
     Parsed {
@@ -184,7 +208,7 @@ fn parse_headers(raw: &[u8]) -> Parsed {
         cc: addresses(message.cc()),
         date: message.date().map(|d| d.to_rfc3339()).unwrap_or_default(),
         message_id: message.message_id().unwrap_or_default().to_string(),
-        headers,
+        fields,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod apply;
 pub mod context;
 pub mod decision;
 pub mod host;
+pub mod invoke;
 pub mod resolver;
 pub mod runner;
 pub mod sandbox;

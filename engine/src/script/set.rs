@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Position, Scope, AST};
+use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST};
 
 use super::context::ScriptCtx;
 use super::decision::{Decision, ScriptError, Stage, Verdict};
+use super::invoke::{self, CallStatements};
 use super::{analysis, api, resolver::JailedResolver, runner, sandbox};
 use crate::config::{OnError, ScriptsConfig};
 use crate::message::MessageView;
@@ -44,6 +45,10 @@ pub struct ScriptFile {
 /// Every file of the folder, compiled, plus the engine and limits that run them.
 pub struct ScriptSet {
     engine: Engine,
+    /// Tells this set's function-resolution caches from another set's (see [`invoke`]).
+    generation: u64,
+    /// The `stage(ctx[, msg])` statements a call evaluates.
+    calls: CallStatements,
     files: Vec<ScriptFile>,
     /// For each stage, the indices of the files defining its function, in file-name order.
     by_stage: HashMap<Stage, Vec<usize>>,
@@ -157,8 +162,12 @@ impl ScriptSet {
                 }
             }
         }
+        let calls = CallStatements::compile(&engine)
+            .map_err(|e| vec![ScriptError { file: String::new(), line: 0, col: 0, message: e.to_string() }])?;
         Ok(ScriptSet {
             engine,
+            generation: invoke::next_generation(),
+            calls,
             files,
             by_stage,
             timeout: Duration::from_millis(config.timeout_ms),
@@ -233,7 +242,10 @@ impl ScriptSet {
                 timed_out: false,
                 preempted: false,
             });
-            let result = self.call_file(file, stage, ctx, msg);
+            let result = match (stage.arity(), msg) {
+                (2, None) => Err("internal: stage needs a message".into()),
+                _ => invoke::call(&self.engine, &self.calls, self.generation, index, &file.ast, stage, ctx, msg),
+            };
             let state = sandbox::end();
             if state.as_ref().is_some_and(|s| s.preempted) {
                 return None;
@@ -283,30 +295,6 @@ impl ScriptSet {
         }
         crate::prometheus::script_call(stage, &decision);
         Some(decision)
-    }
-
-    fn call_file(
-        &self,
-        file: &ScriptFile,
-        stage: Stage,
-        ctx: &ScriptCtx,
-        msg: Option<&MessageView>,
-    ) -> Result<Dynamic, Box<EvalAltResult>> {
-        let mut scope = Scope::new();
-        // Top-level statements (`import`, constants) run before the function on every call;
-        // in a file of only functions that is nothing.
-        let options = CallFnOptions::new().eval_ast(true).rewind_scope(false);
-        match (stage.arity(), msg) {
-            (2, Some(msg)) => self.engine.call_fn_with_options(
-                options,
-                &mut scope,
-                &file.ast,
-                stage.name(),
-                (ctx.clone(), msg.clone()),
-            ),
-            (2, None) => Err("internal: stage needs a message".into()),
-            _ => self.engine.call_fn_with_options(options, &mut scope, &file.ast, stage.name(), (ctx.clone(),)),
-        }
     }
 
     fn runtime_error(&self, file: &str, e: &EvalAltResult, timed_out: bool) -> ScriptError {
