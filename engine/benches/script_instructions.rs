@@ -11,10 +11,6 @@ use mailflow::config::ScriptsConfig;
 use mailflow::message::MessageView;
 use mailflow::script::{Context, ScriptCtx, ScriptSet, Stage};
 
-/// The daemon's allocator, so allocation costs count as they do there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/scripts/rules/10-rules.rhai");

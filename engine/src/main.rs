@@ -5,12 +5,6 @@ use mailflow::cli::{Cli, Command};
 use mailflow::config::LoadedConfig;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: the receiver and the script engine allocate many small,
-/// short-lived objects per message (rhai `Dynamic`s, header strings); glibc's `free` was ≈ 6 %
-/// of a message's instructions with scripts (bench/results/findings.md, "Sixth pass").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = Cli::parse();
     init_logging();

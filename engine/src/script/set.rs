@@ -463,6 +463,7 @@ mod tests {
 
     use super::*;
     use crate::script::context::Context;
+    use crate::script::Action;
 
     fn config(dir: &Path) -> ScriptsConfig {
         ScriptsConfig { dir: dir.to_path_buf(), timeout_ms: 200, max_operations: 1 << 40, ..ScriptsConfig::default() }
@@ -543,5 +544,38 @@ mod tests {
         let error = decision.error.unwrap();
         assert_eq!((error.file.as_str(), error.line), ("20-b.rhai", 2));
         assert_eq!(decision.decided_by.as_deref(), Some("20-b.rhai"));
+    }
+
+    /// Each file's helpers are its own, call after call, although this thread keeps its
+    /// function-resolution caches between calls (`invoke`), and a new set is a new set.
+    #[test]
+    fn same_named_helpers_stay_apart_across_calls_and_reloads() {
+        let folder_of = |a: &str, b: &str| {
+            folder(&[
+                ("10-a.rhai", &format!("fn pick() {{ \"{a}\" }}\nfn data(ctx, msg) {{ msg.file_into(pick()); }}\n")),
+                ("20-b.rhai", &format!("fn pick() {{ \"{b}\" }}\nfn data(ctx, msg) {{ msg.file_into(pick()); }}\n")),
+            ])
+        };
+        let folders = |set: &ScriptSet| -> Vec<String> {
+            data(set)
+                .actions
+                .iter()
+                .map(|a| match a {
+                    Action::FileInto { folder } => folder.clone(),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        };
+        let first = folder_of("A", "B");
+        let set = ScriptSet::compile(&config(first.path()), None).unwrap();
+        for _ in 0..3 {
+            assert_eq!(folders(&set), ["A", "B"]);
+        }
+        let second = folder_of("C", "D");
+        let reloaded = ScriptSet::compile(&config(second.path()), None).unwrap();
+        for _ in 0..3 {
+            assert_eq!(folders(&reloaded), ["C", "D"]);
+            assert_eq!(folders(&set), ["A", "B"]);
+        }
     }
 }
