@@ -3,7 +3,7 @@
 //! A session hands an accepted message to [`Spool::store`] and replies `250` only when that
 //! returns: the message and its envelope are then in a spool slot that was written and
 //! `fdatasync`ed (see [`slots`] for why a reused slot needs one flush where a new file needs
-//! two). One writer task does the writing and batches whatever arrived while the previous
+//! two). One writer thread does the writing and batches whatever arrived while the previous
 //! batch was syncing into one segment — one sync for many messages under load (group commit).
 //! Segments go to the deliverer, which retires a segment only once every message in it is
 //! delivered. On start, every segment left in a slot is delivered again (a crash after the

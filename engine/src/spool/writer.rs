@@ -1,4 +1,4 @@
-//! The spool writer task: group commit of concurrently finished messages into one slot.
+//! The spool writer thread: group commit of concurrently finished messages into one slot.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,7 +37,7 @@ impl Spool {
         let (pool, slots) = Pool::open(dir)?;
         leftovers.extend(slots);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_writer(pool, rx, deliver));
+        std::thread::Builder::new().name("spool-writer".into()).spawn(move || run_writer(pool, rx, deliver))?;
         Ok((Spool { tx, dir: dir.to_path_buf() }, leftovers))
     }
 
@@ -61,8 +61,13 @@ impl Spool {
     }
 }
 
-async fn run_writer(pool: Arc<Pool>, mut rx: mpsc::Receiver<Request>, deliver: mpsc::Sender<Segment>) {
-    while let Some(first) = rx.recv().await {
+/// The writer runs on its own thread rather than as a task that hands each batch to
+/// `spawn_blocking`: a message then costs one wake-up on the way in (this thread) and one on
+/// the way out (the session), where the task design added three more (writer task, blocking
+/// thread, writer task again). With one client, those wake-ups were most of the time between
+/// the end of DATA and the 250 that was not the flush itself (bench/results/findings.md).
+fn run_writer(pool: Arc<Pool>, mut rx: mpsc::Receiver<Request>, deliver: mpsc::Sender<Segment>) {
+    while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.message.body.len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
@@ -74,31 +79,31 @@ async fn run_writer(pool: Arc<Pool>, mut rx: mpsc::Receiver<Request>, deliver: m
                 Err(_) => break,
             }
         }
-        let messages: Vec<SpooledMessage> = batch.iter().map(|r| r.message.clone()).collect();
-        let pool2 = pool.clone();
+        let (messages, replies): (Vec<SpooledMessage>, Vec<_>) = batch.into_iter().map(|r| (r.message, r.done)).unzip();
         let started = std::time::Instant::now();
-        let written = tokio::task::spawn_blocking(move || pool2.write(&messages).map(|slot| (slot, messages))).await;
-        match written {
-            Ok(Ok((slot, messages))) => {
+        // A panic must not take the writer down with it: every later message would get 451.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.write(&messages)));
+        let reply = match written {
+            Ok(Ok(slot)) => {
                 crate::prometheus::spool_segment(messages.len(), started.elapsed());
                 tracing::debug!(segment = %slot, messages = messages.len(), "spool segment synced");
-                for request in batch {
-                    let _ = request.done.send(Ok(()));
-                }
-                if deliver.send(Segment { origin: Origin::Slot(slot), messages }).await.is_err() {
-                    tracing::error!("deliverer stopped; spooled messages wait for the next start");
-                }
+                Ok(slot)
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "spool write failed: answering 451");
-                for request in batch {
-                    let _ = request.done.send(Err(e.to_string()));
-                }
+                Err(e.to_string())
             }
-            Err(e) => {
-                for request in batch {
-                    let _ = request.done.send(Err(format!("spool writer: {e}")));
-                }
+            Err(_) => {
+                tracing::error!("spool writer panicked: answering 451");
+                Err("spool writer panicked".to_string())
+            }
+        };
+        for done in replies {
+            let _ = done.send(reply.as_ref().map(|_| ()).map_err(Clone::clone));
+        }
+        if let Ok(slot) = reply {
+            if deliver.blocking_send(Segment { origin: Origin::Slot(slot), messages }).is_err() {
+                tracing::error!("deliverer stopped; spooled messages wait for the next start");
             }
         }
     }
