@@ -3,7 +3,8 @@
 //! five SMTP stages), as the daemon runs them. Timings on this machine swing by ±20 % from run
 //! to run; callgrind's instruction counts do not. `bench/script-instructions` runs it under
 //! callgrind at two sizes and prints the instructions per message (the difference, so start-up
-//! cost drops out).
+//! cost drops out). `MF_RULES=FILE` runs another rule file instead (it must file every message):
+//! how the price of one rule shape was measured (bench/results/findings.md, sixth pass).
 
 use std::sync::Arc;
 
@@ -13,9 +14,10 @@ use mailflow::script::{Context, ScriptCtx, ScriptSet, Stage};
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/scripts/rules/10-rules.rhai");
+    let rules = std::env::var("MF_RULES")
+        .unwrap_or(concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/scripts/rules/10-rules.rhai").to_string());
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::copy(rules, dir.path().join("10-rules.rhai")).expect("bench/scripts/rules/10-rules.rhai");
+    std::fs::copy(&rules, dir.path().join("10-rules.rhai")).expect("bench/scripts/rules/10-rules.rhai");
     let config = ScriptsConfig { dir: dir.path().to_path_buf(), ..ScriptsConfig::default() };
     let set = ScriptSet::compile(&config, None).expect("scripts compile");
     let ctx = ScriptCtx::new(Context {

@@ -175,7 +175,7 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
         outbound,
         stage: args.stage,
         recipients: apply::recipient_edits(&recipients, &all_actions),
-        subject: edited_view.parsed().subject.clone(),
+        subject: edited_view.subject().to_string(),
         headers: headers::fields(&edited)
             .into_iter()
             .map(|(name, start, end)| {

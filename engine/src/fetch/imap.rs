@@ -436,7 +436,7 @@ impl Poller<'_> {
             } else {
                 MessageView::with_flags(Arc::new(raw.to_vec()), flags)
             };
-            let message_id = view.parsed().message_id.clone();
+            let message_id = view.message_id().to_string();
             items.push(Fetched { uid, view, message_id, decision: None });
         }
         items

@@ -289,7 +289,7 @@ pub async fn round(
         let scripted_delete = !process::dropped(&handled.decision)
             && handled.decision.actions.iter().any(|a| matches!(a, Action::Delete));
         record.act.delete = account.delete_after_fetch || scripted_delete;
-        record.mid = view.parsed().message_id.clone();
+        record.mid = view.message_id().to_string();
         record.copies = handled.copies;
         journal.append(&record)?;
         dirs.extend(state::finish_copies(&record.copies)?);

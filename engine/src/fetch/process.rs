@@ -115,7 +115,7 @@ pub fn envelope_sender(view: &MessageView) -> String {
     if !return_path.is_empty() {
         return trimmed.to_string();
     }
-    view.parsed().from.clone()
+    view.from().to_string()
 }
 
 /// The account's own address: its username when that is an address, else the first To.
@@ -123,7 +123,7 @@ fn account_address(account: &AccountConfig, view: &MessageView) -> Option<String
     if account.username.contains('@') {
         return Some(account.username.clone());
     }
-    view.parsed().to.first().cloned()
+    view.to().first().cloned()
 }
 
 /// The local Maildir root of an account with `deliver` set (relative paths were resolved when

@@ -61,11 +61,12 @@ pub fn body_offset(raw: &[u8]) -> usize {
 /// Each header field of the header section: (name, start, end), `end` past its last line
 /// (continuation lines included).
 pub fn fields(raw: &[u8]) -> Vec<(String, usize, usize)> {
-    let header_end = body_offset(raw);
+    // One pass, a line at a time, up to the empty line that ends the section: every `data`
+    // hook that reads a header runs this.
     let mut out: Vec<(String, usize, usize)> = Vec::new();
     let mut pos = 0;
-    while pos < header_end {
-        let line_end = raw[pos..header_end].iter().position(|&b| b == b'\n').map_or(header_end, |nl| pos + nl + 1);
+    while pos < raw.len() {
+        let line_end = memchr::memchr(b'\n', &raw[pos..]).map_or(raw.len(), |nl| pos + nl + 1);
         let line = &raw[pos..line_end];
         if line == b"\r\n" || line == b"\n" {
             break;
@@ -74,8 +75,12 @@ pub fn fields(raw: &[u8]) -> Vec<(String, usize, usize)> {
         match (continuation, out.last_mut()) {
             (true, Some(last)) => last.2 = line_end,
             _ => {
-                let name = line.iter().position(|&b| b == b':').map(|colon| &line[..colon]).unwrap_or(b"");
-                out.push((String::from_utf8_lossy(name).trim().to_string(), pos, line_end));
+                let name = memchr::memchr(b':', line).map(|colon| &line[..colon]).unwrap_or(b"");
+                let name = match std::str::from_utf8(name) {
+                    Ok(name) => name.trim().to_string(),
+                    Err(_) => String::from_utf8_lossy(name).trim().to_string(),
+                };
+                out.push((name, pos, line_end));
             }
         }
         pos = line_end;

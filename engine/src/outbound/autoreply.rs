@@ -85,8 +85,7 @@ pub fn check_vacation(
     if std::iter::once(rcpt).chain(spec.addresses.iter().map(String::as_str)).any(|a| a.eq_ignore_ascii_case(sender)) {
         return Err(Suppressed::ToSelf(sender.to_string()));
     }
-    let parsed = msg.parsed();
-    let named = |a: &String| parsed.to.iter().chain(parsed.cc.iter()).any(|t| t.eq_ignore_ascii_case(a));
+    let named = |a: &String| msg.to().iter().chain(msg.cc()).any(|t| t.eq_ignore_ascii_case(a));
     let mine: Vec<String> = std::iter::once(rcpt.to_string()).chain(spec.addresses.iter().cloned()).collect();
     if !mine.iter().any(named) {
         return Err(Suppressed::NotAddressed);
@@ -126,10 +125,9 @@ pub fn build(
     subject: Option<&str>,
     body: &str,
 ) -> std::io::Result<Vec<u8>> {
-    let parsed = original.parsed();
     let subject = match subject {
         Some(s) => s.to_string(),
-        None => format!("Auto: {}", parsed.subject),
+        None => format!("Auto: {}", original.subject()),
     };
     let mut builder = MessageBuilder::new()
         .from(from.to_string())
@@ -137,7 +135,7 @@ pub fn build(
         .subject(subject)
         .header("Auto-Submitted", Raw::new("auto-replied"))
         .text_body(body.to_string());
-    if !parsed.message_id.is_empty() {
+    if !original.message_id().is_empty() {
         let mut references: Vec<String> = original
             .header("References")
             .split_whitespace()
@@ -153,8 +151,8 @@ pub fn build(
                 references.push(parent.to_string());
             }
         }
-        references.push(parsed.message_id.clone());
-        builder = builder.in_reply_to(parsed.message_id.clone()).references(references);
+        references.push(original.message_id().to_string());
+        builder = builder.in_reply_to(original.message_id().to_string()).references(references);
     }
     builder.write_to_vec()
 }

@@ -546,6 +546,38 @@ mod tests {
         assert_eq!(decision.decided_by.as_deref(), Some("20-b.rhai"));
     }
 
+    /// List properties stay read-only although they have setters (which only accept the value
+    /// they already hold, so rhai's write-back after `ctx.recipients.len()` is cheap): a
+    /// method that changes the copy changes nothing, and an assignment is refused.
+    #[test]
+    fn list_properties_stay_read_only() {
+        let dir = folder(&[
+            (
+                "10-a.rhai",
+                "fn data(ctx, msg) {\n  ctx.recipients.push(\"x@y\");\n  msg.cc.push(\"x@y\");\n  \
+                 if ctx.recipients.len() == 0 && msg.cc.len() == 0 && msg.to.len() == 0 { msg.file_into(\"Same\"); }\n}\n",
+            ),
+            ("30-c.rhai", "fn data(ctx, msg) {\n  msg.cc = [];\n  msg.file_into(\"Unchanged\");\n}\n"),
+        ]);
+        let set = ScriptSet::compile(&config(dir.path()), None).unwrap();
+        let decision = data(&set);
+        assert!(decision.error.is_none(), "{:?}", decision.error);
+        let folders: Vec<_> = decision
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::FileInto { folder } => Some(folder.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(folders, ["Same", "Unchanged"]);
+
+        let dir = folder(&[("20-b.rhai", "fn data(ctx, msg) {\n  ctx.recipients = [\"x@y\"];\n}\n")]);
+        let set = ScriptSet::compile(&config(dir.path()), None).unwrap();
+        let error = data(&set).error.expect("assigning ctx.recipients fails");
+        assert!(error.message.contains("ctx.recipients is read-only"), "{}", error.message);
+    }
+
     /// Each file's helpers are its own, call after call, although this thread keeps its
     /// function-resolution caches between calls (`invoke`), and a new set is a new set.
     #[test]
