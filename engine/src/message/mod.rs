@@ -181,7 +181,8 @@ impl MessageView {
     }
 
     fn fields_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a (String, usize, usize)> + 'a {
-        self.fields().iter().filter(move |(n, _, _)| n.eq_ignore_ascii_case(name))
+        // A line without a colon has the name "": no lookup finds it.
+        self.fields().iter().filter(move |(n, _, _)| !n.is_empty() && n.eq_ignore_ascii_case(name))
     }
 
     /// A field's value as scripts compare it: unfolded and trimmed; for Subject and Comments

@@ -18,6 +18,17 @@ pub enum Stage {
     Fetched,
 }
 
+// `Stage::ALL` lists the stages in declaration order, so `stage as usize` indexes tables built
+// from it (the script set's files by stage, the compiled call statements). Checked at compile
+// time.
+const _: () = {
+    let mut i = 0;
+    while i < Stage::ALL.len() {
+        assert!(Stage::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
 impl Stage {
     pub const ALL: [Stage; 6] =
         [Stage::Connect, Stage::Helo, Stage::MailFrom, Stage::RcptTo, Stage::Data, Stage::Fetched];

@@ -66,8 +66,7 @@ impl CallStatements {
     }
 
     fn of(&self, stage: Stage) -> &AST {
-        let index = Stage::ALL.iter().position(|s| *s == stage).unwrap_or_default();
-        &self.by_stage[index]
+        &self.by_stage[stage as usize]
     }
 }
 
@@ -90,27 +89,36 @@ pub fn call(
     global.lib.push(file.shared_lib().clone());
     global.embedded_module_resolver = file.resolver().cloned();
     let mut scope = Scope::new();
-    let result = engine.eval_statements_raw(&mut global, &mut caches, &mut scope, file.statements()).and_then(|_| {
-        scope.push(CTX, ctx.clone());
-        if let Some(msg) = msg {
-            scope.push(MSG, msg.clone());
+    // The file's top-level statements: their errors keep their positions in the file.
+    let top_level = engine.eval_statements_raw(&mut global, &mut caches, &mut scope, file.statements());
+    let result = match top_level {
+        Err(e) => Err(e),
+        Ok(_) => {
+            scope.push(CTX, ctx.clone());
+            if let Some(msg) = msg {
+                scope.push(MSG, msg.clone());
+            }
+            engine
+                .eval_statements_raw(&mut global, &mut caches, &mut scope, calls.of(stage).statements())
+                .map_err(|e| call_error(e, stage))
         }
-        engine.eval_statements_raw(&mut global, &mut caches, &mut scope, calls.of(stage).statements())
-    });
+    };
     put_back(generation, index, caches);
-    // As `call_fn` does: an error inside the stage function is reported as itself, not as
-    // "error in call to function connect", and an error rhai places at the call itself (a
-    // timeout stops the call there) has no position, not the call statement's 1:1.
-    result.map_err(|e| {
-        let mut e = match *e {
-            EvalAltResult::ErrorInFunctionCall(name, _, inner, _) if name == stage.name() => inner,
-            other => Box::new(other),
-        };
-        if e.position() == CALL_POSITION {
-            e.set_position(Position::NONE);
-        }
-        e
-    })
+    result
+}
+
+/// As `call_fn` does: an error inside the stage function is reported as itself, not as "error
+/// in call to function connect", and an error rhai places at the call statement itself (a
+/// timeout stops the call there) has no position, not the call statement's own 1:1.
+fn call_error(e: Box<EvalAltResult>, stage: Stage) -> Box<EvalAltResult> {
+    let mut e = match *e {
+        EvalAltResult::ErrorInFunctionCall(name, _, inner, _) if name == stage.name() => inner,
+        other => Box::new(other),
+    };
+    if e.position() == CALL_POSITION {
+        e.set_position(Position::NONE);
+    }
+    e
 }
 
 fn take(generation: u64, index: usize) -> Box<Caches> {

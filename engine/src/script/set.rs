@@ -544,6 +544,16 @@ mod tests {
         assert_eq!(decision.decided_by.as_deref(), Some("20-b.rhai"));
     }
 
+    /// An error in a file's top-level statements keeps its place, even at line 1, column 1
+    /// (where the compiled call statement also stands: only its errors lose that position).
+    #[test]
+    fn top_level_errors_keep_their_position() {
+        let dir = folder(&[("10-a.rhai", "throw \"boom\";\nfn data(ctx, msg) {}\n")]);
+        let set = ScriptSet::compile(&config(dir.path()), None).unwrap();
+        let error = data(&set).error.expect("the top-level throw fails the call");
+        assert_eq!((error.file.as_str(), error.line, error.col), ("10-a.rhai", 1, 1), "{}", error.message);
+    }
+
     /// List properties stay read-only although they have setters (which only accept the value
     /// they already hold, so rhai's write-back after `ctx.recipients.len()` is cheap): a
     /// method that changes the copy changes nothing, and an assignment is refused.
