@@ -100,7 +100,7 @@ pub fn call(
             }
             engine
                 .eval_statements_raw(&mut global, &mut caches, &mut scope, calls.of(stage).statements())
-                .map_err(|e| call_error(e, stage))
+                .map_err(|e| call_error(*e, stage))
         }
     };
     put_back(generation, index, caches);
@@ -110,8 +110,8 @@ pub fn call(
 /// As `call_fn` does: an error inside the stage function is reported as itself, not as "error
 /// in call to function connect", and an error rhai places at the call statement itself (a
 /// timeout stops the call there) has no position, not the call statement's own 1:1.
-fn call_error(e: Box<EvalAltResult>, stage: Stage) -> Box<EvalAltResult> {
-    let mut e = match *e {
+fn call_error(e: EvalAltResult, stage: Stage) -> Box<EvalAltResult> {
+    let mut e = match e {
         EvalAltResult::ErrorInFunctionCall(name, _, inner, _) if name == stage.name() => inner,
         other => Box::new(other),
     };
