@@ -17,7 +17,7 @@ fn main() {
     let rules = std::env::var("MF_RULES")
         .unwrap_or(concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/scripts/rules/10-rules.rhai").to_string());
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::copy(&rules, dir.path().join("10-rules.rhai")).expect("bench/scripts/rules/10-rules.rhai");
+    std::fs::copy(&rules, dir.path().join("10-rules.rhai")).unwrap_or_else(|e| panic!("{rules}: {e}"));
     let config = ScriptsConfig { dir: dir.path().to_path_buf(), ..ScriptsConfig::default() };
     let set = ScriptSet::compile(&config, None).expect("scripts compile");
     let ctx = ScriptCtx::new(Context {

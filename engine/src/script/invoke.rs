@@ -89,20 +89,17 @@ pub fn call(
     global.lib.push(file.shared_lib().clone());
     global.embedded_module_resolver = file.resolver().cloned();
     let mut scope = Scope::new();
-    // The file's top-level statements: their errors keep their positions in the file.
-    let top_level = engine.eval_statements_raw(&mut global, &mut caches, &mut scope, file.statements());
-    let result = match top_level {
-        Err(e) => Err(e),
-        Ok(_) => {
-            scope.push(CTX, ctx.clone());
-            if let Some(msg) = msg {
-                scope.push(MSG, msg.clone());
-            }
-            engine
-                .eval_statements_raw(&mut global, &mut caches, &mut scope, calls.of(stage).statements())
-                .map_err(|e| call_error(*e, stage))
+    // The file's top-level statements, then the call: only the call's errors go through
+    // `call_error` (a top-level error keeps its position in the file, even 1:1).
+    let result = engine.eval_statements_raw(&mut global, &mut caches, &mut scope, file.statements()).and_then(|_| {
+        scope.push(CTX, ctx.clone());
+        if let Some(msg) = msg {
+            scope.push(MSG, msg.clone());
         }
-    };
+        engine
+            .eval_statements_raw(&mut global, &mut caches, &mut scope, calls.of(stage).statements())
+            .map_err(|e| call_error(*e, stage))
+    });
     put_back(generation, index, caches);
     result
 }

@@ -50,9 +50,8 @@ pub struct ScriptSet {
     /// The `stage(ctx[, msg])` statements a call evaluates.
     calls: CallStatements,
     files: Vec<ScriptFile>,
-    /// For each stage, the indices of the files defining its function, in file-name order.
-    /// Indices of the files defining each stage, by `Stage as usize` (a hash lookup per call
-    /// showed in the instruction counts).
+    /// For each stage (`Stage as usize`: a hash lookup per call showed in the instruction
+    /// counts), the indices of the files defining its function, in file-name order.
     by_stage: [Vec<usize>; Stage::ALL.len()],
     timeout: Duration,
     max_operations: u64,
