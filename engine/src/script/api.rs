@@ -59,7 +59,7 @@ pub fn register(engine: &mut Engine) {
 /// ```rhai
 /// fn data(ctx, msg) { log("from " + msg.from + ": " + msg.subject); }
 /// ```
-fn log_text(text: ImmutableString) {
+pub(crate) fn log_text(text: ImmutableString) {
     sandbox::log_line(&text);
 }
 
@@ -212,7 +212,7 @@ fn ctx_uid(c: &mut ScriptCtx) -> ImmutableString {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.subject.contains("urgent") { ctx.add_rcpt("oncall@example.org"); } }
 /// ```
-fn ctx_add_rcpt(_: &mut ScriptCtx, addr: &str) -> FnResult<()> {
+pub(crate) fn ctx_add_rcpt(_: &mut ScriptCtx, addr: &str) -> FnResult<()> {
     envelope_stage("ctx.add_rcpt")?;
     let mailbox = parse_mailbox(addr.trim(), true).map_err(|e| format!("ctx.add_rcpt({addr:?}): {e}"))?;
     sandbox::push_action(Action::AddRcpt { addr: mailbox.as_string() });
@@ -224,7 +224,7 @@ fn ctx_add_rcpt(_: &mut ScriptCtx, addr: &str) -> FnResult<()> {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.has_header("List-Id") { ctx.remove_rcpt("boss@example.org"); } }
 /// ```
-fn ctx_remove_rcpt(_: &mut ScriptCtx, addr: &str) -> FnResult<()> {
+pub(crate) fn ctx_remove_rcpt(_: &mut ScriptCtx, addr: &str) -> FnResult<()> {
     envelope_stage("ctx.remove_rcpt")?;
     sandbox::push_action(Action::RemoveRcpt { addr: addr.trim().to_string() });
     Ok(())
@@ -433,7 +433,7 @@ fn msg_has_header(m: &mut MessageView, name: &str) -> bool {
 /// ```rhai
 /// fn data(ctx, msg) { msg.set_header("X-Spam-Score", "0.0"); }
 /// ```
-fn msg_set_header(_: &mut MessageView, name: &str, value: &str) -> FnResult<()> {
+pub(crate) fn msg_set_header(_: &mut MessageView, name: &str, value: &str) -> FnResult<()> {
     checked_header("msg.set_header", name, value)?;
     sandbox::push_action(Action::SetHeader { name: name.to_string(), value: value.to_string() });
     Ok(())
@@ -444,7 +444,7 @@ fn msg_set_header(_: &mut MessageView, name: &str, value: &str) -> FnResult<()> 
 /// ```rhai
 /// fn data(ctx, msg) { msg.add_header("X-Filed-By", "mailflow"); }
 /// ```
-fn msg_add_header(_: &mut MessageView, name: &str, value: &str) -> FnResult<()> {
+pub(crate) fn msg_add_header(_: &mut MessageView, name: &str, value: &str) -> FnResult<()> {
     checked_header("msg.add_header", name, value)?;
     sandbox::push_action(Action::AddHeader { name: name.to_string(), value: value.to_string() });
     Ok(())
@@ -455,7 +455,7 @@ fn msg_add_header(_: &mut MessageView, name: &str, value: &str) -> FnResult<()> 
 /// ```rhai
 /// fn data(ctx, msg) { msg.remove_header("X-Originating-IP"); }
 /// ```
-fn msg_remove_header(_: &mut MessageView, name: &str) -> FnResult<()> {
+pub(crate) fn msg_remove_header(_: &mut MessageView, name: &str) -> FnResult<()> {
     headers::check_name(name).map_err(|e| format!("msg.remove_header: {e}"))?;
     sandbox::push_action(Action::RemoveHeader { name: name.to_string() });
     Ok(())
@@ -466,7 +466,7 @@ fn msg_remove_header(_: &mut MessageView, name: &str) -> FnResult<()> {
 /// ```rhai
 /// fn data(ctx, msg) { msg.set_subject("[ext] " + msg.subject); }
 /// ```
-fn msg_set_subject(_: &mut MessageView, text: &str) -> FnResult<()> {
+pub(crate) fn msg_set_subject(_: &mut MessageView, text: &str) -> FnResult<()> {
     headers::check_value(text).map_err(|e| format!("msg.set_subject: {e}"))?;
     sandbox::push_action(Action::SetSubject { text: text.to_string() });
     Ok(())
@@ -478,7 +478,7 @@ fn msg_set_subject(_: &mut MessageView, text: &str) -> FnResult<()> {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.has_header("List-Id") { msg.file_into("Lists/Rust"); } }
 /// ```
-fn msg_file_into(_: &mut MessageView, folder: &str) -> FnResult<()> {
+pub(crate) fn msg_file_into(_: &mut MessageView, folder: &str) -> FnResult<()> {
     check_folder(folder)?;
     sandbox::push_action(Action::FileInto { folder: folder.to_string() });
     Ok(())
@@ -489,7 +489,7 @@ fn msg_file_into(_: &mut MessageView, folder: &str) -> FnResult<()> {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.subject.contains("[alert]") { msg.forward("me@phone.example"); } }
 /// ```
-fn msg_forward(_: &mut MessageView, addr: &str) -> FnResult<()> {
+pub(crate) fn msg_forward(_: &mut MessageView, addr: &str) -> FnResult<()> {
     let addr = checked_address("msg.forward", addr)?;
     sandbox::push_action(Action::Forward { addr });
     Ok(())
@@ -500,7 +500,7 @@ fn msg_forward(_: &mut MessageView, addr: &str) -> FnResult<()> {
 /// ```rhai
 /// fn data(ctx, msg) { if "old@example.org" in ctx.recipients { msg.redirect("new@elsewhere.example"); } }
 /// ```
-fn msg_redirect(_: &mut MessageView, addr: &str) -> FnResult<()> {
+pub(crate) fn msg_redirect(_: &mut MessageView, addr: &str) -> FnResult<()> {
     let addr = checked_address("msg.redirect", addr)?;
     sandbox::push_action(Action::Redirect { addr });
     Ok(())
@@ -536,7 +536,7 @@ fn msg_vacation(_: &mut MessageView, options: Map) -> FnResult<()> {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.from == "boss@example.org" { msg.flag("\\Flagged"); } }
 /// ```
-fn msg_flag(_: &mut MessageView, flag: &str) -> FnResult<()> {
+pub(crate) fn msg_flag(_: &mut MessageView, flag: &str) -> FnResult<()> {
     check_flag(flag)?;
     sandbox::push_action(Action::Flag { flag: flag.to_string() });
     Ok(())
@@ -547,7 +547,7 @@ fn msg_flag(_: &mut MessageView, flag: &str) -> FnResult<()> {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.has_header("List-Unsubscribe") { msg.mark_seen(); } }
 /// ```
-fn msg_mark_seen(_: &mut MessageView) {
+pub(crate) fn msg_mark_seen(_: &mut MessageView) {
     sandbox::push_action(Action::MarkSeen);
 }
 
@@ -557,7 +557,7 @@ fn msg_mark_seen(_: &mut MessageView) {
 /// ```rhai
 /// fn fetched(ctx, msg) { if msg.header("X-Spam-Flag") == "YES" { msg.delete(); } }
 /// ```
-fn msg_delete(_: &mut MessageView) -> FnResult<()> {
+pub(crate) fn msg_delete(_: &mut MessageView) -> FnResult<()> {
     if sandbox::stage() != Stage::Fetched {
         return err("msg.delete() is only available in the fetched stage; use discard() at SMTP stages");
     }
@@ -682,7 +682,7 @@ fn register_verdicts(engine: &mut Engine) {
 /// ```rhai
 /// fn rcpt_to(ctx) { if ctx.remote_ip == "127.0.0.1" { return accept(); } }
 /// ```
-fn accept() -> Verdict {
+pub(crate) fn accept() -> Verdict {
     Verdict::Accept
 }
 
@@ -691,7 +691,7 @@ fn accept() -> Verdict {
 /// ```rhai
 /// fn helo(ctx) { if ctx.helo == "" { return reject(); } }
 /// ```
-fn reject_default() -> Verdict {
+pub(crate) fn reject_default() -> Verdict {
     reject(None, "Rejected by policy")
 }
 
@@ -701,7 +701,7 @@ fn reject_default() -> Verdict {
 /// ```rhai
 /// fn rcpt_to(ctx) { if ctx.rcpt == "gone@example.org" { return reject("5.1.1 no such user"); } }
 /// ```
-fn reject_text(text: &str) -> Verdict {
+pub(crate) fn reject_text(text: &str) -> Verdict {
     reject(None, text)
 }
 
@@ -710,7 +710,7 @@ fn reject_text(text: &str) -> Verdict {
 /// ```rhai
 /// fn mail_from(ctx) { if ctx.sender.ends_with("@spam.example") { return reject(553, "5.7.1 no"); } }
 /// ```
-fn reject_code(code: i64, text: &str) -> FnResult<Verdict> {
+pub(crate) fn reject_code(code: i64, text: &str) -> FnResult<Verdict> {
     match u16::try_from(code) {
         Ok(code) if (500..=599).contains(&code) => Ok(reject(Some(code), text)),
         _ => err(format!("reject({code}, ...): the code must be 5xx")),
@@ -723,7 +723,7 @@ fn reject_code(code: i64, text: &str) -> FnResult<Verdict> {
 /// ```rhai
 /// fn mail_from(ctx) { if ctx.sender == "" && ctx.helo == "" { return tempfail(); } }
 /// ```
-fn tempfail_default() -> Verdict {
+pub(crate) fn tempfail_default() -> Verdict {
     tempfail(451, "Try again later")
 }
 
@@ -732,7 +732,7 @@ fn tempfail_default() -> Verdict {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.size == 0 { return tempfail("4.3.0 empty, try again"); } }
 /// ```
-fn tempfail_text(text: &str) -> Verdict {
+pub(crate) fn tempfail_text(text: &str) -> Verdict {
     tempfail(451, text)
 }
 
@@ -741,7 +741,7 @@ fn tempfail_text(text: &str) -> Verdict {
 /// ```rhai
 /// fn rcpt_to(ctx) { if ctx.rcpt == "full@example.org" { return tempfail(452, "4.2.2 mailbox full"); } }
 /// ```
-fn tempfail_code(code: i64, text: &str) -> FnResult<Verdict> {
+pub(crate) fn tempfail_code(code: i64, text: &str) -> FnResult<Verdict> {
     match u16::try_from(code) {
         Ok(code) if (400..=499).contains(&code) => Ok(tempfail(code, text)),
         _ => err(format!("tempfail({code}, ...): the code must be 4xx")),
@@ -754,7 +754,7 @@ fn tempfail_code(code: i64, text: &str) -> FnResult<Verdict> {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.header("X-Spam-Flag") == "YES" { return discard(); } }
 /// ```
-fn discard() -> FnResult<Verdict> {
+pub(crate) fn discard() -> FnResult<Verdict> {
     match sandbox::stage() {
         Stage::Data | Stage::Fetched => Ok(Verdict::Discard),
         stage => err(format!("discard() is only available in the data and fetched stages, not {stage}")),

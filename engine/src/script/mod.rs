@@ -15,6 +15,7 @@ pub mod context;
 pub mod decision;
 pub mod host;
 pub mod invoke;
+pub mod native;
 pub mod resolver;
 pub mod runner;
 pub mod sandbox;

@@ -52,6 +52,15 @@ pub fn stage() -> Stage {
     with(|s| s.stage).unwrap_or(Stage::Data)
 }
 
+/// Drops the actions and log lines the current call has collected (its native run failed and
+/// rhai runs it again from the start).
+pub fn forget_collected() {
+    with(|s| {
+        s.actions.clear();
+        s.logs.clear();
+    });
+}
+
 /// Records an action for the current call.
 pub fn push_action(action: Action) {
     with(|s| s.actions.push(action));

@@ -14,13 +14,14 @@ use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST};
 use super::context::ScriptCtx;
 use super::decision::{Decision, ScriptError, Stage, Verdict};
 use super::invoke::{self, CallStatements};
+use super::native::{self, NativeFn};
 use super::{analysis, api, resolver::JailedResolver, runner, sandbox};
 use crate::config::{OnError, ScriptsConfig};
 use crate::message::MessageView;
 
 /// Sandbox limits beyond operations and time.
-const MAX_STRING_SIZE: usize = 4 * 1024 * 1024;
-const MAX_ARRAY_SIZE: usize = 100_000;
+pub(crate) const MAX_STRING_SIZE: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_ARRAY_SIZE: usize = 100_000;
 const MAX_MAP_SIZE: usize = 100_000;
 const MAX_CALL_LEVELS: usize = 32;
 const MAX_EXPR_DEPTH: usize = 64;
@@ -40,6 +41,9 @@ pub struct ScriptFile {
     may_block: bool,
     /// Whether its hooks may read the message body (see [`analysis`](super::analysis)).
     reads_body: bool,
+    /// Its stage functions translated to run without rhai, where they can be (see
+    /// [`native`](super::native)), by `Stage as usize`.
+    native: [Option<NativeFn>; Stage::ALL.len()],
 }
 
 /// Every file of the folder, compiled, plus the engine and limits that run them.
@@ -127,9 +131,11 @@ impl ScriptSet {
                         errors.push(ScriptError { file: name, line, col, message });
                         continue;
                     }
+                    let native = Stage::ALL.map(|stage| native::compile(&ast, stage, config.max_operations));
                     files.push(ScriptFile {
                         name,
                         ast,
+                        native,
                         stage_positions,
                         may_block: analysis::may_block(&source),
                         reads_body: analysis::reads_body(&source),
@@ -175,6 +181,21 @@ impl ScriptSet {
             max_operations: config.max_operations,
             on_error: config.on_error,
         })
+    }
+
+    /// The same set with every stage function left to rhai (no [`native`] translation): what
+    /// the native tier is compared against, in its tests and in
+    /// `engine/benches/script_instructions.rs` (`MF_NATIVE=0`).
+    pub fn rhai_only(mut self) -> ScriptSet {
+        for file in &mut self.files {
+            file.native = Default::default();
+        }
+        self
+    }
+
+    /// How many stage functions of the set run natively.
+    pub fn native_count(&self) -> usize {
+        self.files.iter().map(|f| f.native.iter().flatten().count()).sum()
     }
 
     pub fn file_names(&self) -> Vec<&str> {
@@ -242,7 +263,14 @@ impl ScriptSet {
             });
             let result = match (stage.arity(), msg) {
                 (2, None) => Err("internal: stage needs a message".into()),
-                _ => invoke::call(&self.engine, &self.calls, self.generation, index, &file.ast, stage, ctx, msg),
+                _ => match file.native[stage as usize].as_ref().and_then(|f| f.run(ctx, msg)) {
+                    Some(value) => Ok(value),
+                    None => {
+                        // Not translated, or it failed: rhai runs it (and reports the error).
+                        sandbox::forget_collected();
+                        invoke::call(&self.engine, &self.calls, self.generation, index, &file.ast, stage, ctx, msg)
+                    }
+                },
             };
             let state = sandbox::end();
             if state.as_ref().is_some_and(|s| s.preempted) {

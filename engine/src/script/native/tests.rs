@@ -1,0 +1,193 @@
+//! The native tier against rhai: the same rules, contexts and messages through a set with
+//! translations and through the same set left to rhai must decide the same.
+
+use std::sync::Arc;
+
+use crate::config::ScriptsConfig;
+use crate::message::MessageView;
+use crate::script::context::{Context, ScriptCtx};
+use crate::script::decision::Stage;
+use crate::script::set::ScriptSet;
+
+fn set_of(source: &str, max_operations: u64) -> (tempfile::TempDir, ScriptSet) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("10-rules.rhai"), source).expect("write");
+    let config = ScriptsConfig { dir: dir.path().to_path_buf(), max_operations, ..ScriptsConfig::default() };
+    let set = ScriptSet::compile(&config, None).unwrap_or_else(|e| panic!("{source}: {e:?}"));
+    (dir, set)
+}
+
+fn contexts() -> Vec<ScriptCtx> {
+    let plain = Context {
+        remote_ip: "192.0.2.7".into(),
+        helo: "mx.example.net".into(),
+        sender: "Alice@Example.NET".into(),
+        rcpt: "bob@example.org".into(),
+        recipients: vec!["bob@example.org".into(), "carol@example.org".into()],
+        ..Context::default()
+    };
+    let local = Context {
+        remote_ip: "127.0.0.1".into(),
+        helo: "localhost".into(),
+        tls: true,
+        auth_user: "bob".into(),
+        sender: String::new(),
+        rcpt: "postmaster@example.org".into(),
+        recipients: vec!["postmaster@example.org".into()],
+        account: "work".into(),
+        protocol: "imap".into(),
+        mailbox: "INBOX".into(),
+        uid: "42".into(),
+    };
+    vec![ScriptCtx::new(plain), ScriptCtx::new(local), ScriptCtx::new(Context::default())]
+}
+
+fn messages() -> Vec<MessageView> {
+    let list = "Received: from a by b; Fri, 27 Nov 2026 10:00:00 +0000\r\n\
+        Received: from c by d; Fri, 27 Nov 2026 10:00:01 +0000\r\n\
+        From: \"Boss\" <boss@example.org>\r\nTo: bob@example.org, Carol <carol@example.org>\r\n\
+        Cc: dave@example.org\r\nSubject: =?UTF-8?Q?Your_INVOICE_=C3=A9t=C3=A9?=\r\n\
+        List-Id: <rust.lists.example.org>\r\nX-Spam-Flag: YES\r\nMessage-ID: <a1@example.org>\r\n\
+        Date: Fri, 27 Nov 2026 10:00:00 +0000\r\n\r\nHello\r\n";
+    let bare = "Subject: hello\r\n\r\nbody\r\n";
+    vec![
+        MessageView::with_flags(Arc::new(list.as_bytes().to_vec()), vec!["\\Seen".into()]),
+        MessageView::new(Arc::new(bare.as_bytes().to_vec())),
+    ]
+}
+
+/// Stage functions of the subset, each with the stage it is written for.
+const TRANSLATED: &[(Stage, &str)] = &[
+    (Stage::Connect, r#"if ctx.remote_ip.starts_with("192.0.2.") { return reject(554, "5.7.1 blocklisted"); }"#),
+    (Stage::Connect, r#"if ctx.remote_ip == "127.0.0.1" { return accept(); } else { return tempfail(); }"#),
+    (Stage::Helo, r#"if !ctx.helo.contains(".") && !ctx.helo.starts_with("[") { reject("5.5.2 need a name") }"#),
+    (
+        Stage::Helo,
+        r#"if ctx.helo == "localhost" && ctx.remote_ip != "127.0.0.1" { return reject(); } log("helo " + ctx.helo);"#,
+    ),
+    (
+        Stage::MailFrom,
+        r#"if ctx.sender == "" { return; } if ctx.sender.to_lower().ends_with("@example.net") { return reject(553, "no"); }"#,
+    ),
+    (Stage::MailFrom, r#"if ctx.auth_user == "" || ctx.tls { return tempfail(452, "4.5.3 later"); } reject("x")"#),
+    (
+        Stage::MailFrom,
+        r#"let s = ctx.sender.to_upper(); if s.len() > 10 && !s.is_empty() { log(s); return tempfail("4.1.0 " + s); }"#,
+    ),
+    (
+        Stage::RcptTo,
+        r#"let users = ["bob@example.org", "postmaster@example.org"]; if !(ctx.rcpt in users) { return reject("5.1.1 <" + ctx.rcpt + ">: no such user"); }"#,
+    ),
+    (
+        Stage::RcptTo,
+        r#"if ctx.recipients.len() >= 2 { return tempfail(452, "4.5.3 too many"); } if ctx.recipients.is_empty() { return reject(); }"#,
+    ),
+    (
+        Stage::RcptTo,
+        r#"if ctx.rcpt in ["bob@example.org"] { ctx.add_rcpt("archive@example.org"); ctx.remove_rcpt("bob@example.org"); }"#,
+    ),
+    (
+        Stage::RcptTo,
+        r#"if "example" in ctx.rcpt { return reject(550, "5.7.1 " + ctx.rcpt); } { let n = 3; if n <= 3 { accept() } }"#,
+    ),
+    (
+        Stage::Data,
+        r#"if msg.headers("Received").len() > 1 { msg.add_header("X-Hops", "many"); }
+        if msg.header("x-spam-flag") == "YES" { msg.file_into("Junk"); return; }
+        if msg.has_header("List-Id") { msg.file_into("Lists"); return; }"#,
+    ),
+    (
+        Stage::Data,
+        r#"if msg.from == "boss@example.org" { msg.flag("\\Flagged"); msg.mark_seen(); }
+        if msg.subject.to_lower().contains("invoice") { msg.file_into("Invoices"); }
+        if msg.size > 100 { msg.set_header("X-Big", "yes"); } else { msg.remove_header("X-Big"); }"#,
+    ),
+    (
+        Stage::Data,
+        r#"if "carol@example.org" in msg.to && msg.cc.len() == 1 { msg.forward("archive@example.org"); }
+        if msg.message_id != "" { log("id " + msg.message_id + " " + msg.date); }
+        if msg.subject.is_empty() == false { msg.set_subject("[ext] " + msg.subject); }
+        if ctx.recipients.contains("bob@example.org") { msg.redirect("carol@example.org"); }"#,
+    ),
+    (Stage::Data, r#"const limit = 1000; if msg.size < limit { return discard(); } true"#),
+    (
+        Stage::Fetched,
+        r#"if ctx.account == "work" && ctx.protocol == "imap" && ctx.mailbox == "INBOX" && ctx.uid != "" { msg.delete(); }
+        if "\\Seen" in msg.flags { msg.file_into("Seen"); }"#,
+    ),
+    // Errors at run time: rhai runs the function again and reports them.
+    (Stage::Data, r#"log("before"); msg.add_header("X-A", "1"); msg.file_into("../escape");"#),
+    (Stage::Data, r#"msg.add_header("X-A", "1"); if msg.size > 1 { return reject(250, "not a refusal"); }"#),
+    (Stage::RcptTo, r#"log("x"); return discard();"#),
+    (Stage::Helo, r#"ctx.add_rcpt("a@example.org")"#),
+    (Stage::Data, r#"msg.delete();"#),
+    (Stage::Data, r#"msg.add_header("Bad Name", "x")"#),
+];
+
+/// Functions rhai keeps: outside the subset, or its result would differ.
+const LEFT_TO_RHAI: &[&str] = &[
+    r#"fn connect(ctx) { for x in [1, 2] { log(x); } }"#,
+    r#"fn connect(ctx) { check(ctx) } fn check(c) { c.remote_ip == "1" }"#,
+    r#"fn connect(ctx) { return reject(); } fn reject() { 1 }"#,
+    r#"fn connect(ctx) { if ctx.remote_ip == 1 { return reject(); } }"#,
+    r#"fn connect(ctx) { let x = #{a: 1}; }"#,
+    r#"fn connect(ctx) { let x = ctx.recipients; }"#,
+    r#"fn connect(ctx) { let x = 1; x = 2; }"#,
+    r#"fn connect(ctx) { throw "no"; }"#,
+    r#"fn connect(ctx) { log(1 + 2); }"#,
+    r#"fn connect(ctx) { log("n " + ctx.helo.len()); }"#,
+    r#"let top = 1; fn connect(ctx) { return reject(); }"#,
+    r#"fn connect(ctx) { ctx.remote_ip?.len() }"#,
+];
+
+fn run_all(set: &ScriptSet, stage: Stage) -> Vec<String> {
+    let mut out = Vec::new();
+    for ctx in contexts() {
+        for msg in messages() {
+            let d = set.call(stage, &ctx, (stage.arity() == 2).then_some(&msg), "test");
+            out.push(format!("{:?} {:?} {:?} {:?} {:?}", d.verdict, d.decided_by, d.actions, d.logs, d.error));
+        }
+    }
+    out
+}
+
+#[test]
+fn translated_functions_decide_as_rhai_does() {
+    for (stage, body) in TRANSLATED {
+        let params = if stage.arity() == 2 { "ctx, msg" } else { "ctx" };
+        let source = format!("fn {}({params}) {{\n{body}\n}}\n", stage.name());
+        let (_dir, set) = set_of(&source, 1_000_000);
+        assert_eq!(set.native_count(), 1, "not translated: {source}");
+        let native = run_all(&set, *stage);
+        let rhai = run_all(&set.rhai_only(), *stage);
+        assert_eq!(native, rhai, "{source}");
+    }
+}
+
+#[test]
+fn the_rest_is_left_to_rhai() {
+    for source in LEFT_TO_RHAI {
+        let (_dir, set) = set_of(source, 1_000_000);
+        assert_eq!(set.native_count(), 0, "translated: {source}");
+    }
+}
+
+#[test]
+fn a_function_that_could_reach_max_operations_is_left_to_rhai() {
+    let source = r#"fn connect(ctx) { if ctx.remote_ip == "1" || ctx.helo == "2" { return reject(); } }"#;
+    assert_eq!(set_of(source, 1_000).1.native_count(), 1);
+    let (_dir, tight) = set_of(source, 5);
+    assert_eq!(tight.native_count(), 0);
+    let decision = tight.call(Stage::Connect, &contexts()[0], None, "test");
+    assert!(decision.error.is_some_and(|e| e.message.contains("max_operations")));
+}
+
+#[test]
+fn the_benchmark_rules_are_translated() {
+    let source = include_str!("../../../../bench/scripts/rules/10-rules.rhai");
+    let (_dir, set) = set_of(source, 1_000_000);
+    assert_eq!(set.native_count(), 5);
+    for stage in [Stage::Connect, Stage::Helo, Stage::MailFrom, Stage::RcptTo, Stage::Data] {
+        assert_eq!(run_all(&set, stage), run_all(&set_of(source, 1_000_000).1.rhai_only(), stage), "{stage}");
+    }
+}
