@@ -91,7 +91,7 @@ def test_every_registered_function_has_a_doc_example():
     registered = set(re.findall(r'engine\.register_(?:fn|get)\("(\w+)",\s*(\w+)\)', text))
     assert len(registered) >= 40
     for script_name, rust_fn in registered:
-        m = re.search(r"((?:[ \t]*///[^\n]*\n)+)fn " + rust_fn + r"\b", text)
+        m = re.search(r"((?:[ \t]*///[^\n]*\n)+)(?:pub(?:\([^)]*\))? )?fn " + rust_fn + r"\b", text)
         assert m, f"{script_name}: {rust_fn} has no doc comment"
         assert "```rhai" in m.group(1), f"{script_name}: {rust_fn}'s doc has no example"
 
