@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 static DELIVERIES: AtomicU64 = AtomicU64::new(0);
@@ -51,7 +52,9 @@ fn unique_name(hostname: &str, size: usize) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let n = DELIVERIES.fetch_add(1, Ordering::Relaxed);
     let host = hostname.replace('/', "\\057").replace(':', "\\072");
-    format!("{}.M{}P{}Q{}.{},S={}", now.as_secs(), now.subsec_micros(), std::process::id(), n, host, size)
+    static PID: OnceLock<u32> = OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
+    format!("{}.M{}P{}Q{}.{},S={}", now.as_secs(), now.subsec_micros(), pid, n, host, size)
 }
 
 /// The durability still owed for a batch of deliveries. Until [`SyncBatch::sync`] returns
@@ -71,6 +74,9 @@ pub struct SyncBatch {
     dirs: BTreeSet<PathBuf>,
     /// Deferred mode: files written to `tmp/`, not yet synced: (tmp path, final path).
     staged: Vec<(PathBuf, PathBuf)>,
+    /// Deferred mode: target folders already seen to exist in this batch (one `stat` per
+    /// folder and batch, not per message).
+    present: BTreeSet<PathBuf>,
     deferred: bool,
 }
 
@@ -83,10 +89,11 @@ impl SyncBatch {
     /// Makes every message of the batch durable and in place.
     pub fn sync(&mut self) -> std::io::Result<()> {
         let staged = std::mem::take(&mut self.staged);
+        self.present.clear();
         if !staged.is_empty() {
+            let folders: BTreeSet<&Path> = staged.iter().map(|(tmp, _)| tmp.parent().unwrap_or(Path::new("."))).collect();
             let mut devices = BTreeSet::new();
-            for (tmp, _) in &staged {
-                let folder = tmp.parent().unwrap_or(Path::new("."));
+            for folder in folders {
                 if devices.insert(std::os::unix::fs::MetadataExt::dev(&fs::metadata(folder)?)) {
                     syncfs(folder)?;
                 }
@@ -144,8 +151,12 @@ pub fn write_message(
         }
         if deferred {
             // The folder must exist now: `sync` renames into it later.
-            if !dir.join(target_dir).is_dir() {
-                return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "Maildir folder missing"));
+            let target = dir.join(target_dir);
+            if !pending.present.contains(&target) {
+                if !target.is_dir() {
+                    return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "Maildir folder missing"));
+                }
+                pending.present.insert(target);
             }
             return Ok(());
         }
