@@ -5,6 +5,7 @@
 //! callgrind at two sizes and prints the instructions per message (the difference, so start-up
 //! cost drops out). `MF_RULES=FILE` runs another rule file instead (it must file every message):
 //! how the price of one rule shape was measured (bench/results/findings.md, sixth pass).
+//! `MF_NATIVE=0` leaves every stage function to rhai (no native tier), for comparison.
 
 use std::sync::Arc;
 
@@ -20,6 +21,8 @@ fn main() {
     std::fs::copy(&rules, dir.path().join("10-rules.rhai")).unwrap_or_else(|e| panic!("{rules}: {e}"));
     let config = ScriptsConfig { dir: dir.path().to_path_buf(), ..ScriptsConfig::default() };
     let set = ScriptSet::compile(&config, None).expect("scripts compile");
+    // `MF_NATIVE=0`: every stage function in rhai, as before the native tier.
+    let set = if std::env::var("MF_NATIVE").is_ok_and(|v| v == "0") { set.rhai_only() } else { set };
     let ctx = ScriptCtx::new(Context {
         remote_ip: "127.0.0.1".into(),
         helo: "client.bench.test".into(),

@@ -91,7 +91,8 @@ impl SyncBatch {
         let staged = std::mem::take(&mut self.staged);
         self.present.clear();
         if !staged.is_empty() {
-            let folders: BTreeSet<&Path> = staged.iter().map(|(tmp, _)| tmp.parent().unwrap_or(Path::new("."))).collect();
+            let folders: BTreeSet<&Path> =
+                staged.iter().map(|(tmp, _)| tmp.parent().unwrap_or(Path::new("."))).collect();
             let mut devices = BTreeSet::new();
             for folder in folders {
                 if devices.insert(std::os::unix::fs::MetadataExt::dev(&fs::metadata(folder)?)) {
