@@ -90,7 +90,27 @@ pub fn fields(raw: &[u8]) -> Vec<(String, usize, usize)> {
 
 /// How many fields named `name` (any case) the header section holds.
 pub fn count(raw: &[u8], name: &str) -> usize {
-    fields(raw).iter().filter(|(n, _, _)| n.eq_ignore_ascii_case(name)).count()
+    // The same lines and names as `fields`, without building the list (the SMTP session counts
+    // Received fields of every message).
+    let mut count = 0;
+    let mut pos = 0;
+    while pos < raw.len() {
+        let line_end = memchr::memchr(b'\n', &raw[pos..]).map_or(raw.len(), |nl| pos + nl + 1);
+        let line = &raw[pos..line_end];
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if !matches!(line.first(), Some(b' ' | b'\t')) || pos == 0 {
+            let field = memchr::memchr(b':', line).map(|colon| &line[..colon]).unwrap_or(b"");
+            let same = match std::str::from_utf8(field) {
+                Ok(field) => field.trim().eq_ignore_ascii_case(name),
+                Err(_) => String::from_utf8_lossy(field).trim().eq_ignore_ascii_case(name),
+            };
+            count += usize::from(same);
+        }
+        pos = line_end;
+    }
+    count
 }
 
 /// The message without any field named `name`.
@@ -233,6 +253,23 @@ mod tests {
         assert_eq!(f[0], ("Received".to_string(), 0, 17));
         assert_eq!(count(MSG, "x-spam"), 2);
         assert_eq!(body_offset(MSG), MSG.len() - b"body\r\nX-Spam: not a header\r\n".len());
+    }
+
+    #[test]
+    fn count_agrees_with_fields() {
+        let tricky: &[&[u8]] = &[
+            MSG,
+            b" folded first\r\nReceived: a\r\n received: b\r\n",
+            b"Received : a\r\nRECEIVED:b\r\nno colon\r\n\xffReceived: c\r\n\r\nReceived: body\r\n",
+            b"\xc2\xa0Received: nbsp\nReceived: lf only\n\nReceived: body",
+            b"",
+        ];
+        for raw in tricky {
+            for name in ["Received", "received", "x-spam", "", "no colon"] {
+                let expected = fields(raw).iter().filter(|(n, _, _)| n.eq_ignore_ascii_case(name)).count();
+                assert_eq!(count(raw, name), expected, "{name:?} in {:?}", String::from_utf8_lossy(raw));
+            }
+        }
     }
 
     #[test]

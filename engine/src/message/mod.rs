@@ -172,6 +172,12 @@ impl MessageView {
         self.fields_named(name).map(|f| self.value_of(f)).collect()
     }
 
+    /// How many fields named `name` (any case) there are, and their raw size in bytes (name
+    /// and folding included): what `headers(name).len()` needs, without building the values.
+    pub fn header_count(&self, name: &str) -> (usize, usize) {
+        self.fields_named(name).fold((0, 0), |(n, bytes), (_, start, end)| (n + 1, bytes + (end - start)))
+    }
+
     pub fn has_header(&self, name: &str) -> bool {
         self.fields_named(name).next().is_some()
     }

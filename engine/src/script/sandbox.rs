@@ -17,7 +17,7 @@ pub struct CallState {
     pub deadline: Instant,
     /// Where an inline call is stopped to be run again on a thread (see `runner`).
     pub leash: Option<Instant>,
-    pub file: String,
+    pub file: std::sync::Arc<str>,
     pub stage: Stage,
     pub actions: Vec<Action>,
     pub logs: Vec<LogLine>,
@@ -85,6 +85,6 @@ pub fn past_deadline() -> bool {
 /// (a call stopped at its leash runs again, and must not log twice).
 pub fn log_line(text: &str) {
     with(|s| {
-        s.logs.push(LogLine { file: s.file.clone(), text: text.to_string() });
+        s.logs.push(LogLine { file: s.file.to_string(), text: text.to_string() });
     });
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST};
@@ -32,7 +33,7 @@ const DEADLINE_CHECK_EVERY: u64 = 256;
 
 /// One compiled file.
 pub struct ScriptFile {
-    pub name: String,
+    pub name: Arc<str>,
     ast: AST,
     /// Where each stage function is defined (`LINE`, `COL`): errors rhai reports without a
     /// position (an empty `loop {}` running out of time, a bad return value) point there.
@@ -113,7 +114,7 @@ impl ScriptSet {
             // them by the same deadline as a hook call so a runaway module cannot stall a reload.
             sandbox::begin(sandbox::CallState {
                 deadline: Instant::now() + Duration::from_millis(config.timeout_ms),
-                file: name.clone(),
+                file: name.as_str().into(),
                 stage: Stage::Connect,
                 actions: Vec::new(),
                 logs: Vec::new(),
@@ -133,7 +134,7 @@ impl ScriptSet {
                     }
                     let native = Stage::ALL.map(|stage| native::compile(&ast, stage, config.max_operations));
                     files.push(ScriptFile {
-                        name,
+                        name: name.into(),
                         ast,
                         native,
                         stage_positions,
@@ -199,7 +200,7 @@ impl ScriptSet {
     }
 
     pub fn file_names(&self) -> Vec<&str> {
-        self.files.iter().map(|f| f.name.as_str()).collect()
+        self.files.iter().map(|f| &*f.name).collect()
     }
 
     /// Whether any file defines the stage's function (lets callers skip building arguments).
@@ -285,7 +286,7 @@ impl ScriptSet {
                 Ok(_) => Ok(None),
                 Err(e) => {
                     let mut error = self.runtime_error(&file.name, &e, timed_out);
-                    if error.file == file.name && error.line == 0 {
+                    if *error.file == *file.name && error.line == 0 {
                         // rhai knew no position: point at the stage function.
                         (error.line, error.col) = file.stage_positions.get(&stage).copied().unwrap_or((0, 0));
                     }
@@ -297,7 +298,7 @@ impl ScriptSet {
                 Ok(Some(verdict)) => {
                     decision.actions.extend(actions);
                     decision.verdict = Some(verdict);
-                    decision.decided_by = Some(file.name.clone());
+                    decision.decided_by = Some(file.name.to_string());
                     break;
                 }
                 Err(error) => {
@@ -312,7 +313,7 @@ impl ScriptSet {
                         }),
                         OnError::Accept => None,
                     };
-                    decision.decided_by = Some(file.name.clone());
+                    decision.decided_by = Some(file.name.to_string());
                     decision.error = Some(error);
                     break;
                 }

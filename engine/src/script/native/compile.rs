@@ -14,7 +14,10 @@ pub fn compile(ast: &AST, stage: Stage, max_operations: u64) -> Option<NativeFn>
         return None;
     }
     let (name, arity) = (stage.name(), stage.arity());
-    let def = ast.iter_functions().find(|f| f.name == name && f.params.len() == arity)?;
+    // Exactly one definition: a method typed to some type (`fn Ctx.connect(x)`) may share the
+    // name and arity, and the walk below could not tell the two bodies apart.
+    let mut defs = ast.iter_functions().filter(|f| f.name == name && f.params.len() == arity);
+    let (def, None) = (defs.next()?, defs.next()) else { return None };
     if def.this_type.is_some() {
         return None;
     }
@@ -134,6 +137,8 @@ impl Translator {
             R::BoolConstant(b, _) => value(Expr::Bool(*b), Ty::Bool),
             R::DynamicConstant(d, _) => constant(d),
             R::Array(items, _) => {
+                // rhai counts an operation per item.
+                self.nodes += items.len();
                 let strings = items.iter().map(|i| match i {
                     R::StringConstant(s, _) => Some(s.clone()),
                     _ => None,
@@ -265,7 +270,8 @@ impl Translator {
             return None;
         }
         let name = call.name.as_str();
-        if call.op_token.is_some() {
+        // `x !in list` is `!contains(list, x)` whose inner call keeps the `!in` token.
+        if call.op_token.is_some() && name != "contains" {
             return self.operator(name, &call.args);
         }
         let verdict = |call| Some((Expr::Call(call), Ty::Unit));

@@ -227,7 +227,19 @@ impl<'a> Run<'a> {
             List::Flags => over(self.msg()?.flags(), op),
             List::Headers(name) => {
                 let name = self.str(name)?;
-                over(&self.msg()?.headers(&name), op)
+                let m = self.msg()?;
+                let (count, bytes) = m.header_count(&name);
+                // A value, unfolded, decoded and made valid UTF-8, is at most three times its
+                // raw bytes: below that, rhai's array is within its limits and only the count
+                // is needed.
+                if count <= MAX_ARRAY_SIZE && bytes.saturating_mul(3) <= MAX_STRING_SIZE {
+                    match op {
+                        ListOp::Len => return Some(Val::Int(i64::try_from(count).unwrap_or(i64::MAX))),
+                        ListOp::Empty => return Some(Val::Bool(count == 0)),
+                        ListOp::Has(_) => {}
+                    }
+                }
+                over(&m.headers(&name), op)
             }
         }
     }

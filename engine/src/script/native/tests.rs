@@ -39,7 +39,9 @@ fn contexts() -> Vec<ScriptCtx> {
         mailbox: "INBOX".into(),
         uid: "42".into(),
     };
-    vec![ScriptCtx::new(plain), ScriptCtx::new(local), ScriptCtx::new(Context::default())]
+    let unicode =
+        Context { helo: "ǅ ß İ ΐ ΟΔΟΣ".into(), sender: "ΐ@ΟΔΟΣ.example".into(), ..Context::default() };
+    vec![ScriptCtx::new(plain), ScriptCtx::new(local), ScriptCtx::new(Context::default()), ScriptCtx::new(unicode)]
 }
 
 fn messages() -> Vec<MessageView> {
@@ -50,9 +52,12 @@ fn messages() -> Vec<MessageView> {
         List-Id: <rust.lists.example.org>\r\nX-Spam-Flag: YES\r\nMessage-ID: <a1@example.org>\r\n\
         Date: Fri, 27 Nov 2026 10:00:00 +0000\r\n\r\nHello\r\n";
     let bare = "Subject: hello\r\n\r\nbody\r\n";
+    let unicode =
+        "Subject: =?UTF-8?B?x4Ugw58gxLAgzpAgzp/OlM6fzqM=?=\r\nFrom: =?UTF-8?Q?=C3=9F?= <x@example.org>\r\n\r\n.\r\n";
     vec![
         MessageView::with_flags(Arc::new(list.as_bytes().to_vec()), vec!["\\Seen".into()]),
         MessageView::new(Arc::new(bare.as_bytes().to_vec())),
+        MessageView::new(Arc::new(unicode.as_bytes().to_vec())),
     ]
 }
 
@@ -115,6 +120,25 @@ const TRANSLATED: &[(Stage, &str)] = &[
         r#"if ctx.account == "work" && ctx.protocol == "imap" && ctx.mailbox == "INBOX" && ctx.uid != "" { msg.delete(); }
         if "\\Seen" in msg.flags { msg.file_into("Seen"); }"#,
     ),
+    (
+        Stage::Helo,
+        r#"log(ctx.helo.to_upper() + "|" + ctx.helo.to_lower()); log("n" + ctx.sender.to_lower()); if ctx.helo.len() == 12 { accept() }"#,
+    ),
+    (
+        Stage::Data,
+        r#"log(msg.subject.to_upper() + "|" + msg.subject.to_lower() + "|" + msg.from); if msg.subject.len() > 5 { return accept(); }"#,
+    ),
+    (Stage::RcptTo, r#"if ctx.rcpt !in ["bob@example.org"] { return reject(); } if "x" !in ctx.rcpt { log("no x"); }"#),
+    // A block's value is its last statement's, returned or not.
+    (Stage::Connect, r#"if ctx.tls { accept() } else if ctx.remote_ip == "" { reject() }"#),
+    (Stage::Connect, r#"accept(); log("after")"#),
+    (Stage::Connect, r#"{ tempfail() }"#),
+    (Stage::Connect, r#"reject(); let x = 1;"#),
+    // Arguments bind by position; names shadow.
+    (
+        Stage::RcptTo,
+        r#"let ctx_ = ctx.rcpt; { let ctx_ = "inner"; log(ctx_); } log(ctx_); const L = ["a@example.org"]; if ctx.rcpt in L { accept() }"#,
+    ),
     // Errors at run time: rhai runs the function again and reports them.
     (Stage::Data, r#"log("before"); msg.add_header("X-A", "1"); msg.file_into("../escape");"#),
     (Stage::Data, r#"msg.add_header("X-A", "1"); if msg.size > 1 { return reject(250, "not a refusal"); }"#),
@@ -122,10 +146,14 @@ const TRANSLATED: &[(Stage, &str)] = &[
     (Stage::Helo, r#"ctx.add_rcpt("a@example.org")"#),
     (Stage::Data, r#"msg.delete();"#),
     (Stage::Data, r#"msg.add_header("Bad Name", "x")"#),
+    (Stage::Data, r#"log("x"); let big = msg.header("X-Big"); if big.to_upper().len() > 0 { accept() }"#),
+    (Stage::Data, r#"let big = msg.header("X-Big"); let twice = big + big; reject()"#),
+    (Stage::Data, r#"if msg.headers("X-Big").len() > 0 || msg.headers("X-Big").is_empty() { accept() }"#),
 ];
 
 /// Functions rhai keeps: outside the subset, or its result would differ.
 const LEFT_TO_RHAI: &[&str] = &[
+    r#"fn connect(ctx) { log("plain"); } fn Ctx.connect(ctx) { log("typed"); }"#,
     r#"fn connect(ctx) { for x in [1, 2] { log(x); } }"#,
     r#"fn connect(ctx) { check(ctx) } fn check(c) { c.remote_ip == "1" }"#,
     r#"fn connect(ctx) { return reject(); } fn reject() { 1 }"#,
@@ -161,6 +189,53 @@ fn translated_functions_decide_as_rhai_does() {
         let native = run_all(&set, *stage);
         let rhai = run_all(&set.rhai_only(), *stage);
         assert_eq!(native, rhai, "{source}");
+    }
+}
+
+#[test]
+fn arguments_bind_by_position_and_names_shadow() {
+    let source = r#"fn data(msg, ctx) {
+        if msg.remote_ip == "127.0.0.1" { ctx.file_into("Local"); }
+        let msg = "x"; if msg == "x" { log(msg); }
+    }"#;
+    let (_dir, set) = set_of(source, 1_000_000);
+    assert_eq!(set.native_count(), 1);
+    assert_eq!(run_all(&set, Stage::Data), run_all(&set.rhai_only(), Stage::Data));
+}
+
+#[test]
+fn values_over_the_size_limits_fall_back_to_rhai() {
+    // 3 MB of "ΐ", twice: upper-cased one is over the 4 MiB string limit, and so are both
+    // together (`big + big`, `msg.headers("X-Big")`).
+    let value = "ΐ".repeat(1_500_000);
+    let big = format!("X-Big: {value}\r\nX-Big: {value}\r\n\r\nbody\r\n");
+    let msg = MessageView::new(Arc::new(big.into_bytes()));
+    let bodies: Vec<_> = TRANSLATED
+        .iter()
+        .filter(|(_, b)| b.contains(r#"msg.header("X-Big")"#) || b.contains(r#"msg.headers("X-Big")"#))
+        .collect();
+    assert_eq!(bodies.len(), 3);
+    for (_, body) in bodies {
+        let (_dir, set) = set_of(&format!("fn data(ctx, msg) {{ {body} }}"), 1_000_000);
+        assert_eq!(set.native_count(), 1);
+        let native = set.call(Stage::Data, &contexts()[0], Some(&msg), "test");
+        let error = native.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+        assert!(error.contains("too large") || error.contains("size"), "{body}: {error:?}");
+        let rhai = set.rhai_only().call(Stage::Data, &contexts()[0], Some(&msg), "test");
+        assert_eq!(format!("{:?} {:?}", native.error, native.logs), format!("{:?} {:?}", rhai.error, rhai.logs));
+    }
+}
+
+#[test]
+fn tight_operation_limits_decide_as_rhai_does() {
+    for (stage, body) in TRANSLATED {
+        let params = if stage.arity() == 2 { "ctx, msg" } else { "ctx" };
+        let source = format!("fn {}({params}) {{\n{body}\n}}\n", stage.name());
+        for limit in [1, 2, 3, 5, 8, 13, 21, 34, 55, 89] {
+            let (_dir, set) = set_of(&source, limit);
+            let native = run_all(&set, *stage);
+            assert_eq!(native, run_all(&set.rhai_only(), *stage), "max_operations {limit}: {source}");
+        }
     }
 }
 
