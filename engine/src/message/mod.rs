@@ -120,16 +120,19 @@ impl MessageView {
 
     /// The Subject, RFC 2047 words decoded; "" if absent.
     pub fn subject(&self) -> &str {
-        self.inner
-            .structured
-            .subject
-            .get_or_init(|| self.decode_fields(HeaderName::Subject, |m| m.subject().unwrap_or_default().to_string()))
+        self.inner.structured.subject.get_or_init(|| match self.plain_field("Subject").filter(plain_text) {
+            Some(value) => value.to_string(),
+            None => self.decode_fields(HeaderName::Subject, |m| m.subject().unwrap_or_default().to_string()),
+        })
     }
 
     /// The first From address; "" if absent.
     pub fn from(&self) -> &str {
-        self.inner.structured.from.get_or_init(|| {
-            self.decode_fields(HeaderName::From, |m| addresses(m.from()).into_iter().next().unwrap_or_default())
+        self.inner.structured.from.get_or_init(|| match self.plain_field("From").and_then(plain_address) {
+            Some(address) => address.to_string(),
+            None => {
+                self.decode_fields(HeaderName::From, |m| addresses(m.from()).into_iter().next().unwrap_or_default())
+            }
         })
     }
 
@@ -210,6 +213,24 @@ impl MessageView {
 
     /// Runs `read` on mail-parser's parse of the fields named `name` alone (all of them, in
     /// order: mail-parser picks among repeated fields as it would in the whole block).
+    /// The value of the only field named `name`, when it is one line of printable ASCII
+    /// (trimmed): the input of the fast paths that skip mail-parser for the common case.
+    fn plain_field(&self, name: &str) -> Option<&str> {
+        let mut fields = self.fields_named(name);
+        let (_, start, end) = fields.next()?;
+        if fields.next().is_some() {
+            return None;
+        }
+        let line = self.inner.raw.get(*start..*end)?;
+        let line = line.strip_suffix(b"\n").map(|l| l.strip_suffix(b"\r").unwrap_or(l)).unwrap_or(line);
+        let colon = memchr::memchr(b':', line)?;
+        let value = &line[colon + 1..];
+        if !value.iter().all(|&b| (0x20..0x7f).contains(&b)) {
+            return None;
+        }
+        std::str::from_utf8(value).ok().map(str::trim)
+    }
+
     fn decode_fields<T: Default>(&self, name: HeaderName<'static>, read: impl FnOnce(&Message<'_>) -> T) -> T {
         let raw = &self.inner.raw;
         let mut block = Vec::new();
@@ -233,6 +254,28 @@ fn parse_block<T>(lines: &[u8], read: impl FnOnce(&Message<'_>) -> T) -> Option<
     }
     block.extend_from_slice(b"\r\n");
     PARSER.get_or_init(header_parser).parse_headers(&block).map(|m| read(&m))
+}
+
+/// A Subject mail-parser would hand back as it is: no encoded word, no whitespace run (it
+/// keeps those too, but one rule is simpler to check against it: see the tests).
+fn plain_text(value: &&str) -> bool {
+    !value.contains("=?") && !value.contains("  ")
+}
+
+/// The address of a From value that is only an address, bare or in angle brackets, made of
+/// letters, digits and `.`, `_`, `+`, `-` (the usual case): mail-parser's address parse would
+/// return exactly it.
+fn plain_address(value: &str) -> Option<&str> {
+    let address = value.strip_prefix('<').and_then(|v| v.strip_suffix('>')).unwrap_or(value);
+    let (local, domain) = address.split_once('@')?;
+    let atom = |s: &str, extra: &[u8]| {
+        !s.is_empty()
+            && !s.starts_with('.')
+            && !s.ends_with('.')
+            && !s.contains("..")
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    };
+    (atom(local, b"._+-") && atom(domain, b".-")).then_some(address)
 }
 
 fn addresses(value: Option<&mail_parser::Address<'_>>) -> Vec<String> {
@@ -289,6 +332,77 @@ fn is_plain_text_field(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Subject and From fast paths against mail-parser, on plain values and on thousands of
+    /// generated ones built from the characters that matter to the two parsers.
+    #[test]
+    fn fast_paths_agree_with_mail_parser() {
+        let mut values: Vec<String> = [
+            "test",
+            " test ",
+            "Re: hello  world",
+            "a\tb",
+            "=?UTF-8?Q?x?=",
+            "x =? y",
+            "(comment) x",
+            "\"q\" x",
+            "sender@bench.test",
+            "<sender@bench.test>",
+            " <a.b+c-d_e@x-y.example> ",
+            "a..b@x",
+            ".a@x",
+            "a@x.",
+            "a@",
+            "@x",
+            "a@b@c",
+            "<a@x",
+            "a@x>",
+            "Name <a@x>",
+            "a@x (c)",
+            "A@X.ORG",
+            "",
+            "   ",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let alphabet = b"aZ9 .@<>()\"\\,;:=?-_+\t!#%&'*/^`{|}~[]";
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 24) as usize;
+            let mut value = String::new();
+            let mut r = seed;
+            for _ in 0..len {
+                r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                value.push(alphabet[(r >> 33) as usize % alphabet.len()] as char);
+            }
+            // Address-shaped too: parts from a smaller alphabet, bare or in angle brackets.
+            let part = |r: &mut u64| -> String {
+                let set = b"aZ9._+-()\" ,;:<>@";
+                (0..1 + (*r % 6) as usize)
+                    .map(|_| {
+                        *r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        set[(*r >> 33) as usize % set.len()] as char
+                    })
+                    .collect()
+            };
+            let address = format!("{}@{}", part(&mut r), part(&mut r));
+            values.push(if seed.is_multiple_of(2) { address } else { format!("<{address}>") });
+            values.push(value);
+        }
+        for value in values {
+            let raw = format!("Subject: {value}\r\nFrom: {value}\r\nTo: x@y\r\n\r\nbody\r\n");
+            let view = MessageView::new(Arc::new(raw.into_bytes()));
+            let slow_subject = view.decode_fields(HeaderName::Subject, |m| m.subject().unwrap_or_default().to_string());
+            let slow_from =
+                view.decode_fields(HeaderName::From, |m| addresses(m.from()).into_iter().next().unwrap_or_default());
+            assert_eq!(view.subject(), slow_subject, "Subject: {value:?}");
+            assert_eq!(view.from(), slow_from, "From: {value:?}");
+        }
+    }
 
     #[test]
     fn lazy_view_reads_fields() {
