@@ -345,7 +345,7 @@ fn constant(value: &Dynamic) -> Option<Subject> {
 
 fn property_of(base: Subject, name: &str) -> Option<Subject> {
     let str = |field| Some(Subject::Value(Expr::Ctx(field), Ty::Str));
-    let msg = |field, ty| Some(Subject::Value(Expr::Msg(field), ty));
+    let msg = |field| Some(Subject::Value(Expr::Msg(field), Ty::Str));
     match base {
         Subject::Ctx => match name {
             "remote_ip" => str(CtxField::RemoteIp),
@@ -357,16 +357,16 @@ fn property_of(base: Subject, name: &str) -> Option<Subject> {
             "protocol" => str(CtxField::Protocol),
             "mailbox" => str(CtxField::Mailbox),
             "uid" => str(CtxField::Uid),
-            "tls" => Some(Subject::Value(Expr::Ctx(CtxField::Tls), Ty::Bool)),
+            "tls" => Some(Subject::Value(Expr::Tls, Ty::Bool)),
             "recipients" => Some(Subject::List(List::Recipients)),
             _ => None,
         },
         Subject::Msg => match name {
-            "subject" => msg(MsgField::Subject, Ty::Str),
-            "from" => msg(MsgField::From, Ty::Str),
-            "date" => msg(MsgField::Date, Ty::Str),
-            "message_id" => msg(MsgField::MessageId, Ty::Str),
-            "size" => msg(MsgField::Size, Ty::Int),
+            "subject" => msg(MsgField::Subject),
+            "from" => msg(MsgField::From),
+            "date" => msg(MsgField::Date),
+            "message_id" => msg(MsgField::MessageId),
+            "size" => Some(Subject::Value(Expr::Size, Ty::Int)),
             "to" => Some(Subject::List(List::To)),
             "cc" => Some(Subject::List(List::Cc)),
             "flags" => Some(Subject::List(List::Flags)),

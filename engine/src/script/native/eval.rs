@@ -104,10 +104,6 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn msg(&self) -> Option<&'a MessageView> {
-        self.msg
-    }
-
     fn eval(&mut self, expr: &'a Expr) -> Option<Val<'a>> {
         let value = match expr {
             Expr::Str(s) => Val::Str(Cow::Borrowed(s.as_str())),
@@ -119,27 +115,26 @@ impl<'a> Run<'a> {
                 Val::Bool(b) => Val::Bool(*b),
                 Val::Unit | Val::Verdict(_) => return None,
             },
-            Expr::Ctx(CtxField::Tls) => Val::Bool(self.ctx.0.tls),
+            Expr::Tls => Val::Bool(self.ctx.0.tls),
             Expr::Ctx(field) => checked(Cow::Borrowed(ctx_str(self.ctx, *field)))?,
-            Expr::Msg(MsgField::Size) => Val::Int(i64::try_from(self.msg()?.size()).unwrap_or(i64::MAX)),
+            Expr::Size => Val::Int(i64::try_from(self.msg?.size()).unwrap_or(i64::MAX)),
             Expr::Msg(field) => {
-                let m = self.msg()?;
+                let m = self.msg?;
                 let s = match field {
                     MsgField::Subject => m.subject(),
                     MsgField::From => m.from(),
                     MsgField::Date => m.date(),
                     MsgField::MessageId => m.message_id(),
-                    MsgField::Size => return None,
                 };
                 checked(Cow::Borrowed(s))?
             }
             Expr::Header(name) => {
                 let name = self.str(name)?;
-                checked(Cow::Owned(self.msg()?.header(&name)))?
+                checked(Cow::Owned(self.msg?.header(&name)))?
             }
             Expr::HasHeader(name) => {
                 let name = self.str(name)?;
-                Val::Bool(self.msg()?.has_header(&name))
+                Val::Bool(self.msg?.has_header(&name))
             }
             Expr::Not(b) => Val::Bool(!self.bool(b)?),
             Expr::And(operands) => {
@@ -222,12 +217,12 @@ impl<'a> Run<'a> {
         match list {
             List::Literal(items) => over(items, op),
             List::Recipients => over(&self.ctx.0.recipients, op),
-            List::To => over(self.msg()?.to(), op),
-            List::Cc => over(self.msg()?.cc(), op),
-            List::Flags => over(self.msg()?.flags(), op),
+            List::To => over(self.msg?.to(), op),
+            List::Cc => over(self.msg?.cc(), op),
+            List::Flags => over(self.msg?.flags(), op),
             List::Headers(name) => {
                 let name = self.str(name)?;
-                let m = self.msg()?;
+                let m = self.msg?;
                 let (count, bytes) = m.header_count(&name);
                 // A value, unfolded, decoded and made valid UTF-8, is at most three times its
                 // raw bytes: below that, rhai's array is within its limits and only the count
@@ -271,25 +266,25 @@ impl<'a> Run<'a> {
             }
             Call::AddRcpt(a) => done(api::ctx_add_rcpt(&mut self.ctx.clone(), &self.str(a)?))?,
             Call::RemoveRcpt(a) => done(api::ctx_remove_rcpt(&mut self.ctx.clone(), &self.str(a)?))?,
-            Call::FileInto(f) => done(api::msg_file_into(&mut self.msg()?.clone(), &self.str(f)?))?,
+            Call::FileInto(f) => done(api::msg_file_into(&mut self.msg?.clone(), &self.str(f)?))?,
             Call::AddHeader(n, v) => {
                 let (n, v) = (self.str(n)?, self.str(v)?);
-                done(api::msg_add_header(&mut self.msg()?.clone(), &n, &v))?
+                done(api::msg_add_header(&mut self.msg?.clone(), &n, &v))?
             }
             Call::SetHeader(n, v) => {
                 let (n, v) = (self.str(n)?, self.str(v)?);
-                done(api::msg_set_header(&mut self.msg()?.clone(), &n, &v))?
+                done(api::msg_set_header(&mut self.msg?.clone(), &n, &v))?
             }
-            Call::RemoveHeader(n) => done(api::msg_remove_header(&mut self.msg()?.clone(), &self.str(n)?))?,
-            Call::SetSubject(t) => done(api::msg_set_subject(&mut self.msg()?.clone(), &self.str(t)?))?,
-            Call::Forward(a) => done(api::msg_forward(&mut self.msg()?.clone(), &self.str(a)?))?,
-            Call::Redirect(a) => done(api::msg_redirect(&mut self.msg()?.clone(), &self.str(a)?))?,
-            Call::Flag(f) => done(api::msg_flag(&mut self.msg()?.clone(), &self.str(f)?))?,
+            Call::RemoveHeader(n) => done(api::msg_remove_header(&mut self.msg?.clone(), &self.str(n)?))?,
+            Call::SetSubject(t) => done(api::msg_set_subject(&mut self.msg?.clone(), &self.str(t)?))?,
+            Call::Forward(a) => done(api::msg_forward(&mut self.msg?.clone(), &self.str(a)?))?,
+            Call::Redirect(a) => done(api::msg_redirect(&mut self.msg?.clone(), &self.str(a)?))?,
+            Call::Flag(f) => done(api::msg_flag(&mut self.msg?.clone(), &self.str(f)?))?,
             Call::MarkSeen => {
-                api::msg_mark_seen(&mut self.msg()?.clone());
+                api::msg_mark_seen(&mut self.msg?.clone());
                 Val::Unit
             }
-            Call::Delete => done(api::msg_delete(&mut self.msg()?.clone()))?,
+            Call::Delete => done(api::msg_delete(&mut self.msg?.clone()))?,
         };
         Some(value)
     }
@@ -307,7 +302,6 @@ fn ctx_str(ctx: &ScriptCtx, field: CtxField) -> &str {
         CtxField::Protocol => &c.protocol,
         CtxField::Mailbox => &c.mailbox,
         CtxField::Uid => &c.uid,
-        CtxField::Tls => "",
     }
 }
 

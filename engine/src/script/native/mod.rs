@@ -68,8 +68,14 @@ enum Expr {
     Int(i64),
     Bool(bool),
     Local(usize),
+    /// A string field of `ctx`.
     Ctx(CtxField),
+    /// `ctx.tls`.
+    Tls,
+    /// A string field of `msg`.
     Msg(MsgField),
+    /// `msg.size`.
+    Size,
     Header(Box<Expr>),
     HasHeader(Box<Expr>),
     Not(Box<Expr>),
@@ -120,7 +126,6 @@ enum List {
 enum CtxField {
     RemoteIp,
     Helo,
-    Tls,
     AuthUser,
     Sender,
     Rcpt,
@@ -136,7 +141,6 @@ enum MsgField {
     From,
     Date,
     MessageId,
-    Size,
 }
 
 /// API functions with effects or verdicts, called exactly as rhai would call them.
