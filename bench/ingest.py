@@ -794,9 +794,9 @@ def main():
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    count = env_int("BENCH_COUNT", 5000, 1, MAX_COUNT)
+    count = env_int("BENCH_COUNT", MAX_COUNT, 1, MAX_COUNT)
     repeat = env_int("BENCH_REPEAT", 3, 1, 10)
-    budget = env_int("BENCH_TIMEOUT", 2700, 60, 4 * 3600)
+    budget = env_int("BENCH_TIMEOUT", 5400, 60, 4 * 3600)
     sessions_list = [int(x) for x in os.environ.get("BENCH_SESSIONS", "1 5 20 50").split()]
     if not sessions_list or any(not 1 <= s <= 100 for s in sessions_list):
         sys.exit("bench: BENCH_SESSIONS must be numbers in [1, 100]")

@@ -5,11 +5,11 @@
 # bench/results/ingest.md and prints it. See bench/README.md.
 #
 # Environment:
-#   BENCH_COUNT=5000        messages per run (at most 20000)
+#   BENCH_COUNT=20000       messages per run (the 20,000; at most 20000)
 #   BENCH_SESSIONS="1 5 20 50" smtp-source -s values
 #   BENCH_REPEAT=3          runs per server and session count (median, min-max)
 #   BENCH_SERVERS="smtp-sink postfix haraka haraka-maildir mailflow mailflow-rules mailflow-rules-kv"
-#   BENCH_TIMEOUT=2700      seconds for the whole measurement; runs past it are skipped
+#   BENCH_TIMEOUT=5400      seconds for the whole measurement; runs past it are skipped
 #   MAILFLOW_BIN=path       use this binary instead of building target/release/mailflow
 #   HARAKA_BIN=path         use this haraka instead of installing into bench/.haraka (npm)
 #   BENCH_OUT=file.md       report path (default bench/results/ingest.md; the .json goes next to it)

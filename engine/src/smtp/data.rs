@@ -96,7 +96,9 @@ impl Session {
             id: &id,
             single_recipient: (tx.recipients.len() == 1).then(|| tx.recipients[0].as_str()),
         };
-        let mut body = trace.header().into_bytes();
+        let header = trace.header();
+        let mut body = Vec::with_capacity(header.len() + outcome.body.len());
+        body.extend_from_slice(header.as_bytes());
         body.extend_from_slice(&outcome.body);
         let body = Arc::new(body);
 
