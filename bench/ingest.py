@@ -3,6 +3,9 @@
 
 Starts, side by side on loopback ports:
   smtp-sink  Postfix's test server: answers SMTP, stores nothing (the protocol ceiling)
+  durable-sink  the durability floor (bench/loadclient/src/bin/durable-sink.rs): fixed replies,
+             no spool, no scripts, no log; each message into a Maildir with one group-commit
+             syncfs per batch before the 250 — the least any server that keeps the promise does
   postfix    a private Postfix instance (own config, queue and data folders) that delivers
              every message for bench.test into one Maildir; it fsyncs its queue file before 250
   haraka     Haraka 3.3.4, one process, queue/discard: answers 250, stores nothing
@@ -279,6 +282,29 @@ class SmtpSink(Server):
             argv += ["-u", "nobody"]
         # backlog 256; one event-driven process that answers 250 to everything and stores nothing
         self.popen(argv + [f"{HOST}:{self.port}", "256"])
+        self.wait_ready()
+
+
+LOADCLIENT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loadclient")
+DURABLE_SINK = os.environ.get("DURABLE_SINK_BIN") or os.path.join(
+    os.environ.get("CARGO_TARGET_DIR") or os.path.join(LOADCLIENT_DIR, "target"), "release", "durable-sink")
+
+
+class DurableSink(Server):
+    """The durability floor: what every server that fsyncs before its 250 and delivers into
+    Maildir must do at the least, and nothing else (see durable-sink.rs)."""
+    name = "durable-sink"
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.maildir = os.path.join(self.dir, "mail")
+        self.maildir_new = os.path.join(self.maildir, "new")
+
+    def start(self):
+        if not os.access(DURABLE_SINK, os.X_OK):
+            raise RuntimeError(f"{DURABLE_SINK} missing: bench/loadclient did not build (see ingest.sh's output)")
+        # one event loop for the sessions (as smtp-sink) and one disk thread
+        self.popen([DURABLE_SINK, f"{HOST}:{self.port}", self.maildir])
         self.wait_ready()
 
 
@@ -561,7 +587,7 @@ MAILFLOW_VARIANTS = {
     "mailflow-rules-kv": ("kv", ["kv"], "Bench"),
 }
 HARAKA_VARIANTS = ("haraka", "haraka-maildir")
-DEFAULT_SERVERS = ["smtp-sink", "postfix", *HARAKA_VARIANTS, *MAILFLOW_VARIANTS]
+DEFAULT_SERVERS = ["smtp-sink", "durable-sink", "postfix", *HARAKA_VARIANTS, *MAILFLOW_VARIANTS]
 
 
 class Mailflow(Server):
@@ -705,8 +731,8 @@ def report(results, meta, servers, notes):
     lines.append(f"{meta['count']} messages of {MSG_LEN} bytes per run, one connection per message "
                  f"(`smtp-source -s S -m {meta['count']} -l {MSG_LEN}`), {meta['repeat']} runs per row: "
                  "median (min–max). msgs/s = messages / wall seconds of smtp-source; a 250 after DATA "
-                 "means durable (fsynced) for Postfix, haraka-maildir and mailflow, nothing for smtp-sink "
-                 "and haraka (queue/discard).")
+                 "means durable (fsynced) for durable-sink, Postfix, haraka-maildir and mailflow, nothing for "
+                 "smtp-sink and haraka (queue/discard).")
     lines.append("")
     lines.append("| server | sessions | msgs/s median (min–max) | peak RSS MB | peak PSS MB | server CPU ms/msg | all in Maildir after s | delivered |")
     lines.append("|---|---|---|---|---|---|---|---|")
@@ -742,6 +768,14 @@ def report(results, meta, servers, notes):
                  "files every message into the Maildir++ folder `.Bench`); `mailflow-rules-kv` = the same "
                  "plus `bench/scripts/kv/20-kv.rhai` (one durable `kv::incr` per message).")
     lines.append("")
+    if any(s.name == "durable-sink" for s in servers):
+        lines.append("durable-sink: the durability floor (`bench/loadclient/src/bin/durable-sink.rs`): fixed "
+                     "replies on one event loop, no spool, no parsing, no scripts, no log; at the end of DATA "
+                     "one disk thread writes every waiting message into `tmp/` of a Maildir, one `syncfs`, "
+                     "renames into `new/`, one fsync of `new/`, then the 250s. What any server that fsyncs "
+                     "before its 250 and delivers into Maildir must do at the least; mailflow also keeps a "
+                     "spool record (fdatasync before the 250) and delivers after it.")
+        lines.append("")
     if any(s.name in HARAKA_VARIANTS for s in servers):
         lines.append("Haraka: one process (`nodes=0`), plugins `bench_rdns` (answers `localhost` for 127.0.0.0/8, "
                      "no DNS), `rcpt_to.in_host_list` and the queue: `haraka` = `queue/discard` (stores nothing, "
@@ -750,8 +784,9 @@ def report(results, meta, servers, notes):
         lines.append("")
     # ratios between runs of the same repetition (interleaved, so they saw the same background load)
     names = [s.name for s in servers]
-    pairs = [(a, b) for a in names if a.startswith("mailflow")
-             for b in ("postfix", "haraka-maildir", "mailflow") if b in names and b != a]
+    pairs = [(a, b) for a in names if a.startswith("mailflow") or a == "durable-sink"
+             for b in ("smtp-sink", "durable-sink", "postfix", "haraka-maildir", "mailflow")
+             if b in names and b != a and not (a == "durable-sink" and b != "smtp-sink")]
     if pairs:
         lines.append("Throughput ratios, computed run by run between interleaved runs of the same repetition: median (min–max).")
         lines.append("")
@@ -817,7 +852,7 @@ def main():
     if not sessions_list or any(not 1 <= s <= 100 for s in sessions_list):
         sys.exit("bench: BENCH_SESSIONS must be numbers in [1, 100]")
     wanted = os.environ.get("BENCH_SERVERS", " ".join(DEFAULT_SERVERS)).split()
-    unknown = set(wanted) - {"smtp-sink", "postfix"} - set(HARAKA_VARIANTS) - set(MAILFLOW_VARIANTS)
+    unknown = set(wanted) - {"smtp-sink", "durable-sink", "postfix"} - set(HARAKA_VARIANTS) - set(MAILFLOW_VARIANTS)
     if unknown:
         sys.exit(f"bench: unknown server(s) in BENCH_SERVERS: {' '.join(sorted(unknown))}")
     # a run that needs more than 50 ms a message is broken, not slow
@@ -856,7 +891,7 @@ def main():
         pass
     try:
         for name in wanted:
-            server = {"smtp-sink": SmtpSink, "postfix": Postfix}.get(name)
+            server = {"smtp-sink": SmtpSink, "durable-sink": DurableSink, "postfix": Postfix}.get(name)
             if server:
                 s = server(root)
             elif name in HARAKA_VARIANTS:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Ingest measurement: Postfix's smtp-source against smtp-sink (protocol ceiling), a private
+# Ingest measurement: Postfix's smtp-source against smtp-sink (protocol ceiling), durable-sink
+# (the durability floor: group-committed Maildir, nothing else), a private
 # Postfix instance delivering to Maildir, Haraka (discard, and a Maildir queue plugin with fsync)
 # and mailflow (durable spool, then Maildir), side by side on loopback. Writes
 # bench/results/ingest.md and prints it. See bench/README.md.
@@ -8,9 +9,10 @@
 #   BENCH_COUNT=20000       messages per run (the 20,000; at most 20000)
 #   BENCH_SESSIONS="1 5 20 50" smtp-source -s values
 #   BENCH_REPEAT=3          runs per server and session count (median, min-max)
-#   BENCH_SERVERS="smtp-sink postfix haraka haraka-maildir mailflow mailflow-rules mailflow-rules-kv"
+#   BENCH_SERVERS="smtp-sink durable-sink postfix haraka haraka-maildir mailflow mailflow-rules mailflow-rules-kv"
 #   BENCH_TIMEOUT=5400      seconds for the whole measurement; runs past it are skipped
 #   MAILFLOW_BIN=path       use this binary instead of building target/release/mailflow
+#   DURABLE_SINK_BIN=path   use this durable-sink instead of building bench/loadclient
 #   HARAKA_BIN=path         use this haraka instead of installing into bench/.haraka (npm)
 #   BENCH_OUT=file.md       report path (default bench/results/ingest.md; the .json goes next to it)
 set -euo pipefail
@@ -40,7 +42,7 @@ fi
 
 # Haraka (Node.js) from npm into bench/.haraka (git-ignored), only when missing and wanted.
 # A failed install is reported loudly; ingest.py then skips both Haraka servers and notes why.
-servers="${BENCH_SERVERS:-smtp-sink postfix haraka haraka-maildir mailflow mailflow-rules mailflow-rules-kv}"
+servers="${BENCH_SERVERS:-smtp-sink durable-sink postfix haraka haraka-maildir mailflow mailflow-rules mailflow-rules-kv}"
 haraka_prefix="$here/.haraka"
 if [[ " $servers " == *" haraka"* ]] && [ -z "${HARAKA_BIN:-}" ] \
     && [ ! -x "$haraka_prefix/node_modules/.bin/haraka" ]; then
@@ -59,6 +61,13 @@ if [[ " $servers " == *" haraka"* ]] && [ -z "${HARAKA_BIN:-}" ] \
             echo "bench: ##########################################################################"
         } >&2
     fi
+fi
+
+# The durability floor server (std + tokio, not part of the main workspace). A failed build is
+# reported loudly; ingest.py then skips durable-sink and says so in the report.
+if [[ " $servers " == *" durable-sink "* ]] && [ -z "${DURABLE_SINK_BIN:-}" ]; then
+    cargo build --release --quiet --manifest-path "$here/loadclient/Cargo.toml" \
+        || echo "bench: ERROR: bench/loadclient did not build: durable-sink will be SKIPPED" >&2
 fi
 
 if [ -z "${MAILFLOW_BIN:-}" ]; then
