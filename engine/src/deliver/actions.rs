@@ -49,7 +49,7 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
         || *looped.get_or_init(|| view.headers("X-Loop").iter().any(|v| v.trim().eq_ignore_ascii_case(&loop_marker)));
     let first_local =
         me.map(str::to_string).or_else(|| envelope.recipients.iter().find(|r| target.is_local(r)).cloned());
-    let own = deliverer.own_addresses();
+    let own = &deliverer.own;
     let mut redirect_suppressed = false;
 
     for action in &record.actions {
@@ -69,7 +69,7 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
             }
             Action::Reply(spec) => {
                 let Some(rcpt) = first_local.as_deref() else { continue };
-                match autoreply::check_reply(&view, &envelope.sender, &own) {
+                match autoreply::check_reply(&view, &envelope.sender, own) {
                     Err(reason) => log_suppressed("reply", &reason),
                     Ok(()) => {
                         let from = autoreply::reply_from(spec, rcpt);
@@ -82,7 +82,7 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
             }
             Action::Vacation(spec) => {
                 let Some(rcpt) = first_local.as_deref() else { continue };
-                let checked = autoreply::check_vacation(&view, &envelope.sender, rcpt, spec, &own).and_then(|()| {
+                let checked = autoreply::check_vacation(&view, &envelope.sender, rcpt, spec, own).and_then(|()| {
                     match autoreply::vacation_due(&deliverer.store, rcpt, &envelope.sender, spec.days) {
                         Ok(true) => Ok(()),
                         Ok(false) => {

@@ -78,6 +78,8 @@ pub struct SyncBatch {
     /// folder and batch, not per message).
     present: BTreeSet<PathBuf>,
     deferred: bool,
+    /// Where a message given in parts is put together, so that its file gets one `write`.
+    scratch: Vec<u8>,
 }
 
 impl SyncBatch {
@@ -147,8 +149,19 @@ pub fn write_message(
     let deferred = pending.deferred;
     let result = (|| {
         let mut file = File::create(&tmp)?;
-        for part in parts {
-            file.write_all(part)?;
+        match parts {
+            [one] => file.write_all(one)?,
+            _ => {
+                // One write, not one per part: a short first write (the Return-Path line)
+                // makes the kernel zero the rest of the file's first block, which the next
+                // write then fills again (visible in perf as `memset` under `write`).
+                pending.scratch.clear();
+                pending.scratch.reserve(size);
+                for part in parts {
+                    pending.scratch.extend_from_slice(part);
+                }
+                file.write_all(&pending.scratch)?;
+            }
         }
         if deferred {
             // The folder must exist now: `sync` renames into it later.

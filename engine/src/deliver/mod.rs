@@ -85,6 +85,8 @@ pub struct Deliverer {
     pub store: Arc<redb::Database>,
     /// Envelope sender of forwards: `None` keeps the original sender.
     pub forward_sender: Option<String>,
+    /// This daemon's own addresses: never auto-answered (see [`own_addresses`]).
+    pub own: Vec<String>,
 }
 
 impl Deliverer {
@@ -93,12 +95,9 @@ impl Deliverer {
             "" | "original" => None,
             fixed => Some(fixed.to_string()),
         };
-        Deliverer { target: DeliveryTarget::from_config(config), outbound, store, forward_sender }
-    }
-
-    /// This daemon's own addresses: never auto-answered.
-    fn own_addresses(&self) -> Vec<String> {
-        own_addresses(&self.target.hostname, &self.target.local_domains)
+        let target = DeliveryTarget::from_config(config);
+        let own = own_addresses(&target.hostname, &target.local_domains);
+        Deliverer { target, outbound, store, forward_sender, own }
     }
 }
 

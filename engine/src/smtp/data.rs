@@ -86,7 +86,7 @@ impl Session {
             return Reply::new(554, "5.4.6", format!("Too many hops ({hops} Received headers): mail loop?"));
         }
         let helo = self.helo.clone().unwrap_or_default();
-        let remote_ip = self.remote_ip.to_string();
+        let remote_ip = self.remote_text.clone();
         let trace = Trace {
             helo: &helo,
             remote_ip: &remote_ip,

@@ -19,7 +19,7 @@ impl Session {
         self.helo = Some(host);
         self.esmtp = esmtp;
         let config = &self.config.smtp;
-        let mut lines = vec![format!("{} greets {}", config.hostname, self.remote_ip)];
+        let mut lines = vec![format!("{} greets {}", config.hostname, self.remote_text)];
         if esmtp {
             lines.extend([
                 "PIPELINING".to_string(),

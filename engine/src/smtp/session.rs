@@ -68,6 +68,9 @@ pub struct Session {
     shutdown: watch::Receiver<bool>,
     pub(super) id: String,
     pub(super) remote_ip: IpAddr,
+    /// `remote_ip` as text, formatted once: every stage's context, the EHLO greeting and the
+    /// `Received:` header need it.
+    pub(super) remote_text: String,
     pub(super) helo: Option<String>,
     pub(super) esmtp: bool,
     pub(super) tx: Option<Transaction>,
@@ -95,6 +98,7 @@ impl Session {
             shutdown,
             id,
             remote_ip,
+            remote_text: remote_ip.to_string(),
             helo: None,
             esmtp: false,
             tx: None,
@@ -109,8 +113,12 @@ impl Session {
         if let Err(e) = self.serve().await {
             tracing::debug!(error = %e, "session ended with I/O error");
         }
-        // Timed like every write: a TLS close_notify waits for a client that may never read.
-        let _ = tokio::time::timeout(self.config.smtp.command_timeout, self.stream.shutdown()).await;
+        // Only TLS has something to send at the end (close_notify); a plain TCP stream's FIN
+        // goes out when it is dropped, without a `shutdown(2)` and a timer per connection.
+        if matches!(self.stream, Stream::Tls(_)) {
+            // Timed like every write: close_notify waits for a client that may never read.
+            let _ = tokio::time::timeout(self.config.smtp.command_timeout, self.stream.shutdown()).await;
+        }
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
@@ -314,7 +322,7 @@ impl Session {
             None => (String::new(), Vec::new()),
         };
         Context {
-            remote_ip: self.remote_ip.to_string(),
+            remote_ip: self.remote_text.clone(),
             helo: self.helo.clone().unwrap_or_default(),
             tls: self.tls.is_some(),
             auth_user: self.auth_user.clone().unwrap_or_default(),
