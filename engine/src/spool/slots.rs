@@ -47,11 +47,6 @@ const SHRINK_ABOVE: u64 = 8 * 1024 * 1024;
 #[derive(Debug)]
 pub struct Pool {
     dir: PathBuf,
-    /// The open folder: slots are opened relative to it (one name to look up, not the whole
-    /// path, twice per segment) and it is what a new slot's name is synced through. Should
-    /// the folder be deleted while the daemon runs, opening a slot through it fails, as a path
-    /// would (a write then answers 451).
-    dir_fd: File,
     free: Mutex<Vec<u64>>,
     next_index: AtomicU64,
     next_seq: AtomicU64,
@@ -108,7 +103,6 @@ impl Pool {
             Some(i) => i.checked_add(1).ok_or_else(|| std::io::Error::other("spool slot numbers exhausted"))?,
         };
         let pool = Arc::new(Pool {
-            dir_fd: File::open(&dir)?,
             dir,
             free: Mutex::new(Vec::new()),
             next_index: AtomicU64::new(next_index),
@@ -123,7 +117,7 @@ impl Pool {
         }
         // Always: a slot a previous run created just before a crash may have a name that is
         // not durable yet, and reusing it needs only `fdatasync` from now on.
-        pool.dir_fd.sync_all()?;
+        File::open(&pool.dir)?.sync_all()?;
         // Lowest index last: it is popped first, so a quiet daemon keeps reusing one file.
         free.sort_unstable_by(|a, b| b.cmp(a));
         *pool.lock_free() = free;
@@ -161,7 +155,7 @@ impl Pool {
             Ok(()) => Ok(SlotRef { pool: self.clone(), index }),
             Err(e) => {
                 // The client hears 451; make sure a restart does not deliver it anyway.
-                if let Ok(file) = self.open_slot(index, false) {
+                if let Ok(file) = OpenOptions::new().write(true).open(self.path(index)) {
                     if file.write_all_at(&[0u8; HEADER_LEN], 0).is_ok() {
                         let _ = file.sync_data();
                     }
@@ -175,33 +169,17 @@ impl Pool {
     }
 
     fn write_slot(&self, index: u64, fresh: bool, buf: &[u8]) -> std::io::Result<()> {
-        let file = self.open_slot(index, fresh)?;
+        let file = OpenOptions::new().write(true).create_new(fresh).open(self.path(index))?;
         file.write_all_at(buf, 0)?;
         file.sync_data()?;
         if fresh {
-            self.dir_fd.sync_all()?;
+            File::open(&self.dir)?.sync_all()?;
         }
         Ok(())
     }
 
-    /// Opens slot `index` for writing through the folder's descriptor; `create` makes a new
-    /// one (and fails if it exists).
-    fn open_slot(&self, index: u64, create: bool) -> std::io::Result<File> {
-        use rustix::fs::{Mode, OFlags};
-        let mut flags = OFlags::WRONLY | OFlags::CLOEXEC;
-        if create {
-            flags |= OFlags::CREATE | OFlags::EXCL;
-        }
-        let fd = rustix::fs::openat(&self.dir_fd, Self::name(index), flags, Mode::from_raw_mode(0o644))?;
-        Ok(File::from(fd))
-    }
-
-    fn name(index: u64) -> String {
-        format!("slot-{index:010}")
-    }
-
     fn path(&self, index: u64) -> PathBuf {
-        self.dir.join(Self::name(index))
+        self.dir.join(format!("slot-{index:010}"))
     }
 
     fn lock_free(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
@@ -213,7 +191,8 @@ impl SlotRef {
     /// Frees the slot: zeroes its header (not synced, see the module doc) and hands it back
     /// for reuse.
     pub fn release(&self) -> std::io::Result<()> {
-        let file = self.pool.open_slot(self.index, false)?;
+        let path = self.pool.path(self.index);
+        let file = OpenOptions::new().write(true).open(&path)?;
         file.write_all_at(&[0u8; HEADER_LEN], 0)?;
         if file.metadata()?.len() > SHRINK_ABOVE {
             // The size change is journaled and may reach the disk before the zeroed header:
@@ -225,7 +204,7 @@ impl SlotRef {
         let mut free = self.pool.lock_free();
         if free.len() >= KEEP_FREE {
             drop(free);
-            return std::fs::remove_file(self.pool.path(self.index));
+            return std::fs::remove_file(&path);
         }
         free.push(self.index);
         Ok(())

@@ -104,11 +104,15 @@ fn check_key(key: &str) -> Result<(), Box<EvalAltResult>> {
     Ok(())
 }
 
+/// The expiry for a TTL starting now. Expiries are whole unix seconds (the stored format), so
+/// one more second is added: a key then lives at least `ttl` seconds (at most `ttl` + 1),
+/// where `now + ttl` alone let a key set late in a second vanish almost at once (ttl 1: a
+/// few milliseconds).
 fn ttl_expiry(ttl: i64) -> Result<u64, Box<EvalAltResult>> {
     if ttl <= 0 {
         return Err(error("kv: ttl_secs must be > 0"));
     }
-    Ok(now().saturating_add(ttl as u64))
+    Ok(now().saturating_add(ttl as u64).saturating_add(1))
 }
 
 fn db_err(e: impl std::fmt::Display) -> Box<EvalAltResult> {
@@ -238,6 +242,15 @@ mod tests {
         assert!(deleted);
         assert!(engine.eval::<Dynamic>(r#"kv::incr("s2x"); kv::set("t", "str"); kv::incr("t")"#).is_err());
         assert!(engine.eval::<Dynamic>(r#"kv::set("m", #{a: 1})"#).is_err());
+    }
+
+    #[test]
+    fn a_key_lives_at_least_its_ttl() {
+        // Read one whole second after it was set (the store's clock is in whole seconds), a
+        // key with a TTL of 1 must still be there: its expiry must lie past `set + 1`.
+        let set_at = now();
+        assert!(ttl_expiry(1).unwrap() > set_at + 1);
+        assert!(ttl_expiry(0).is_err());
     }
 
     #[test]
