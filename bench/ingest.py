@@ -308,6 +308,9 @@ class DurableSink(Server):
         self.wait_ready()
 
 
+DURABLE_SINK_NOTE = ("durable-sink: the durability floor (`bench/loadclient/src/bin/durable-sink.rs`): fixed replies on one event loop, no parsing, no scripts, no log; at the end of DATA one thread writes every waiting message over a reused, preallocated spool slot and `fdatasync`s it (mailflow's spool design), then the 250s; another writes each batch into `tmp/` of a Maildir, one `syncfs`, renames into `new/`, one fsync of `new/`. What a server that fsyncs before its 250 and delivers into Maildir must do at the least: mailflow's own work is the distance to this row.")
+
+
 class Postfix(Server):
     name = "postfix"
 
@@ -769,12 +772,7 @@ def report(results, meta, servers, notes):
                  "plus `bench/scripts/kv/20-kv.rhai` (one durable `kv::incr` per message).")
     lines.append("")
     if any(s.name == "durable-sink" for s in servers):
-        lines.append("durable-sink: the durability floor (`bench/loadclient/src/bin/durable-sink.rs`): fixed "
-                     "replies on one event loop, no spool, no parsing, no scripts, no log; at the end of DATA "
-                     "one disk thread writes every waiting message into `tmp/` of a Maildir, one `syncfs`, "
-                     "renames into `new/`, one fsync of `new/`, then the 250s. What any server that fsyncs "
-                     "before its 250 and delivers into Maildir must do at the least; mailflow also keeps a "
-                     "spool record (fdatasync before the 250) and delivers after it.")
+        lines.append(DURABLE_SINK_NOTE)
         lines.append("")
     if any(s.name in HARAKA_VARIANTS for s in servers):
         lines.append("Haraka: one process (`nodes=0`), plugins `bench_rdns` (answers `localhost` for 127.0.0.0/8, "
