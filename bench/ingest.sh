@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ingest measurement: Postfix's smtp-source against smtp-sink (protocol ceiling), durable-sink
-# (the durability floor: group-committed Maildir, nothing else), a private
+# (the durability floor: group-committed spool, then Maildir, nothing else), a private
 # Postfix instance delivering to Maildir, Haraka (discard, and a Maildir queue plugin with fsync)
 # and mailflow (durable spool, then Maildir), side by side on loopback. Writes
 # bench/results/ingest.md and prints it. See bench/README.md.
