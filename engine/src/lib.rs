@@ -10,7 +10,7 @@
 //!
 //! [`config`] reads `mailflow.toml`, [`message`] is the lazily parsed message every stage
 //! sees, [`daemon`] wires the stages together, [`prometheus`] counts what each stage did and
-//! serves it at `/metrics`, and [`cli`] is the command line.
+//! serves it at `/metrics`, [`logline`] writes the log lines, and [`cli`] is the command line.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -18,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod deliver;
 pub mod fetch;
+pub mod logline;
 pub mod message;
 pub mod outbound;
 pub mod plugins;

@@ -19,11 +19,20 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Logs go to stderr; `RUST_LOG` filters (default `info`).
+/// Logs go to stderr; `RUST_LOG` filters (default `info`). A terminal gets colours; a file or
+/// the journal gets the same lines without them, written by [`mailflow::logline`].
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        builder.with_ansi(true).init();
+    } else {
+        builder
+            .with_ansi(false)
+            .event_format(mailflow::logline::LineFormat::default())
+            .fmt_fields(mailflow::logline::LineFields)
+            .init();
+    }
 }
 
 fn run(config: Option<&std::path::Path>) -> i32 {

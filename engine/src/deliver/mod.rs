@@ -23,8 +23,15 @@ use crate::spool::{Segment, SpooledMessage};
 
 /// How long a failed delivery waits before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Batches delivered at the same time.
+/// Threads delivering batches at the same time.
 const DELIVERY_WORKERS: usize = 4;
+/// The delivery threads' nice value. Receiving is the latency-sensitive path (a client waits
+/// for every reply); delivery only has to keep up, and the spool already holds what it has not
+/// done yet. Below the sessions' priority it takes the CPU they leave (at 20 sessions on two
+/// cores: 1.02–1.08× the messages per second in interleaved runs, bench/results/findings.md), and
+/// it is never starved for long: when it falls behind, its full queue holds back the spool
+/// writer and so the 250s, which frees the CPU again.
+const DELIVERY_NICE: i32 = 10;
 /// How long the deliverer waits for more spool segments to join a batch: the batch then costs
 /// one sync instead of one per segment (at one SMTP session, a segment per message).
 const GATHER: Duration = Duration::from_millis(10);
@@ -105,43 +112,92 @@ impl Deliverer {
 /// holds and returns.
 pub fn spawn(
     target: Deliverer,
-    mut rx: mpsc::Receiver<Segment>,
+    rx: mpsc::Receiver<Segment>,
     retry: mpsc::WeakSender<Segment>,
 ) -> tokio::task::JoinHandle<()> {
     let target = Arc::new(target);
+    // Batches of segments are delivered by a few threads at once, so delivery keeps up with
+    // ingest; within a batch one sync makes every file durable. The threads take segments
+    // straight from the spool writer: no task in between to wake for each one.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    let runtime = tokio::runtime::Handle::current();
+    for n in 0..DELIVERY_WORKERS {
+        let (target, retry, rx, done, runtime) =
+            (target.clone(), retry.clone(), rx.clone(), done_tx.clone(), runtime.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("deliver-{n}"))
+            .spawn(move || run_worker(&target, &rx, &retry, &runtime, done));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a delivery thread");
+        }
+    }
+    drop(done_tx);
+    // Every thread drops its `done` sender once the channel is closed and it has finished
+    // what it held.
     tokio::spawn(async move {
-        // Batches of segments are delivered by a few blocking workers at once, so delivery
-        // keeps up with ingest; within a batch one sync makes every file durable.
-        let workers = Arc::new(tokio::sync::Semaphore::new(DELIVERY_WORKERS));
-        let mut running = tokio::task::JoinSet::new();
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + GATHER;
-            while batch.len() < MAX_SEGMENTS {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(segment)) => batch.push(segment),
-                    _ => break,
-                }
+        let _ = done_rx.recv().await;
+    })
+}
+
+/// The next batch: the first segment to come, and whatever joins it within [`GATHER`].
+/// `None` once every sender is gone and nothing is left.
+fn gather(rx: &mut mpsc::Receiver<Segment>) -> Option<Vec<Segment>> {
+    let first = rx.blocking_recv()?;
+    let started = std::time::Instant::now();
+    let mut batch = vec![first];
+    loop {
+        while batch.len() < MAX_SEGMENTS {
+            match rx.try_recv() {
+                Ok(segment) => batch.push(segment),
+                Err(_) => break,
             }
-            while running.try_join_next().is_some() {}
-            let Ok(permit) = workers.clone().acquire_owned().await else { break };
-            let (target, retry) = (target.clone(), retry.clone());
-            running.spawn(async move {
-                let rests = tokio::task::spawn_blocking(move || deliver_batch(&target, batch)).await;
-                drop(permit);
-                for rest in rests.unwrap_or_default() {
-                    let retry = retry.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(RETRY_AFTER).await;
-                        if let Some(tx) = retry.upgrade() {
-                            let _ = tx.send(rest).await;
-                        }
-                    });
+        }
+        let left = GATHER.saturating_sub(started.elapsed());
+        if batch.len() >= MAX_SEGMENTS || left.is_zero() || rx.is_closed() {
+            return Some(batch);
+        }
+        std::thread::sleep(left);
+    }
+}
+
+/// One delivery thread: delivers batches until the channel closes; undelivered rests go back
+/// to the deliverer after [`RETRY_AFTER`].
+fn run_worker(
+    target: &Deliverer,
+    segments: &std::sync::Mutex<mpsc::Receiver<Segment>>,
+    retry: &mpsc::WeakSender<Segment>,
+    runtime: &tokio::runtime::Handle,
+    _done: mpsc::Sender<()>,
+) {
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), DELIVERY_NICE) {
+        tracing::debug!(error = %e, "delivery thread keeps the default priority");
+    }
+    loop {
+        // One thread at a time gathers a batch; the others wait for the lock.
+        let batch = match segments.lock() {
+            Ok(mut rx) => gather(&mut rx),
+            Err(poisoned) => gather(&mut poisoned.into_inner()),
+        };
+        let Some(batch) = batch else { return };
+        let rests = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver_batch(target, batch))) {
+            Ok(rests) => rests,
+            Err(_) => {
+                // The segments stay in the spool: the next start delivers them.
+                tracing::error!("delivery thread panicked on a batch; it stays spooled until the next start");
+                Vec::new()
+            }
+        };
+        for rest in rests {
+            let retry = retry.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep(RETRY_AFTER).await;
+                if let Some(tx) = retry.upgrade() {
+                    let _ = tx.send(rest).await;
                 }
             });
         }
-        while running.join_next().await.is_some() {}
-    })
+    }
 }
 
 /// Delivers every message of the segments, makes the whole batch durable with one sync (see

@@ -764,10 +764,10 @@ pub(crate) fn discard() -> FnResult<Verdict> {
 fn reject(code: Option<u16>, text: &str) -> Verdict {
     let default = if sandbox::stage() == Stage::Connect { 554 } else { 550 };
     let reply = crate::smtp::reply::Reply::from_script(code.unwrap_or(default), "5.7.1", text);
-    Verdict::Reject { code: reply.code, status: reply.status, text: reply.lines.concat() }
+    Verdict::Reject { code: reply.code, status: reply.status.into_owned(), text: reply.lines.concat() }
 }
 
 fn tempfail(code: u16, text: &str) -> Verdict {
     let reply = crate::smtp::reply::Reply::from_script(code, "4.7.1", text);
-    Verdict::Tempfail { code: reply.code, status: reply.status, text: reply.lines.concat() }
+    Verdict::Tempfail { code: reply.code, status: reply.status.into_owned(), text: reply.lines.concat() }
 }

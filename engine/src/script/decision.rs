@@ -79,7 +79,7 @@ impl Verdict {
     pub fn reply(&self) -> Option<Reply> {
         match self {
             Verdict::Reject { code, status, text } | Verdict::Tempfail { code, status, text } => {
-                Some(Reply::new(*code, status, text.clone()))
+                Some(Reply::new(*code, status.clone(), text.clone()))
             }
             Verdict::Accept | Verdict::Discard => None,
         }
@@ -271,7 +271,7 @@ impl Decision {
     pub fn refusal_at(&self, stage: Stage) -> Option<Reply> {
         match (&self.verdict, stage) {
             (Some(Verdict::Tempfail { status, text, .. }), Stage::Connect) => {
-                Some(Reply::new(421, status, text.clone()))
+                Some(Reply::new(421, status.clone(), text.clone()))
             }
             _ => self.refusal(),
         }

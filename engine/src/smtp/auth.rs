@@ -130,7 +130,7 @@ impl Session {
 
     /// Sends `334 prompt` and reads the client's line.
     async fn sasl_step(&mut self, prompt: &str) -> Result<String, Step> {
-        self.reply(Reply::plain(334, prompt));
+        self.reply(Reply::plain(334, prompt.to_string()));
         let timeout = self.config.smtp.command_timeout;
         match self.next_line(timeout).await {
             Ok(Some(line)) => {

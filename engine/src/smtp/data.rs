@@ -51,8 +51,9 @@ impl Session {
 
     async fn read_data(&mut self) -> Result<DataOutcome, ReadError> {
         let mut reader = DataReader::new(self.config.smtp.max_message_size);
-        // Message data comes in bulk: read it in large chunks.
-        self.inbuf_mut().reserve(64 * 1024);
+        // Message data comes in bulk: room for a typical message in one read (bigger ones grow
+        // the buffer as they come, see `fill`).
+        self.inbuf_mut().reserve(16 * 1024);
         let timeout = self.config.smtp.data_timeout;
         loop {
             let buffered = self.inbuf_mut();

@@ -64,13 +64,15 @@ impl DataReader {
     pub fn feed(&mut self, input: &[u8]) -> Option<(DataOutcome, usize)> {
         let mut i = 0;
         while i < input.len() {
-            if self.state == LineState::Middle {
-                // Inside a line only CR and LF matter: copy the run up to the next one at once
-                // (the byte-by-byte machine below was a third of the CPU spent per message).
-                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+            if self.state == LineState::Middle || (self.state == LineState::Start && input[i] != b'.') {
+                // Ordinary lines are copied in one run, up to the first byte that needs the
+                // machine below: a dot at a line start, a bare CR or LF (the byte-by-byte
+                // machine was a third of the CPU spent per message, one run per line still 8 %).
+                let (run, at_line_start) = ordinary_run(&input[i..]);
                 if run > 0 {
                     self.push_run(&input[i..i + run]);
                     i += run;
+                    self.state = if at_line_start { LineState::Start } else { LineState::Middle };
                     continue;
                 }
             }
@@ -162,6 +164,27 @@ impl DataReader {
     }
 }
 
+/// The longest prefix of `input` (which does not start with a dot at a line start) made of
+/// line bytes and CRLF line ends after which no line starts with a dot; and whether it ends
+/// right after such a CRLF. What stops it — a dot at a line start, a CR or LF not part of a
+/// CRLF, or a CR at the end of `input` — is left to the byte machine.
+fn ordinary_run(input: &[u8]) -> (usize, bool) {
+    let mut from = 0;
+    loop {
+        let Some(found) = memchr::memchr2(b'\r', b'\n', &input[from..]) else {
+            return (input.len(), false);
+        };
+        let at = from + found;
+        if input[at] != b'\r' || input.get(at + 1) != Some(&b'\n') {
+            return (at, false);
+        }
+        match input.get(at + 2) {
+            Some(b'.') | None => return (at + 2, true),
+            Some(_) => from = at + 2,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +272,58 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The byte machine alone, as the reference for the runs `feed` copies at once.
+    fn read_by_machine(max: usize, input: &[u8]) -> Option<(DataOutcome, usize)> {
+        let mut reader = DataReader::new(max);
+        for (i, &b) in input.iter().enumerate() {
+            if reader.step(b) {
+                let outcome = DataOutcome {
+                    body: std::mem::take(&mut reader.body),
+                    size: reader.size,
+                    oversize: reader.size > reader.max_size,
+                    bare_line_ending: reader.bare,
+                };
+                return Some((outcome, i + 1));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn runs_read_exactly_as_the_byte_machine_on_random_input() {
+        // Inputs drawn mostly from the bytes that matter, fed in random pieces.
+        let alphabet = b"\r\n.\r\n.ab";
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let mut input: Vec<u8> = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            if next() % 2 == 0 {
+                input.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+            }
+            let max = if next() % 4 == 0 { (next() % 12) as usize } else { 1 << 20 };
+            let expected = read_by_machine(max, &input);
+            let mut reader = DataReader::new(max);
+            let mut got = None;
+            let mut at = 0;
+            while at < input.len() {
+                let piece = 1 + (next() % 9) as usize;
+                let end = (at + piece).min(input.len());
+                if let Some((outcome, used)) = reader.feed(&input[at..end]) {
+                    got = Some((outcome, at + used));
+                    break;
+                }
+                at = end;
+            }
+            assert_eq!(got, expected, "input {input:?} max {max}");
         }
     }
 

@@ -19,24 +19,25 @@ impl Session {
         self.helo = Some(host);
         self.esmtp = esmtp;
         let config = &self.config.smtp;
-        let mut lines = vec![format!("{} greets {}", config.hostname, self.remote_text)];
+        let mut lines: Vec<super::reply::Text> =
+            vec![format!("{} greets {}", config.hostname, self.remote_text).into()];
         if esmtp {
             lines.extend([
-                "PIPELINING".to_string(),
-                format!("SIZE {}", config.max_message_size),
-                "8BITMIME".to_string(),
-                "ENHANCEDSTATUSCODES".to_string(),
-                "SMTPUTF8".to_string(),
-                "HELP".to_string(),
+                "PIPELINING".into(),
+                format!("SIZE {}", config.max_message_size).into(),
+                "8BITMIME".into(),
+                "ENHANCEDSTATUSCODES".into(),
+                "SMTPUTF8".into(),
+                "HELP".into(),
             ]);
             if self.shared.tls.load().is_some() && self.tls.is_none() {
-                lines.push("STARTTLS".to_string());
+                lines.push("STARTTLS".into());
             }
             if self.auth_offered() {
-                lines.push("AUTH PLAIN LOGIN".to_string());
+                lines.push("AUTH PLAIN LOGIN".into());
             }
         }
-        self.reply(Reply { code: 250, status: String::new(), lines });
+        self.reply(Reply { code: 250, status: "".into(), lines });
         Flow::Continue
     }
 }

@@ -78,7 +78,7 @@ fn declared_size(raw: &str) -> usize {
 
 /// The reply for an address refused by [`parse_mailbox`]; `syntax_status` is 5.1.7 (sender) or
 /// 5.1.3 (recipient).
-pub(super) fn address_reply(error: &AddressError, syntax_status: &str, role: &str) -> Reply {
+pub(super) fn address_reply(error: &AddressError, syntax_status: &'static str, role: &str) -> Reply {
     match error {
         AddressError::SourceRoute | AddressError::Quoted | AddressError::RoutingHack => {
             Reply::new(550, "5.7.1", format!("Relaying denied: {error}"))

@@ -20,9 +20,10 @@ use crate::script::{Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verd
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 pub const MAX_LINE_LEN: usize = 512;
-/// Read granularity.
+/// Largest growth step of `inbuf`: reads of a big message go up to this much at once.
 const READ_CHUNK: usize = 64 * 1024;
-/// Below this much spare room in `inbuf`, the next read first grows it by `READ_CHUNK`.
+/// Below this much spare room in `inbuf`, the next read first grows it: by its own size (so a
+/// big message soon reads in `READ_CHUNK`s, and a small one never allocates that much).
 const MIN_READ_ROOM: usize = 1024;
 
 /// What the command loop does after a handler.
@@ -133,7 +134,7 @@ impl Session {
             }
             Some(Verdict::Reject { code, status, text }) => {
                 self.refused = true;
-                self.reply(Reply::new(code, &status, text));
+                self.reply(Reply::new(code, status, text));
             }
             _ => self.reply(Reply::plain(220, format!("{hostname} ESMTP mailflow"))),
         }
@@ -242,7 +243,7 @@ impl Session {
         } else {
             tracing::debug!(reply = %reply, "reply");
         }
-        self.out.extend_from_slice(reply.to_wire().as_bytes());
+        reply.write_wire(&mut self.out);
     }
 
     /// Writing is timed too: a client that pipelines commands but never reads the replies
@@ -265,7 +266,7 @@ impl Session {
     /// The next command line. `Ok(None)` for a line over [`MAX_LINE_LEN`] (consumed).
     pub(super) async fn next_line(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, ReadError> {
         loop {
-            if let Some(pos) = self.inbuf.iter().position(|&b| b == b'\n') {
+            if let Some(pos) = memchr::memchr(b'\n', &self.inbuf) {
                 let line: Vec<u8> = self.inbuf.drain(..=pos).collect();
                 if self.discarding || line.len() > MAX_LINE_LEN {
                     self.discarding = false;
@@ -288,7 +289,7 @@ impl Session {
         // Read straight into `inbuf`'s spare room: a session waiting for input holds no
         // read buffer of its own (idle connections cost a few KB, not 64 KiB each).
         if self.inbuf.capacity() - self.inbuf.len() < MIN_READ_ROOM {
-            self.inbuf.reserve(READ_CHUNK);
+            self.inbuf.reserve(self.inbuf.capacity().clamp(MIN_READ_ROOM, READ_CHUNK));
         }
         let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.inbuf));
         let n = if watch_shutdown {
