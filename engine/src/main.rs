@@ -3,35 +3,45 @@
 use clap::Parser;
 use mailflow::cli::{Cli, Command};
 use mailflow::config::LoadedConfig;
+use mailflow::logline::{LineFields, LineFormat, LogSink};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = Cli::parse();
-    init_logging();
+    let command = cli.command.unwrap_or(Command::Run);
+    let sink = init_logging(matches!(command, Command::Run));
     let config = cli.config.as_deref();
-    let code = match cli.command.unwrap_or(Command::Run) {
+    let code = match command {
         Command::Run => run(config),
         Command::Check => mailflow::cli::check::run(config),
         Command::Test(args) => mailflow::cli::test::run(config, &args),
         Command::Queue { action } => mailflow::cli::queue::run(config, &action),
         Command::HashPassword => hash_password(),
     };
+    if let Some(sink) = sink {
+        sink.flush();
+    }
     std::process::exit(code);
 }
 
 /// Logs go to stderr; `RUST_LOG` filters (default `info`). A terminal gets colours; a file or
-/// the journal gets the same lines without them, written by [`mailflow::logline`].
-fn init_logging() {
+/// the journal gets the same lines without them, written by [`mailflow::logline`] — for the
+/// daemon through a writer thread (`Some`: flush it before exiting).
+fn init_logging(daemon: bool) -> Option<LogSink> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        builder.with_ansi(true).init();
+        builder.with_ansi(true).with_writer(std::io::stderr).init();
+        return None;
+    }
+    let builder = builder.with_ansi(false).event_format(LineFormat::default()).fmt_fields(LineFields);
+    if daemon {
+        let sink = LogSink::stderr();
+        builder.with_writer(sink.clone()).init();
+        Some(sink)
     } else {
-        builder
-            .with_ansi(false)
-            .event_format(mailflow::logline::LineFormat::default())
-            .fmt_fields(mailflow::logline::LineFields)
-            .init();
+        builder.with_writer(std::io::stderr).init();
+        None
     }
 }
 
