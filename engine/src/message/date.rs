@@ -22,6 +22,23 @@ pub fn rfc5322(time: SystemTime) -> String {
     )
 }
 
+/// Appends [`rfc5322`] of now to `out`; the text is kept per thread for the rest of its second
+/// (every accepted message carries a date: the formatting was 1.5 % of a message's instructions).
+pub fn push_rfc5322_now(out: &mut String) {
+    thread_local! {
+        static NOW: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    NOW.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, rfc5322(now));
+        }
+        out.push_str(&cached.1);
+    });
+}
+
 /// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
 pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -44,6 +61,13 @@ mod tests {
     #[test]
     fn known_dates() {
         assert_eq!(rfc5322(UNIX_EPOCH), "Thu, 1 Jan 1970 00:00:00 +0000");
+        let (mut first, mut second) = (String::from("x"), String::new());
+        let before = rfc5322(SystemTime::now());
+        push_rfc5322_now(&mut first);
+        push_rfc5322_now(&mut second);
+        let after = rfc5322(SystemTime::now());
+        assert!(first == format!("x{before}") || first == format!("x{after}"), "{first}");
+        assert!(second == before || second == after, "{second}");
         assert_eq!(rfc5322(UNIX_EPOCH + Duration::from_secs(1_795_799_525)), "Fri, 27 Nov 2026 17:12:05 +0000");
         assert_eq!(rfc5322(UNIX_EPOCH + Duration::from_secs(951_782_400)), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
