@@ -98,14 +98,19 @@ impl<'writer> FormatFields<'writer> for LineFields {
 ///
 /// Appending a line to a log file cost the session a `write(2)` (2.3 % of its CPU, tenth
 /// pass) and a lock shared with the delivery threads. The price: lines not yet written when
-/// the process is killed are lost (`flush` writes the rest on a normal exit). A writer that
-/// falls a megabyte behind makes the loggers wait, so memory stays bounded.
+/// the process is killed are lost (`flush` writes the rest on a normal exit) — except where an
+/// effect is recorded as done: the pollers' journal calls [`write_pending`] first, so a
+/// message whose hook is journaled has its `log` lines in the log too. A writer that falls a
+/// megabyte behind makes the loggers wait, so memory stays bounded.
 #[derive(Clone)]
 pub struct LogSink {
     shared: Arc<Sink>,
 }
 
 struct Sink {
+    /// Held while lines are taken and written, by the writer thread or [`write_pending`]:
+    /// lines reach the output in the order they were logged.
+    output: Mutex<Box<dyn std::io::Write + Send>>,
     pending: Mutex<Pending>,
     /// The writer waits here for lines.
     lines: Condvar,
@@ -135,12 +140,33 @@ impl LogSink {
     }
 
     fn to(out: Box<dyn std::io::Write + Send>) -> LogSink {
-        let shared = Arc::new(Sink { pending: Mutex::default(), lines: Condvar::new(), written: Condvar::new() });
+        let shared = Arc::new(Sink {
+            output: Mutex::new(out),
+            pending: Mutex::default(),
+            lines: Condvar::new(),
+            written: Condvar::new(),
+        });
         let sink = LogSink { shared: shared.clone() };
-        if std::thread::Builder::new().name("log-writer".into()).spawn(move || write_lines(&shared, out)).is_err() {
+        if std::thread::Builder::new().name("log-writer".into()).spawn(move || write_lines(&shared)).is_err() {
             sink.lock().closed = true;
         }
         sink
+    }
+
+    /// Makes this the sink [`write_pending`] writes out.
+    pub fn install(&self) {
+        let _ = INSTALLED.set(self.clone());
+    }
+
+    /// Writes the lines waiting in the sink now, from the calling thread.
+    fn write_now(&self) {
+        let mut output = self.shared.output.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = std::mem::take(&mut self.lock().bytes);
+        if !bytes.is_empty() {
+            let _ = output.write_all(&bytes);
+        }
+        drop(output);
+        self.shared.written.notify_all();
     }
 
     /// Writes every line logged so far and stops the writer; later lines go straight to stderr.
@@ -151,6 +177,9 @@ impl LogSink {
         while !pending.bytes.is_empty() || pending.writing {
             pending = self.shared.written.wait(pending).unwrap_or_else(|e| e.into_inner());
         }
+        drop(pending);
+        // A `write_pending` may still be writing what it took.
+        drop(self.shared.output.lock());
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -158,7 +187,20 @@ impl LogSink {
     }
 }
 
-fn write_lines(sink: &Sink, mut out: Box<dyn std::io::Write + Send>) {
+static INSTALLED: std::sync::OnceLock<LogSink> = std::sync::OnceLock::new();
+
+/// Writes out the log lines logged so far by any thread, before this returns. For a record
+/// that says an effect is done (a poller's journal): the hook's `log` lines must not be lost
+/// in a crash that keeps the record. Nothing to do when no [`LogSink`] is installed.
+pub fn write_pending() {
+    if let Some(sink) = INSTALLED.get() {
+        if !sink.lock().bytes.is_empty() {
+            sink.write_now();
+        }
+    }
+}
+
+fn write_lines(sink: &Sink) {
     let mut spare = Vec::new();
     let mut pending = sink.pending.lock().unwrap_or_else(|e| e.into_inner());
     loop {
@@ -172,10 +214,14 @@ fn write_lines(sink: &Sink, mut out: Box<dyn std::io::Write + Send>) {
             pending.asleep = false;
             continue;
         }
+        drop(pending);
+        let mut output = sink.output.lock().unwrap_or_else(|e| e.into_inner());
+        pending = sink.pending.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::swap(&mut pending.bytes, &mut spare);
         pending.writing = true;
         drop(pending);
-        let _ = out.write_all(&spare);
+        let _ = output.write_all(&spare);
+        drop(output);
         spare.clear();
         pending = sink.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.writing = false;
@@ -489,6 +535,20 @@ mod tests {
             assert_eq!(numbers, (0..2_000).collect::<Vec<_>>(), "thread {t}: every line, in order");
         }
         assert_eq!(text.lines().count(), 8_000);
+        // Lines taken out by `write_now` keep their place in the order.
+        let sink = LogSink::to(Box::new(written.clone()));
+        written.0.lock().unwrap().clear();
+        for i in 0..1_000 {
+            std::io::Write::write_all(&mut sink.make_writer(), format!("{i}\n").as_bytes()).unwrap();
+            if i % 7 == 0 {
+                sink.write_now();
+                let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+                assert_eq!(text.lines().last(), Some(i.to_string().as_str()), "line {i} written at once");
+            }
+        }
+        sink.flush();
+        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().map(|l| l.parse().unwrap()).collect::<Vec<usize>>(), (0..1_000).collect::<Vec<_>>());
         // After a flush, lines are not queued any more.
         std::io::Write::write_all(&mut sink.make_writer(), b"").unwrap();
         assert!(sink.lock().closed && sink.lock().bytes.is_empty());

@@ -37,6 +37,7 @@ fn init_logging(daemon: bool) -> Option<LogSink> {
     let builder = builder.with_ansi(false).event_format(LineFormat::default()).fmt_fields(LineFields);
     if daemon {
         let sink = LogSink::stderr();
+        sink.install();
         builder.with_writer(sink.clone()).init();
         Some(sink)
     } else {

@@ -194,6 +194,8 @@ impl Journal {
     }
 
     pub fn append(&mut self, record: &Done) -> std::io::Result<()> {
+        // The hook's `log` lines go first: a crash that keeps this record keeps them too.
+        crate::logline::write_pending();
         if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
                 fs::create_dir_all(dir)?;
