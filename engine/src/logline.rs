@@ -194,7 +194,12 @@ static INSTALLED: std::sync::OnceLock<LogSink> = std::sync::OnceLock::new();
 /// in a crash that keeps the record. Nothing to do when no [`LogSink`] is installed.
 pub fn write_pending() {
     if let Some(sink) = INSTALLED.get() {
-        if !sink.lock().bytes.is_empty() {
+        let pending = sink.lock();
+        // Lines the writer thread has taken but not yet written count too: `write_now` waits
+        // for them (the writer holds the output lock from taking them until they are written).
+        let waiting = !pending.bytes.is_empty() || pending.writing;
+        drop(pending);
+        if waiting {
             sink.write_now();
         }
     }
@@ -250,6 +255,11 @@ impl std::io::Write for SinkWriter<'_> {
         }
         while pending.bytes.len() > SINK_LIMIT && !pending.closed {
             pending = self.sink.shared.written.wait(pending).unwrap_or_else(|e| e.into_inner());
+        }
+        if pending.closed {
+            // Closed while this waited: the writer may be gone.
+            drop(pending);
+            return std::io::stderr().write(bytes);
         }
         pending.bytes.extend_from_slice(bytes);
         if pending.asleep {
