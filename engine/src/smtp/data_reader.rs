@@ -79,16 +79,20 @@ impl DataReader {
             let byte = input[i];
             i += 1;
             if self.step(byte) {
-                let outcome = DataOutcome {
-                    body: std::mem::take(&mut self.body),
-                    size: self.size,
-                    oversize: self.size > self.max_size,
-                    bare_line_ending: self.bare,
-                };
-                return Some((outcome, i));
+                return Some((self.outcome(), i));
             }
         }
         None
+    }
+
+    /// What was read, once `<CRLF>.<CRLF>` arrived.
+    fn outcome(&mut self) -> DataOutcome {
+        DataOutcome {
+            body: std::mem::take(&mut self.body),
+            size: self.size,
+            oversize: self.size > self.max_size,
+            bare_line_ending: self.bare,
+        }
     }
 
     /// One byte; true when it completed `<CRLF>.<CRLF>`.
@@ -280,13 +284,7 @@ mod tests {
         let mut reader = DataReader::new(max);
         for (i, &b) in input.iter().enumerate() {
             if reader.step(b) {
-                let outcome = DataOutcome {
-                    body: std::mem::take(&mut reader.body),
-                    size: reader.size,
-                    oversize: reader.size > reader.max_size,
-                    bare_line_ending: reader.bare,
-                };
-                return Some((outcome, i + 1));
+                return Some((reader.outcome(), i + 1));
             }
         }
         None
