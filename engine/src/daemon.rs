@@ -20,7 +20,7 @@ use crate::deliver::{self, Deliverer, DeliveryTarget};
 use crate::fetch::{self, AccountTasks, FetchDeps};
 use crate::outbound::{Outbound, Settings as OutboundSettings, Transport};
 use crate::script::{watch as script_watch, ScriptHost};
-use crate::smtp::{self, Shared};
+use crate::smtp::{self, runtime::SessionThreads, Shared};
 use crate::spool::Spool;
 
 /// Segments in flight between the spool writer and the deliverer.
@@ -99,16 +99,25 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         tls: arc_swap::ArcSwapOption::new(tls),
         auth_failures: Default::default(),
     });
+    let session_threads =
+        SessionThreads::start(smtp::runtime::default_count()).context("cannot start the SMTP session threads")?;
     let mut listeners = Vec::new();
-    for addr in &config.smtp.listen {
+    let plain = config.smtp.listen.iter().map(|a| (a, false));
+    for (addr, implicit_tls) in plain.chain(config.smtp.tls_listen.iter().map(|a| (a, true))) {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        tracing::info!(addr = %listener.local_addr().unwrap_or(*addr), "SMTP listening");
-        listeners.push(tokio::spawn(smtp::serve(listener, shared.clone(), false)));
-    }
-    for addr in &config.smtp.tls_listen {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        tracing::info!(addr = %listener.local_addr().unwrap_or(*addr), "SMTP (implicit TLS) listening");
-        listeners.push(tokio::spawn(smtp::serve(listener, shared.clone(), true)));
+        let kind = if implicit_tls { "SMTP (implicit TLS) listening" } else { "SMTP listening" };
+        tracing::info!(addr = %listener.local_addr().unwrap_or(*addr), "{kind}");
+        let listener = listener.into_std().with_context(|| format!("listening on {addr}"))?;
+        for handle in session_threads.handles() {
+            let (listener, shared) =
+                (listener.try_clone().with_context(|| format!("listening on {addr}"))?, shared.clone());
+            listeners.push(handle.spawn(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => smtp::serve(listener, shared, implicit_tls).await,
+                    Err(e) => tracing::error!(error = %e, "cannot accept on a session thread"),
+                }
+            }));
+        }
     }
     tracing::info!(
         config = %loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
@@ -151,7 +160,9 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     if tokio::time::timeout(grace, connections.acquire_many(all)).await.is_err() {
         tracing::warn!(grace = ?grace, "sessions still open after the grace period; their messages were not acknowledged");
     }
-    // Dropping the last spool handle stops the writer; the deliverer then drains and stops.
+    // Sessions past the grace go with their threads; dropping the last spool handle then stops
+    // the writer, and the deliverer drains and stops.
+    let _ = tokio::task::spawn_blocking(move || session_threads.stop()).await;
     drop(shared);
     if tokio::time::timeout(grace, deliverer).await.is_err() {
         tracing::warn!("deliveries still running at exit: they resume from the spool on next start");

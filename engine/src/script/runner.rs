@@ -55,6 +55,36 @@ pub fn run<R>(may_block: bool, inline: impl FnOnce(Instant) -> Option<R>, thread
     tokio::task::block_in_place(threaded)
 }
 
+/// [`run`] for a caller that can await (an SMTP session, on any runtime flavour): the pure hook
+/// inline on the leash first, and where that is not possible or ran out, `threaded` on a
+/// blocking-pool thread while the session's task waits — its thread goes on with the other
+/// sessions. A session thread is a current-thread runtime (see [`crate::smtp::runtime`]),
+/// where `block_in_place` does not exist.
+/// `threaded` makes the call to send away (it owns what it needs), only when one is needed.
+pub async fn run_async<R: Send + 'static, T: FnOnce() -> R + Send + 'static>(
+    may_block: bool,
+    inline: impl FnOnce(Instant) -> Option<R>,
+    threaded: impl FnOnce() -> T,
+) -> R {
+    if !may_block {
+        if let Some(result) = inline(Instant::now() + INLINE_LEASH) {
+            return result;
+        }
+        tracing::debug!(
+            leash_ms = INLINE_LEASH.as_millis() as u64,
+            "hook outran its inline leash; running it on its own thread"
+        );
+    }
+    match tokio::task::spawn_blocking(threaded()).await {
+        Ok(result) => result,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Cancelled: only when the runtime shuts down, which drops this task too.
+            Err(_) => std::future::pending().await,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +100,23 @@ mod tests {
             assert_eq!(run(false, |_| Some("inline"), || "threaded"), "inline");
         });
         assert_eq!(run(false, |_| Some("inline"), || "threaded"), "threaded");
+    }
+
+    #[test]
+    fn async_inline_first_then_on_a_blocking_thread() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let caller = std::thread::current().id();
+        runtime.block_on(async {
+            let on = |may_block, inline: Option<()>| {
+                run_async(
+                    may_block,
+                    move |_| inline.map(|_| std::thread::current().id()),
+                    || || std::thread::current().id(),
+                )
+            };
+            assert_eq!(on(false, Some(())).await, caller, "a pure hook that finished runs inline");
+            assert_ne!(on(false, None).await, caller, "past the leash: another thread");
+            assert_ne!(on(true, Some(())).await, caller, "a hook that may block: another thread");
+        });
     }
 }

@@ -227,9 +227,29 @@ impl ScriptSet {
             |leash| self.call_leashed(stage, ctx, msg, id, Some(leash)),
             || self.call(stage, ctx, msg, id),
         );
-        for line in &decision.logs {
-            tracing::info!(target: "mailflow::script", file = %line.file, stage = %stage, id, "{}", line.text);
-        }
+        log_lines(&decision, stage, id);
+        decision
+    }
+
+    /// [`Self::call_from_async`] for a caller that awaits (an SMTP session): a hook that may
+    /// block, or outran the leash, runs on a blocking-pool thread (see [`runner::run_async`]).
+    pub async fn call_awaited(
+        self: &Arc<Self>,
+        stage: Stage,
+        ctx: &ScriptCtx,
+        msg: Option<&MessageView>,
+        id: &str,
+    ) -> Decision {
+        let decision = runner::run_async(
+            self.any_file_of(stage, |f| f.may_block),
+            |leash| self.call_leashed(stage, ctx, msg, id, Some(leash)),
+            || {
+                let (set, ctx, msg, id) = (self.clone(), ctx.clone(), msg.cloned(), id.to_string());
+                move || set.call(stage, &ctx, msg.as_ref(), &id)
+            },
+        )
+        .await;
+        log_lines(&decision, stage, id);
         decision
     }
 
@@ -481,6 +501,13 @@ pub fn error_of(file: &str, e: &EvalAltResult) -> ScriptError {
 
 fn position(pos: Position) -> (usize, usize) {
     (pos.line().unwrap_or(0), pos.position().unwrap_or(0))
+}
+
+/// Writes the hooks' `log` lines of a call, once it is over.
+fn log_lines(decision: &Decision, stage: Stage, id: &str) {
+    for line in &decision.logs {
+        tracing::info!(target: "mailflow::script", file = %line.file, stage = %stage, id, "{}", line.text);
+    }
 }
 
 #[cfg(test)]

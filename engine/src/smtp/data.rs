@@ -107,7 +107,7 @@ impl Session {
         let mut context = self.context("");
         context.sender = tx.sender.clone();
         context.recipients = tx.recipients.clone();
-        let decision = self.run_stage_for(Stage::Data, context, Some(&view), &id);
+        let decision = self.run_stage_for(Stage::Data, context, Some(&view), &id).await;
         if let Some(reply) = decision.refusal() {
             return reply;
         }

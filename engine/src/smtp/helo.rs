@@ -5,13 +5,13 @@ use super::session::{Flow, Session};
 use crate::script::Stage;
 
 impl Session {
-    pub(super) fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
+    pub(super) async fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
         // A new greeting resets any transaction (RFC 5321 §4.1.4).
         self.tx = None;
         self.scripts = self.shared.scripts.current();
         let mut context = self.context("");
         context.helo = host.clone();
-        let decision = self.run_stage(Stage::Helo, context, None);
+        let decision = self.run_stage(Stage::Helo, context, None).await;
         if let Some(reply) = decision.refusal() {
             self.reply(reply);
             return Flow::Continue;

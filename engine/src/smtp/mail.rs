@@ -11,7 +11,7 @@ use super::session::{Flow, Session, Transaction};
 use crate::script::Stage;
 
 impl Session {
-    pub(super) fn handle_mail(&mut self, from: MailFrom<String>, raw: &str) -> Flow {
+    pub(super) async fn handle_mail(&mut self, from: MailFrom<String>, raw: &str) -> Flow {
         if self.helo.is_none() {
             self.reply(Reply::new(503, "5.5.1", "Send HELO/EHLO first"));
             return Flow::Continue;
@@ -48,7 +48,7 @@ impl Session {
             }
         };
         self.tx = Some(Transaction { sender, utf8, ..Transaction::default() });
-        let decision = self.run_stage(Stage::MailFrom, self.context(""), None);
+        let decision = self.run_stage(Stage::MailFrom, self.context(""), None).await;
         if let Some(reply) = decision.refusal() {
             self.tx = None;
             self.reply(reply);

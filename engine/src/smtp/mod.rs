@@ -20,6 +20,7 @@ pub mod mail;
 pub mod rcpt;
 pub mod received;
 pub mod reply;
+pub mod runtime;
 pub mod session;
 pub mod starttls;
 pub mod tls;

@@ -10,7 +10,7 @@ use super::session::{Flow, Session};
 use crate::script::Stage;
 
 impl Session {
-    pub(super) fn handle_rcpt(&mut self, to: RcptTo<String>, raw: &str) -> Flow {
+    pub(super) async fn handle_rcpt(&mut self, to: RcptTo<String>, raw: &str) -> Flow {
         let Some(tx) = self.tx.as_ref() else {
             self.reply(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
             return Flow::Continue;
@@ -43,7 +43,7 @@ impl Session {
                 }
             }
         };
-        let decision = self.run_stage(Stage::RcptTo, self.context(&rcpt), None);
+        let decision = self.run_stage(Stage::RcptTo, self.context(&rcpt), None).await;
         if let Some(reply) = decision.refusal() {
             self.reply(reply);
             return Flow::Continue;

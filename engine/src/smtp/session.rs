@@ -124,7 +124,7 @@ impl Session {
 
     async fn serve(&mut self) -> std::io::Result<()> {
         let hostname = self.config.smtp.hostname.clone();
-        let decision = self.run_stage(Stage::Connect, self.context(""), None);
+        let decision = self.run_stage(Stage::Connect, self.context(""), None).await;
         match decision.verdict {
             Some(Verdict::Tempfail { .. }) => {
                 if let Some(reply) = decision.refusal_at(Stage::Connect) {
@@ -186,10 +186,10 @@ impl Session {
         };
         tracing::trace!(command = request.name(), "command");
         let flow = match request {
-            Request::Ehlo { host } => self.handle_helo(host, true),
-            Request::Helo { host } => self.handle_helo(host, false),
-            Request::Mail { from } => self.handle_mail(from, &raw),
-            Request::Rcpt { to } => self.handle_rcpt(to, &raw),
+            Request::Ehlo { host } => self.handle_helo(host, true).await,
+            Request::Helo { host } => self.handle_helo(host, false).await,
+            Request::Mail { from } => self.handle_mail(from, &raw).await,
+            Request::Rcpt { to } => self.handle_rcpt(to, &raw).await,
             Request::Data => self.handle_data().await?,
             Request::StartTls => self.handle_starttls().await?,
             Request::Auth { mechanism, initial_response } => self.handle_auth(mechanism, initial_response).await?,
@@ -336,17 +336,17 @@ impl Session {
 
     /// Runs a stage's scripts. Hooks are synchronous and may run up to `timeout_ms`; where they
     /// run (inline or on their own thread) is the script runner's choice.
-    pub(super) fn run_stage(
+    pub(super) async fn run_stage(
         &self,
         stage: Stage,
         context: Context,
         msg: Option<&crate::message::MessageView>,
     ) -> Decision {
-        self.run_stage_for(stage, context, msg, &self.id)
+        self.run_stage_for(stage, context, msg, &self.id).await
     }
 
     /// [`Self::run_stage`] with log lines tagged `id` (the message's queue id at `data`).
-    pub(super) fn run_stage_for(
+    pub(super) async fn run_stage_for(
         &self,
         stage: Stage,
         context: Context,
@@ -357,7 +357,7 @@ impl Session {
             return Decision::default();
         }
         let ctx = ScriptCtx::new(context);
-        let decision = self.scripts.call_from_async(stage, &ctx, msg, id);
+        let decision = self.scripts.call_awaited(stage, &ctx, msg, id).await;
         if let Some(error) = &decision.error {
             tracing::warn!(stage = %stage, error = %error, "script error");
         }
