@@ -227,6 +227,22 @@ def test_exec_hang_hits_timeout(daemon):
     assert out.stdout.strip() == ""
 
 
+def test_exec_hang_holds_only_its_own_session(daemon):
+    """A hook blocked in a plugin call waits on a thread of its own: the sessions sharing its
+    session thread (one per two cores) are answered meanwhile."""
+    d = daemon(scripts={"10-exec.rhai": EXEC_SCRIPT}, extra=EXEC_CONFIG)
+    with ThreadPoolExecutor(3) as pool:
+        hangs = [pool.submit(send_expect_code, d.port, "hang") for _ in range(2)]
+        time.sleep(0.15)  # both hooks are in `sleep 30` now
+        start = time.monotonic()
+        assert send_expect_code(d.port, "plain") == 250
+        elapsed = time.monotonic() - start
+        assert [h.result(timeout=10) for h in hangs] == [451, 451]
+    # The exec timeout is 400 ms: a session held behind a hung hook would take longer.
+    assert elapsed < 0.3, elapsed
+    assert len(d.messages("me@example.org")) == 1
+
+
 def test_exec_unknown_command_is_script_error(daemon):
     d = daemon(scripts={"10-exec.rhai": EXEC_SCRIPT}, extra=EXEC_CONFIG)
     assert send_expect_code(d.port, "unknown") == 451
