@@ -47,9 +47,16 @@ const SHRINK_ABOVE: u64 = 8 * 1024 * 1024;
 #[derive(Debug)]
 pub struct Pool {
     dir: PathBuf,
-    free: Mutex<Vec<u64>>,
+    free: Mutex<Vec<FreeSlot>>,
     next_index: AtomicU64,
     next_seq: AtomicU64,
+}
+
+/// A free slot: its number and the size of its file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FreeSlot {
+    index: u64,
+    size: u64,
 }
 
 /// A slot that holds a durable segment until [`SlotRef::release`].
@@ -57,6 +64,11 @@ pub struct Pool {
 pub struct SlotRef {
     pool: Arc<Pool>,
     index: u64,
+    /// The file as the write opened it and its size, kept for the release: the release then
+    /// needs no path lookup of its own. (The write opens by path every time, so a slot file
+    /// that went missing fails the write — a 451 — instead of going into an unlinked inode.)
+    /// `None` for a segment a previous run left: the release opens it.
+    written: Option<(File, u64)>,
 }
 
 impl Pool {
@@ -77,7 +89,7 @@ impl Pool {
             let Some(index) = name.to_str().and_then(parse_name) else { continue };
             max_index = max_index.max(Some(index));
             match read_slot(&entry.path()) {
-                Ok(Slot::Free) => free.push(index),
+                Ok(Slot::Free(size)) => free.push(FreeSlot { index, size }),
                 Ok(Slot::Live(seq, messages)) => {
                     max_seq = max_seq.max(seq);
                     found.push((seq, index, messages));
@@ -113,19 +125,19 @@ impl Pool {
             let file = OpenOptions::new().write(true).create_new(true).open(pool.path(index))?;
             file.write_all_at(&[0u8; PREWARM_SIZE], 0)?;
             file.sync_data()?;
-            free.push(index);
+            free.push(FreeSlot { index, size: PREWARM_SIZE as u64 });
         }
         // Always: a slot a previous run created just before a crash may have a name that is
         // not durable yet, and reusing it needs only `fdatasync` from now on.
         File::open(&pool.dir)?.sync_all()?;
         // Lowest index last: it is popped first, so a quiet daemon keeps reusing one file.
-        free.sort_unstable_by(|a, b| b.cmp(a));
+        free.sort_unstable_by(|a, b| b.index.cmp(&a.index));
         *pool.lock_free() = free;
         found.sort_unstable_by_key(|(seq, _, _)| *seq);
         let segments = found
             .into_iter()
             .map(|(_, index, messages)| Segment {
-                origin: Origin::Slot(SlotRef { pool: pool.clone(), index }),
+                origin: Origin::Slot(SlotRef { pool: pool.clone(), index, written: None }),
                 messages,
             })
             .collect();
@@ -147,12 +159,12 @@ impl Pool {
         buf[24..28].copy_from_slice(&crc.to_le_bytes());
 
         let reused = self.lock_free().pop();
-        let (index, fresh) = match reused {
-            Some(index) => (index, false),
-            None => (self.next_index.fetch_add(1, Ordering::Relaxed), true),
+        let (index, fresh, size) = match reused {
+            Some(slot) => (slot.index, false, slot.size),
+            None => (self.next_index.fetch_add(1, Ordering::Relaxed), true, 0),
         };
         match self.write_slot(index, fresh, &buf) {
-            Ok(()) => Ok(SlotRef { pool: self.clone(), index }),
+            Ok(file) => Ok(SlotRef { pool: self.clone(), index, written: Some((file, size.max(buf.len() as u64))) }),
             Err(e) => {
                 // The client hears 451; make sure a restart does not deliver it anyway.
                 if let Ok(file) = OpenOptions::new().write(true).open(self.path(index)) {
@@ -168,21 +180,21 @@ impl Pool {
         }
     }
 
-    fn write_slot(&self, index: u64, fresh: bool, buf: &[u8]) -> std::io::Result<()> {
+    fn write_slot(&self, index: u64, fresh: bool, buf: &[u8]) -> std::io::Result<File> {
         let file = OpenOptions::new().write(true).create_new(fresh).open(self.path(index))?;
         file.write_all_at(buf, 0)?;
         file.sync_data()?;
         if fresh {
             File::open(&self.dir)?.sync_all()?;
         }
-        Ok(())
+        Ok(file)
     }
 
     fn path(&self, index: u64) -> PathBuf {
         self.dir.join(format!("slot-{index:010}"))
     }
 
-    fn lock_free(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+    fn lock_free(&self) -> std::sync::MutexGuard<'_, Vec<FreeSlot>> {
         self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -191,22 +203,29 @@ impl SlotRef {
     /// Frees the slot: zeroes its header (not synced, see the module doc) and hands it back
     /// for reuse.
     pub fn release(&self) -> std::io::Result<()> {
-        let path = self.pool.path(self.index);
-        let file = OpenOptions::new().write(true).open(&path)?;
+        let opened;
+        let (file, mut size) = match &self.written {
+            Some((file, size)) => (file, *size),
+            None => {
+                opened = OpenOptions::new().write(true).open(self.pool.path(self.index))?;
+                let size = opened.metadata()?.len();
+                (&opened, size)
+            }
+        };
         file.write_all_at(&[0u8; HEADER_LEN], 0)?;
-        if file.metadata()?.len() > SHRINK_ABOVE {
+        if size > SHRINK_ABOVE {
             // The size change is journaled and may reach the disk before the zeroed header:
             // sync the header first, or a crash leaves a header pointing past the end.
             file.sync_data()?;
             file.set_len(PREWARM_SIZE as u64)?;
+            size = PREWARM_SIZE as u64;
         }
-        drop(file);
         let mut free = self.pool.lock_free();
         if free.len() >= KEEP_FREE {
             drop(free);
-            return std::fs::remove_file(&path);
+            return std::fs::remove_file(self.pool.path(self.index));
         }
-        free.push(self.index);
+        free.push(FreeSlot { index: self.index, size });
         Ok(())
     }
 }
@@ -229,7 +248,8 @@ fn parse_name(name: &str) -> Option<u64> {
 
 /// What a slot file holds.
 enum Slot {
-    Free,
+    /// No segment; the file's size.
+    Free(u64),
     Live(u64, Vec<SpooledMessage>),
     /// A bad header, length or checksum: a write that a crash cut off.
     Torn(&'static str),
@@ -248,11 +268,11 @@ fn read_slot(path: &Path) -> Result<Slot, SpoolError> {
     let size = file.metadata()?.len();
     let mut header = [0u8; HEADER_LEN];
     if size < HEADER_LEN as u64 {
-        return Ok(Slot::Free);
+        return Ok(Slot::Free(size));
     }
     file.read_exact_at(&mut header, 0)?;
     if &header[..8] != MAGIC {
-        return Ok(Slot::Free);
+        return Ok(Slot::Free(size));
     }
     let field = |range: std::ops::Range<usize>| header[range].iter().rev().fold(0u64, |n, &b| n << 8 | u64::from(b));
     let (seq, len, crc) = (field(8..16), field(16..24), field(24..28) as u32);
@@ -297,6 +317,24 @@ mod tests {
         assert_eq!(found[0].messages[0].body.as_slice(), b"three\r\n");
         second.release().unwrap();
         assert!(live(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn segments_found_on_restart_are_released_by_path_and_big_slots_are_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = Pool::open(dir.path()).unwrap();
+        let big = pool.write(&[message("BIG", &vec![b'x'; SHRINK_ABOVE as usize + 1])]).unwrap();
+        let path = pool.path(big.index);
+        big.release().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), PREWARM_SIZE as u64, "cut back on release");
+        let kept = pool.write(&[message("KEPT", &vec![b'y'; SHRINK_ABOVE as usize + 1])]).unwrap();
+        assert_eq!(kept.index, big.index, "the freed slot is reused");
+        drop(pool);
+        let (_pool, found) = Pool::open(dir.path()).unwrap();
+        assert_eq!(found.len(), 1);
+        found[0].retire().unwrap();
+        assert!(live(dir.path()).is_empty());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), PREWARM_SIZE as u64);
     }
 
     #[test]
@@ -356,7 +394,7 @@ mod tests {
         let (pool, found) = Pool::open(dir.path()).unwrap();
         assert!(found.is_empty());
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "left as it was");
-        assert!(!pool.lock_free().contains(&0), "never handed out for reuse");
+        assert!(!pool.lock_free().iter().any(|f| f.index == 0), "never handed out for reuse");
         assert!(!dir.path().join(CORRUPT_FOLDER).exists());
     }
 
@@ -370,7 +408,7 @@ mod tests {
         assert!(pool.write(&[message("FAILS", b"x\r\n")]).is_err());
         let slot = pool.write(&[message("OK", b"y\r\n")]).unwrap();
         assert_ne!(slot.index, 0);
-        assert!(!pool.lock_free().contains(&0));
+        assert!(!pool.lock_free().iter().any(|f| f.index == 0));
     }
 
     #[test]
