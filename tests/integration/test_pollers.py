@@ -737,6 +737,8 @@ def test_ten_thousand_messages_filtered_end_to_end(daemon, dovecot, capsys):
               f"({total / elapsed:.0f} msg/s; mailflow CPU {cpu:.1f} s = {cpu * 1000 / total:.2f} ms/msg; "
               f"{'release' if 'release' in str(BIN) else 'debug'} build)")
     assert done() == total
+    # A backlog this long is fetched over two connections (the second read-only).
+    assert "fetch_connections=2" in d.log()
     assert dv.count("INBOX") == 5000
     assert dv.count("Lists.rust") == 3000
     assert dv.count("Shop") == 2000
