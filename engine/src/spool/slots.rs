@@ -131,7 +131,7 @@ impl Pool {
         // not durable yet, and reusing it needs only `fdatasync` from now on.
         File::open(&pool.dir)?.sync_all()?;
         // Lowest index last: it is popped first, so a quiet daemon keeps reusing one file.
-        free.sort_unstable_by(|a, b| b.index.cmp(&a.index));
+        free.sort_unstable_by_key(|slot| std::cmp::Reverse(slot.index));
         *pool.lock_free() = free;
         found.sort_unstable_by_key(|(seq, _, _)| *seq);
         let segments = found
