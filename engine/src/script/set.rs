@@ -245,7 +245,9 @@ impl ScriptSet {
             |leash| self.call_leashed(stage, ctx, msg, id, Some(leash)),
             || {
                 let (set, ctx, msg, id) = (self.clone(), ctx.clone(), msg.cloned(), id.to_string());
-                move || set.call(stage, &ctx, msg.as_ref(), &id)
+                // What the call logs stays in the session's span on the other thread too.
+                let span = tracing::Span::current();
+                move || span.in_scope(|| set.call(stage, &ctx, msg.as_ref(), &id))
             },
         )
         .await;
