@@ -58,7 +58,7 @@ class PortTaken(Exception):
 class Dovecot:
     """One private Dovecot instance. `users` maps user name → password."""
 
-    def __init__(self, users=None):
+    def __init__(self, users=None, imap_connections=50):
         if not os.path.exists(DOVECOT):
             pytest.fail("dovecot is missing: run test.sh, which installs dovecot-imapd and dovecot-pop3d")
         self.login_user, self.uid, self.gid = _account()
@@ -69,6 +69,7 @@ class Dovecot:
         self.imap_port = free_port()
         self.pop3_port = free_port()
         self.users = dict(users or {"me": "secret"})
+        self.imap_connections = imap_connections
         self.instance = f"mfdv-{self.dir.name}"
         self.config_path = self.dir / "dovecot.conf"
         self.log_path = self.dir / "dovecot.log"
@@ -147,7 +148,7 @@ class Dovecot:
               chroot =
             }}
             protocol imap {{
-              mail_max_userip_connections = 50
+              mail_max_userip_connections = {self.imap_connections}
             }}
             protocol pop3 {{
               mail_max_userip_connections = 50
@@ -407,12 +408,12 @@ def quote(mailbox):
 
 @pytest.fixture
 def dovecot():
-    """Factory: dovecot(users={"me": "secret", ...}) → a started private instance, stopped and
-    removed after the test."""
+    """Factory: dovecot(users={"me": "secret", ...}, imap_connections=50) → a started private
+    instance, stopped and removed after the test."""
     made = []
 
-    def factory(users=None):
-        d = Dovecot(users)
+    def factory(users=None, imap_connections=50):
+        d = Dovecot(users, imap_connections)
         made.append(d)
         return d.start()
 

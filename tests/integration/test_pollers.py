@@ -757,6 +757,23 @@ def test_ten_thousand_messages_filtered_end_to_end(daemon, dovecot, capsys):
     assert done() == total
 
 
+def test_a_server_allowing_one_connection_gets_the_backlog_over_one(daemon, dovecot):
+    """The second connection of a long fetch is a speed-up only: refused, the fetch goes on
+    over the first."""
+    total = 2500
+    dv = dovecot(imap_connections=1)
+    dv.seed(bulk_message(i) for i in range(total))
+    d = start(daemon, dv, {"10-rules.rhai": BULK_RULES}, [dv.account()])
+
+    def done():
+        return sum(int(n) for n in re.findall(r"batch done processed=(\d+)", d.log()))
+
+    assert wait_for(lambda: done() >= total, timeout=120, interval=0.1), done()
+    assert "fetch_connections=1" in d.log() and "fetch_connections=2" not in d.log()
+    d.stop()  # it holds the one connection the server allows
+    assert dv.count("Lists.rust") == 750 and dv.count("Shop") == 500 and dv.count("INBOX") == 1250
+
+
 def test_sigterm_during_a_large_run_stops_promptly(daemon, dovecot):
     dv = dovecot()
     dv.seed(bulk_message(i) for i in range(2000))

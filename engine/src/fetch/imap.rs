@@ -50,6 +50,8 @@ const APPLY_EVERY: usize = 10_000;
 /// New messages from which a second connection helps fetch them (see [`Poller::helper`]):
 /// below, its login costs more than it saves.
 const HELPER_FROM: usize = 2 * HEADER_BATCH;
+/// How long opening a helper connection may take: past it, the fetch goes on one connection.
+const HELPER_OPEN: Duration = Duration::from_secs(10);
 /// How long a helper connection's `LOGOUT` may take.
 const HELPER_LOGOUT: Duration = Duration::from_secs(5);
 /// IDLE is re-issued before the server's 30-minute limit (RFC 2177: 29 minutes).
@@ -390,6 +392,16 @@ impl Poller<'_> {
                         _ => Ok(Vec::new()),
                     }
                 });
+                // A helper that fails is dropped and its half fetched here: a server that will not
+                // serve a second connection must not stop the poller from getting anywhere.
+                let more = match more {
+                    Err(e) if fetches.is_ok() => {
+                        tracing::info!(error = %e, "helper connection failed; fetching on one connection");
+                        helper = None;
+                        fetch_uids(session, theirs, query).await
+                    }
+                    more => more,
+                };
                 let fetches = fetches.and_then(|mut fetches| {
                     fetches.extend(more?);
                     Ok(fetches)
@@ -440,7 +452,10 @@ impl Poller<'_> {
             timed(COMMAND_TIMEOUT, helper.examine(&self.server_mailbox)).await?;
             Ok::<_, ImapError>(helper)
         };
-        match opened.await {
+        match tokio::time::timeout(HELPER_OPEN, opened)
+            .await
+            .unwrap_or_else(|_| Err(ImapError::Other("timed out".into())))
+        {
             Ok(helper) => Some(helper),
             Err(e) => {
                 tracing::debug!(error = %e, "no helper connection for the fetch; fetching on one");
