@@ -233,6 +233,9 @@ impl ScriptSet {
 
     /// [`Self::call_from_async`] for a caller that awaits (an SMTP session): a hook that may
     /// block, or outran the leash, runs on a blocking-pool thread (see [`runner::run_async`]).
+    /// So does a hook that may read the body of a message over [`INLINE_BODY_LIMIT`]: parsing
+    /// it is one native call the leash cannot stop, and it would hold every session of the
+    /// thread meanwhile.
     pub async fn call_awaited(
         self: &Arc<Self>,
         stage: Stage,
@@ -241,7 +244,7 @@ impl ScriptSet {
         id: &str,
     ) -> Decision {
         let decision = runner::run_async(
-            self.any_file_of(stage, |f| f.may_block),
+            self.must_leave_the_session_thread(stage, msg),
             |leash| self.call_leashed(stage, ctx, msg, id, Some(leash)),
             || {
                 let (set, ctx, msg, id) = (self.clone(), ctx.clone(), msg.cloned(), id.to_string());
@@ -253,6 +256,12 @@ impl ScriptSet {
         .await;
         log_lines(&decision, stage, id);
         decision
+    }
+
+    /// Whether [`Self::call_awaited`] sends the call to the blocking pool at once.
+    fn must_leave_the_session_thread(&self, stage: Stage, msg: Option<&MessageView>) -> bool {
+        self.any_file_of(stage, |f| f.may_block)
+            || msg.is_some_and(|m| m.size() > INLINE_BODY_LIMIT) && self.stage_reads_body(stage)
     }
 
     /// Runs `stage` over the set. `id` tags log lines (session or message id). Never panics and
@@ -505,6 +514,10 @@ fn position(pos: Position) -> (usize, usize) {
     (pos.line().unwrap_or(0), pos.position().unwrap_or(0))
 }
 
+/// Largest message whose body a hook may parse inline on a session thread (mail-parser takes a
+/// few milliseconds per megabyte).
+pub const INLINE_BODY_LIMIT: usize = 256 * 1024;
+
 /// Writes the hooks' `log` lines of a call, once it is over.
 fn log_lines(decision: &Decision, stage: Stage, id: &str) {
     for line in &decision.logs {
@@ -532,6 +545,26 @@ mod tests {
             std::fs::write(path, text).unwrap();
         }
         dir
+    }
+
+    #[test]
+    fn hooks_that_may_block_or_parse_a_large_body_leave_the_session_thread() {
+        let body_reader =
+            folder(&[("10-b.rhai", "fn data(ctx, msg) { if msg.body_text.contains(\"x\") { reject(\"no\") } }")]);
+        let header_reader =
+            folder(&[("10-h.rhai", "fn data(ctx, msg) { if msg.subject == \"x\" { reject(\"no\") } }")]);
+        let body_reader = ScriptSet::compile(&config(body_reader.path()), None).unwrap();
+        let header_reader = ScriptSet::compile(&config(header_reader.path()), None).unwrap();
+        let message = |size: usize| {
+            let mut raw = b"Subject: x\r\n\r\n".to_vec();
+            raw.resize(size, b'a');
+            MessageView::new(Arc::new(raw))
+        };
+        let (small, large) = (message(INLINE_BODY_LIMIT), message(INLINE_BODY_LIMIT + 1));
+        assert!(!body_reader.must_leave_the_session_thread(Stage::Data, Some(&small)));
+        assert!(body_reader.must_leave_the_session_thread(Stage::Data, Some(&large)));
+        assert!(!header_reader.must_leave_the_session_thread(Stage::Data, Some(&large)));
+        assert!(!body_reader.must_leave_the_session_thread(Stage::Data, None));
     }
 
     fn data(set: &ScriptSet) -> Decision {

@@ -7,9 +7,12 @@
 //! multi-thread runtime's session threads cost twice the floor's event loop
 //! (bench/results/findings.md, eleventh pass: 0.274 → 0.224 ms of server CPU per message).
 //! Everything else (pollers, outbound, the script watcher, signals, metrics) stays on the main
-//! runtime. A hook that may block, or outruns its inline leash, moves to the blocking pool
-//! while its session waits ([`crate::script::runner::run_async`]), so one slow hook never holds
-//! the other sessions of its thread for longer than the leash.
+//! runtime. A hook that may block, or outruns its inline leash, or may parse the body of a
+//! large message, moves to the blocking pool while its session waits
+//! ([`crate::script::ScriptSet::call_awaited`]). What still runs on the thread and the leash
+//! cannot stop: a native call inside a hook (header parsing, string work on a message of at
+//! most [`crate::script::set::INLINE_BODY_LIMIT`] bytes), TLS handshakes, and a log line when
+//! the log writer is over a megabyte behind.
 
 use std::io;
 use std::thread::JoinHandle;

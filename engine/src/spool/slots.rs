@@ -64,11 +64,11 @@ struct FreeSlot {
 pub struct SlotRef {
     pool: Arc<Pool>,
     index: u64,
-    /// The file as the write opened it and its size, kept for the release: the release then
-    /// needs no path lookup of its own. (The write opens by path every time, so a slot file
-    /// that went missing fails the write — a 451 — instead of going into an unlinked inode.)
-    /// `None` for a segment a previous run left: the release opens it.
-    written: Option<(File, u64)>,
+    /// The size of the file as the write left it, so the release needs no `statx`. `None` for
+    /// a segment a previous run left: the release asks the file. (The file itself is not kept
+    /// open: a segment whose delivery keeps failing is retried for as long as it takes, and an
+    /// open file per such segment would run the process out of descriptors.)
+    size: Option<u64>,
 }
 
 impl Pool {
@@ -137,7 +137,7 @@ impl Pool {
         let segments = found
             .into_iter()
             .map(|(_, index, messages)| Segment {
-                origin: Origin::Slot(SlotRef { pool: pool.clone(), index, written: None }),
+                origin: Origin::Slot(SlotRef { pool: pool.clone(), index, size: None }),
                 messages,
             })
             .collect();
@@ -164,7 +164,7 @@ impl Pool {
             None => (self.next_index.fetch_add(1, Ordering::Relaxed), true, 0),
         };
         match self.write_slot(index, fresh, &buf) {
-            Ok(file) => Ok(SlotRef { pool: self.clone(), index, written: Some((file, size.max(buf.len() as u64))) }),
+            Ok(()) => Ok(SlotRef { pool: self.clone(), index, size: Some(size.max(buf.len() as u64)) }),
             Err(e) => {
                 // The client hears 451; make sure a restart does not deliver it anyway.
                 if let Ok(file) = OpenOptions::new().write(true).open(self.path(index)) {
@@ -180,14 +180,14 @@ impl Pool {
         }
     }
 
-    fn write_slot(&self, index: u64, fresh: bool, buf: &[u8]) -> std::io::Result<File> {
+    fn write_slot(&self, index: u64, fresh: bool, buf: &[u8]) -> std::io::Result<()> {
         let file = OpenOptions::new().write(true).create_new(fresh).open(self.path(index))?;
         file.write_all_at(buf, 0)?;
         file.sync_data()?;
         if fresh {
             File::open(&self.dir)?.sync_all()?;
         }
-        Ok(file)
+        Ok(())
     }
 
     fn path(&self, index: u64) -> PathBuf {
@@ -203,14 +203,10 @@ impl SlotRef {
     /// Frees the slot: zeroes its header (not synced, see the module doc) and hands it back
     /// for reuse.
     pub fn release(&self) -> std::io::Result<()> {
-        let opened;
-        let (file, mut size) = match &self.written {
-            Some((file, size)) => (file, *size),
-            None => {
-                opened = OpenOptions::new().write(true).open(self.pool.path(self.index))?;
-                let size = opened.metadata()?.len();
-                (&opened, size)
-            }
+        let file = OpenOptions::new().write(true).open(self.pool.path(self.index))?;
+        let mut size = match self.size {
+            Some(size) => size,
+            None => file.metadata()?.len(),
         };
         file.write_all_at(&[0u8; HEADER_LEN], 0)?;
         if size > SHRINK_ABOVE {
@@ -220,6 +216,7 @@ impl SlotRef {
             file.set_len(PREWARM_SIZE as u64)?;
             size = PREWARM_SIZE as u64;
         }
+        drop(file);
         let mut free = self.pool.lock_free();
         if free.len() >= KEEP_FREE {
             drop(free);
