@@ -43,16 +43,25 @@ pub fn run<R>(may_block: bool, inline: impl FnOnce(Instant) -> Option<R>, thread
     if !multi_thread || MAY_BLOCK.get() {
         return threaded();
     }
-    if !may_block {
-        if let Some(result) = inline(Instant::now() + INLINE_LEASH) {
-            return result;
-        }
+    if let Some(result) = leashed(may_block, inline) {
+        return result;
+    }
+    tokio::task::block_in_place(threaded)
+}
+
+/// The hook inline on the leash, unless it may block; `None` when it did not finish there.
+fn leashed<R>(may_block: bool, inline: impl FnOnce(Instant) -> Option<R>) -> Option<R> {
+    if may_block {
+        return None;
+    }
+    let result = inline(Instant::now() + INLINE_LEASH);
+    if result.is_none() {
         tracing::debug!(
             leash_ms = INLINE_LEASH.as_millis() as u64,
             "hook outran its inline leash; running it on its own thread"
         );
     }
-    tokio::task::block_in_place(threaded)
+    result
 }
 
 /// [`run`] for a caller that can await (an SMTP session, on any runtime flavour): the pure hook
@@ -66,14 +75,8 @@ pub async fn run_async<R: Send + 'static, T: FnOnce() -> R + Send + 'static>(
     inline: impl FnOnce(Instant) -> Option<R>,
     threaded: impl FnOnce() -> T,
 ) -> R {
-    if !may_block {
-        if let Some(result) = inline(Instant::now() + INLINE_LEASH) {
-            return result;
-        }
-        tracing::debug!(
-            leash_ms = INLINE_LEASH.as_millis() as u64,
-            "hook outran its inline leash; running it on its own thread"
-        );
+    if let Some(result) = leashed(may_block, inline) {
+        return result;
     }
     match tokio::task::spawn_blocking(threaded()).await {
         Ok(result) => result,

@@ -218,9 +218,10 @@ impl ScriptSet {
         self.by_stage[stage as usize].iter().any(|&i| test(&self.files[i]))
     }
 
-    /// Runs `stage` on a runtime worker (the daemon): inline on a leash when every hook of the
-    /// stage is plain rhai, on a thread of its own otherwise (see [`runner`]); writes the
-    /// hooks' `log` lines once the call is over.
+    /// Runs `stage` from a caller that cannot await (the pollers' hook code, on the main
+    /// runtime or a blocking thread): inline on a leash when every hook of the stage is plain
+    /// rhai, on a thread of its own otherwise (see [`runner`]); writes the hooks' `log` lines
+    /// once the call is over. SMTP sessions use [`Self::call_awaited`].
     pub fn call_from_async(&self, stage: Stage, ctx: &ScriptCtx, msg: Option<&MessageView>, id: &str) -> Decision {
         let decision = runner::run(
             self.any_file_of(stage, |f| f.may_block),
