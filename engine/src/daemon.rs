@@ -30,6 +30,7 @@ const DELIVERY_QUEUE: usize = 64;
 pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let loaded_source = loaded.source.clone();
     let config = Arc::new(loaded.config);
+    crate::message::stored::BUDGET.set_cap(config.smtp.max_inflight_memory);
     if let Some(addr) = crate::prometheus::start(&config.metrics.listen).await? {
         tracing::info!(addr = %addr, "metrics listening at /metrics");
     }
@@ -200,6 +201,7 @@ async fn reload_config(source: &Option<std::path::PathBuf>, shared: &Shared) -> 
         tracing::warn!(setting = %setting, "config change needs a restart; the running value stays");
     }
     let config = Arc::new(reloaded.config);
+    crate::message::stored::BUDGET.set_cap(config.smtp.max_inflight_memory);
     shared.config.store(config.clone());
     tracing::info!("config reloaded");
     config

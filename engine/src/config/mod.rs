@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use duration::{serde_duration, serde_duration_list};
+use duration::{serde_duration, serde_duration_list, serde_size};
 
 /// The whole file. Every section is optional.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -48,6 +48,10 @@ pub struct SmtpConfig {
     /// recipients here (no open relay).
     pub local_domains: Vec<String>,
     pub max_message_size: usize,
+    /// Bytes of message data all sessions together may hold in memory (messages over 256 KB
+    /// are written to the spool as they arrive); past it a new DATA gets 451 4.3.1.
+    #[serde(with = "serde_size")]
+    pub max_inflight_memory: usize,
     pub max_recipients: usize,
     pub max_connections: usize,
     /// More `Received:` headers than this means a mail loop (RFC 5321 §6.3): 554 5.4.6.
@@ -80,6 +84,7 @@ impl Default for SmtpConfig {
             hostname,
             local_domains,
             max_message_size: 26_214_400,
+            max_inflight_memory: 256 * 1024 * 1024,
             max_recipients: 100,
             max_connections: 1000,
             max_received_headers: 100,

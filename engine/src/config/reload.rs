@@ -2,7 +2,7 @@
 //! for a restart.
 //!
 //! Taken at once (new connections see them; a session keeps the config it started with, as it
-//! keeps its scripts): the `[smtp]` policy — size and recipient limits, `max_received_headers`,
+//! keeps its scripts): the `[smtp]` policy — size, memory and recipient limits, `max_received_headers`,
 //! `auth_users`, `allow_plain_auth`, the certificate paths, timeouts, `shutdown_grace` — and
 //! `[scripts]` limits (`timeout_ms`, `max_operations`, `on_error`), and `[[accounts]]`.
 //! Everything else names a socket, a folder or a component built once at start (listeners,
@@ -48,6 +48,7 @@ pub fn merge(running: &Config, fresh: Config) -> Reloaded {
     let smtp = &mut config.smtp;
     let new = fresh.smtp;
     smtp.max_message_size = new.max_message_size;
+    smtp.max_inflight_memory = new.max_inflight_memory;
     smtp.max_recipients = new.max_recipients;
     smtp.max_received_headers = new.max_received_headers;
     smtp.auth_users = new.auth_users;

@@ -3,7 +3,6 @@
 //! each turned into an outbound queue entry — or suppressed, with the reason logged.
 
 use super::Deliverer;
-use crate::message::MessageView;
 use crate::outbound::autoreply::{self, Suppressed};
 use crate::outbound::EntryKind;
 use crate::script::Action;
@@ -36,12 +35,31 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
         }
     };
 
+    // A message file that cannot be read keeps the message in the spool for a retry.
+    let read_failed = std::cell::Cell::new(false);
+    // A large message is read from its file only for the actions that send it on.
+    let whole = std::cell::OnceCell::new();
+    let whole = || whole.get_or_init(|| message.whole()).as_ref().map_err(|e| e.to_string());
     let foreign: Vec<String> = envelope.recipients.iter().filter(|r| !target.is_local(r)).cloned().collect();
     if !foreign.is_empty() {
-        queue(EntryKind::Relay, &envelope.sender, &foreign, &message.body);
+        match whole() {
+            Ok(bytes) => queue(EntryKind::Relay, &envelope.sender, &foreign, bytes),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the message file; will retry");
+                read_failed.set(true);
+            }
+        }
     }
 
-    let view = MessageView::new(message.body.clone());
+    let view = match message.view() {
+        Ok(view) => view,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the message file; will retry");
+            drop(queue);
+            outcome.queued_ok = false;
+            return outcome;
+        }
+    };
     let loop_marker = target.hostname.to_ascii_lowercase();
     // Parsing the header block costs more than the rest of delivery: only when a forward asks.
     let looped = std::cell::OnceCell::new();
@@ -62,8 +80,16 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                     redirect_suppressed |= kind == EntryKind::Redirect;
                     continue;
                 }
+                let body = match whole() {
+                    Ok(body) => body,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the message file; will retry");
+                        read_failed.set(true);
+                        continue;
+                    }
+                };
                 let mut bytes = format!("X-Loop: {}\r\n", target.hostname).into_bytes();
-                bytes.extend_from_slice(&message.body);
+                bytes.extend_from_slice(body);
                 let sender = deliverer.forward_sender.clone().unwrap_or_else(|| envelope.sender.clone());
                 queue(kind, &sender, std::slice::from_ref(addr), &bytes);
             }
@@ -109,6 +135,8 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
             _ => {}
         }
     }
+    drop(queue);
+    outcome.queued_ok &= !read_failed.get();
     outcome.redirect_suppressed = redirect_suppressed;
     outcome
 }

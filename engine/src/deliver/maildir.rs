@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::message::stored::Tail;
+
 static DELIVERIES: AtomicU64 = AtomicU64::new(0);
 
 /// The Maildir root of `recipient` (`local@domain`) from the `[delivery] maildir` template.
@@ -129,7 +131,7 @@ fn syncfs(folder: &Path) -> std::io::Result<()> {
     rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
 }
 
-/// Writes `parts` (concatenated) as one message into `dir`, which must exist. With `flags`
+/// Writes `parts` (concatenated, then `tail` copied from its file) as one message into `dir`, which must exist. With `flags`
 /// (Maildir info letters, e.g. "FS") it goes to `cur/name:2,flags`, else to `new/`. Returns
 /// the final path once the file is fsynced and renamed into place; its folder is added to
 /// `pending`, whose [`SyncBatch::sync`] makes the name durable. Blocking.
@@ -137,10 +139,11 @@ pub fn write_message(
     dir: &Path,
     hostname: &str,
     parts: &[&[u8]],
+    tail: Option<&Tail>,
     flags: &str,
     pending: &mut SyncBatch,
 ) -> std::io::Result<PathBuf> {
-    let size: usize = parts.iter().map(|p| p.len()).sum();
+    let size: usize = parts.iter().map(|p| p.len()).sum::<usize>() + tail.map_or(0, |t| t.len as usize);
     let name = unique_name(hostname, size);
     let tmp = dir.join("tmp").join(&name);
     let (target_dir, final_name) =
@@ -162,6 +165,10 @@ pub fn write_message(
                 }
                 file.write_all(&pending.scratch)?;
             }
+        }
+        if let Some(tail) = tail {
+            // A large message: file to file, never whole in memory.
+            tail.copy_to(&mut file)?;
         }
         if deferred {
             // The folder must exist now: `sync` renames into it later.
@@ -225,8 +232,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         ensure(dir.path(), false).unwrap();
         let mut batch = SyncBatch::deferred();
-        let a = write_message(dir.path(), "h", &[b"a\r\n"], "", &mut batch).unwrap();
-        let b = write_message(dir.path(), "h", &[b"b\r\n"], "S", &mut batch).unwrap();
+        let a = write_message(dir.path(), "h", &[b"a\r\n"], None, "", &mut batch).unwrap();
+        let b = write_message(dir.path(), "h", &[b"b\r\n"], None, "S", &mut batch).unwrap();
         let count = |sub: &str| fs::read_dir(dir.path().join(sub)).unwrap().count();
         // Nothing a Maildir reader looks at yet: both wait, unsynced, in tmp/.
         assert_eq!((count("tmp"), count("new"), count("cur")), (2, 0, 0));
@@ -236,7 +243,7 @@ mod tests {
         assert_eq!(fs::read(b).unwrap(), b"b\r\n");
         // A batch that will not be synced leaves nothing behind.
         let mut dropped = SyncBatch::deferred();
-        write_message(dir.path(), "h", &[b"c"], "", &mut dropped).unwrap();
+        write_message(dir.path(), "h", &[b"c"], None, "", &mut dropped).unwrap();
         dropped.discard();
         assert_eq!((count("tmp"), count("new")), (0, 1));
     }
@@ -246,10 +253,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         ensure(dir.path(), false).unwrap();
         let mut pending = SyncBatch::default();
-        let path = write_message(dir.path(), "h", &[b"a: b\r\n", b"\r\nx\r\n"], "", &mut pending).unwrap();
+        let path = write_message(dir.path(), "h", &[b"a: b\r\n", b"\r\nx\r\n"], None, "", &mut pending).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"a: b\r\n\r\nx\r\n");
         assert!(path.parent().unwrap().ends_with("new"));
-        let seen = write_message(dir.path(), "h", &[b"x"], &info_flags(["\\Seen", "\\Flagged"]), &mut pending).unwrap();
+        let seen =
+            write_message(dir.path(), "h", &[b"x"], None, &info_flags(["\\Seen", "\\Flagged"]), &mut pending).unwrap();
         pending.sync().unwrap();
         assert!(seen.to_string_lossy().ends_with(":2,FS"));
         assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::message::stored::Tail;
 use crate::outbound::Outbound;
 use crate::script::apply;
 use crate::spool::{Segment, SpooledMessage};
@@ -66,7 +67,7 @@ impl DeliveryTarget {
         let root = maildir::root_for(&self.maildir_template, rcpt);
         let return_path = format!("Return-Path: <{sender}>\r\n");
         let mut pending = maildir::SyncBatch::default();
-        let mut paths = deliver_copies(self, &root, &[], &[return_path.as_bytes(), body], "", &mut pending)?;
+        let mut paths = deliver_copies(self, &root, &[], &[return_path.as_bytes(), body], None, "", &mut pending)?;
         pending.sync()?;
         Ok(paths.pop().unwrap_or(root))
     }
@@ -228,7 +229,12 @@ fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
         }
     }
     let mut rests = Vec::new();
-    for (origin, _, failed) in results {
+    for (origin, done, failed) in results {
+        // Delivered and synced: a large message's file is no longer needed (a replay of the
+        // segment after a crash finds it gone and knows the message was delivered).
+        for tail in done.iter().filter_map(|m| m.record.tail.as_ref()) {
+            crate::spool::large::remove(tail);
+        }
         let segment = Segment { origin, messages: failed };
         if segment.messages.is_empty() {
             if let Err(e) = segment.retire() {
@@ -245,6 +251,11 @@ fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
 fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mut maildir::SyncBatch) -> bool {
     let target = &deliverer.target;
     let record = &message.record;
+    if let Some(tail) = record.tail.as_ref().filter(|t| !t.path.exists()) {
+        // Files of large messages are removed only once delivered: this is a replay.
+        tracing::warn!(file = %tail.path.display(), "message file already removed: delivered before a restart");
+        return true;
+    }
     let folders = apply::folders(&record.actions);
     let flags = maildir::info_flags(apply::flags(&record.actions));
     let mut all_ok = true;
@@ -260,7 +271,15 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mu
             continue;
         }
         let root = maildir::root_for(&target.maildir_template, rcpt);
-        match deliver_copies(target, &root, &folders, &[return_path.as_bytes(), &message.body], &flags, pending) {
+        match deliver_copies(
+            target,
+            &root,
+            &folders,
+            &[return_path.as_bytes(), &message.body],
+            message.record.tail.as_ref(),
+            &flags,
+            pending,
+        ) {
             Ok(paths) => delivered.extend(paths),
             Err(e) => {
                 all_ok = false;
@@ -273,7 +292,7 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mu
         tracing::info!(
             sender = %record.envelope.sender,
             recipients = %record.envelope.recipients.join(","),
-            size = message.body.len(),
+            size = message.size(),
             files = delivered.len(),
             queued = outcome.queued,
             outcome = "delivered",
@@ -290,6 +309,7 @@ pub fn deliver_copies(
     root: &std::path::Path,
     folders: &[&str],
     parts: &[&[u8]],
+    tail: Option<&Tail>,
     flags: &str,
     pending: &mut maildir::SyncBatch,
 ) -> std::io::Result<Vec<PathBuf>> {
@@ -300,13 +320,13 @@ pub fn deliver_copies(
         let dir = maildir::folder_dir(root, folder);
         // Optimistic: the folders almost always exist, so write first and create them only
         // when the write finds one missing (saves six stat calls per delivery).
-        let path = match maildir::write_message(&dir, &target.hostname, parts, flags, pending) {
+        let path = match maildir::write_message(&dir, &target.hostname, parts, tail, flags, pending) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 maildir::ensure(root, false)?;
                 if dir != root {
                     maildir::ensure(&dir, true)?;
                 }
-                maildir::write_message(&dir, &target.hostname, parts, flags, pending)?
+                maildir::write_message(&dir, &target.hostname, parts, tail, flags, pending)?
             }
             other => other?,
         };

@@ -173,6 +173,7 @@ pub fn local_effects(
                 actions: outbound,
                 deliver_locally: false,
                 received_at: crate::spool::unix_now(),
+                tail: None,
             },
             body,
         };

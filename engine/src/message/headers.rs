@@ -60,6 +60,14 @@ pub fn body_offset(raw: &[u8]) -> usize {
     raw.len()
 }
 
+/// Like [`body_offset`], but `None` when `raw` holds no empty line (the header section may go
+/// on past it).
+pub fn block_end(raw: &[u8]) -> Option<usize> {
+    let end = body_offset(raw);
+    (end < raw.len() || raw.ends_with(b"\n\n") || raw.ends_with(b"\n\r\n") || raw.starts_with(b"\r\n") || raw == b"\n")
+        .then_some(end)
+}
+
 /// Each header field of the header section: (name, start, end), `end` past its last line
 /// (continuation lines included).
 pub fn fields(raw: &[u8]) -> Vec<(String, usize, usize)> {

@@ -6,6 +6,7 @@
 
 pub mod date;
 pub mod headers;
+pub mod stored;
 
 use std::sync::{Arc, OnceLock};
 
@@ -27,6 +28,15 @@ struct Inner {
     /// For a header-only view (an IMAP message fetched without its body): the full size the
     /// server reported. `None`: `raw` is the whole message.
     full_size: Option<usize>,
+    /// A large message kept in a file: `raw` is `prefix` and the header block; the whole
+    /// message is `prefix ++ tail`, loaded on first use.
+    spilled: Option<Spilled>,
+}
+
+struct Spilled {
+    prefix: Arc<Vec<u8>>,
+    tail: stored::Tail,
+    full: OnceLock<(Arc<Vec<u8>>, Option<stored::Held>)>,
 }
 
 /// The structured fields scripts read, each decoded by mail-parser on first use from that
@@ -81,6 +91,7 @@ impl MessageView {
                 body: OnceLock::new(),
                 flags,
                 full_size: None,
+                spilled: None,
             }),
         }
     }
@@ -96,12 +107,60 @@ impl MessageView {
                 body: OnceLock::new(),
                 flags,
                 full_size: Some(full_size),
+                spilled: None,
             }),
         }
     }
 
+    /// A large message kept in a file: `prefix ++ tail`. `head` is `prefix` followed by the
+    /// tail's header block (see [`stored::header_block`]): header reads never touch the rest.
+    pub fn spilled(prefix: Arc<Vec<u8>>, head: Arc<Vec<u8>>, tail: stored::Tail) -> MessageView {
+        let size = prefix.len() + tail.len as usize;
+        MessageView {
+            inner: Arc::new(Inner {
+                raw: head,
+                fields: OnceLock::new(),
+                structured: Structured::default(),
+                body: OnceLock::new(),
+                flags: Vec::new(),
+                full_size: Some(size),
+                spilled: Some(Spilled { prefix, tail, full: OnceLock::new() }),
+            }),
+        }
+    }
+
+    /// The whole message. For a message kept in a file this reads it into memory on first use
+    /// (counted in [`stored::BUDGET`] while the view lives); a read error gives the header
+    /// block alone, and is logged.
     pub fn raw(&self) -> &Arc<Vec<u8>> {
+        match &self.inner.spilled {
+            None => &self.inner.raw,
+            Some(spilled) => &spilled
+                .full
+                .get_or_init(|| {
+                    let held = stored::BUDGET.hold(spilled.prefix.len() + spilled.tail.len as usize);
+                    let mut whole = Vec::with_capacity(spilled.prefix.len() + spilled.tail.len as usize);
+                    match spilled.tail.write_with_prefix(&spilled.prefix, &mut whole) {
+                        Ok(()) => (Arc::new(whole), Some(held)),
+                        Err(e) => {
+                            tracing::error!(error = %e, file = %spilled.tail.path.display(), "cannot read the message file");
+                            (self.inner.raw.clone(), None)
+                        }
+                    }
+                })
+                .0,
+        }
+    }
+
+    /// The header part the view was built on: the whole message, except for a header-only or
+    /// a file-kept view, where it is the header block.
+    pub fn head(&self) -> &Arc<Vec<u8>> {
         &self.inner.raw
+    }
+
+    /// For a message kept in a file: the in-memory prefix and the file part.
+    pub fn file_parts(&self) -> Option<(&Arc<Vec<u8>>, &stored::Tail)> {
+        self.inner.spilled.as_ref().map(|s| (&s.prefix, &s.tail))
     }
 
     /// The message's size in bytes (the server's figure for a header-only view).
@@ -111,7 +170,7 @@ impl MessageView {
 
     /// Whether `raw` is only the header block (see [`MessageView::headers_only`]).
     pub fn is_headers_only(&self) -> bool {
-        self.inner.full_size.is_some()
+        self.inner.full_size.is_some() && self.inner.spilled.is_none()
     }
 
     pub fn flags(&self) -> &[String] {
@@ -162,7 +221,7 @@ impl MessageView {
 
     /// The decoded body, built on first call (a full MIME parse).
     pub fn body(&self) -> &Body {
-        self.inner.body.get_or_init(|| parse_body(&self.inner.raw))
+        self.inner.body.get_or_init(|| parse_body(self.raw()))
     }
 
     /// First value of header `name` (any case), unfolded; "" if absent.

@@ -9,9 +9,41 @@ use super::data_reader::{DataOutcome, DataReader};
 use super::received::Trace;
 use super::reply::Reply;
 use super::session::{Flow, ReadError, Session};
+use crate::message::stored::{self, Held, Tail, BUDGET, SPILL_AT};
 use crate::message::{headers, MessageView};
 use crate::script::{apply, Action, Stage, Verdict};
+use crate::spool::large::Staged;
 use crate::spool::{new_id, unix_now, Envelope, SpoolRecord};
+
+/// Where the bytes of a message being read went besides the reader's buffer.
+#[derive(Debug)]
+pub(super) enum Staging {
+    /// Nowhere: the message is small.
+    None,
+    /// Into a file of the spool.
+    File(Staged),
+    /// Writing the file failed: the rest is read and dropped, the answer is 451.
+    Failed(std::io::Error),
+}
+
+impl Staging {
+    /// Moves what the reader holds into the file (made on first use).
+    fn take_from(&mut self, reader: &mut DataReader, create: impl FnOnce() -> std::io::Result<Staged>) {
+        if matches!(self, Staging::None) {
+            *self = match create() {
+                Ok(staged) => Staging::File(staged),
+                Err(e) => Staging::Failed(e),
+            };
+        }
+        let result = match self {
+            Staging::File(staged) => reader.take_pending(staged),
+            _ => reader.take_pending(&mut std::io::sink()),
+        };
+        if let Err(e) = result {
+            *self = Staging::Failed(e);
+        }
+    }
+}
 
 impl Session {
     pub(super) async fn handle_data(&mut self) -> std::io::Result<Flow> {
@@ -26,10 +58,21 @@ impl Session {
             }
             Some(_) => {}
         }
+        if !BUDGET.has_room(SPILL_AT) {
+            tracing::warn!(in_memory = BUDGET.used(), "max_inflight_memory reached: DATA refused for now");
+            self.reply(Reply::new(
+                451,
+                "4.3.1",
+                "Insufficient system resources: too much mail in flight, try again later",
+            ));
+            return Ok(Flow::Continue);
+        }
         self.reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
         self.flush().await?;
-        let outcome = match self.read_data().await {
-            Ok(outcome) => outcome,
+        let id = new_id();
+        let mut held = BUDGET.hold(0);
+        let (outcome, staged) = match self.read_data(&id, &mut held).await {
+            Ok(read) => read,
             Err(ReadError::Io(e)) => return Err(e),
             Err(ReadError::Eof) => return Ok(Flow::Close),
             Err(ReadError::Timeout | ReadError::Shutdown) => {
@@ -41,16 +84,19 @@ impl Session {
         let Some(tx) = self.tx.take() else {
             return Ok(Flow::Continue);
         };
-        let id = new_id();
         let span = tracing::info_span!("message", id = %id);
-        let reply = self.finish_message(id, tx, outcome).instrument(span).await;
+        let reply = self.finish_message(id, tx, outcome, staged, &mut held).instrument(span).await;
         crate::prometheus::smtp_message(reply.code);
         self.reply(reply);
         Ok(Flow::Continue)
     }
 
-    async fn read_data(&mut self) -> Result<DataOutcome, ReadError> {
+    /// Reads the message. One over [`SPILL_AT`] goes to a file in the spool as it arrives
+    /// (`Staged`, or a write error that makes the answer a 451): the session never holds more
+    /// than a bounded buffer. `held` follows the memory the reader holds.
+    async fn read_data(&mut self, id: &str, held: &mut Held) -> Result<(DataOutcome, Staging), ReadError> {
         let mut reader = DataReader::new(self.config.smtp.max_message_size);
+        let mut staging = Staging::None;
         // Message data comes in bulk: room for a typical message in one read (bigger ones grow
         // the buffer as they come, see `fill`).
         self.inbuf_mut().reserve(16 * 1024);
@@ -60,16 +106,27 @@ impl Session {
             if !buffered.is_empty() {
                 if let Some((outcome, used)) = reader.feed(buffered) {
                     buffered.drain(..used);
-                    return Ok(outcome);
+                    return Ok((outcome, staging));
                 }
                 buffered.clear();
             }
+            if reader.pending() >= SPILL_AT {
+                staging.take_from(&mut reader, || self.shared.spool.stage(id));
+            }
+            held.set(reader.capacity());
             // A message in flight is finished even during shutdown (the grace period bounds it).
             self.fill(timeout, false).await?;
         }
     }
 
-    async fn finish_message(&mut self, id: String, tx: super::session::Transaction, outcome: DataOutcome) -> Reply {
+    async fn finish_message(
+        &mut self,
+        id: String,
+        tx: super::session::Transaction,
+        outcome: DataOutcome,
+        staging: Staging,
+        held: &mut Held,
+    ) -> Reply {
         let config = self.config.clone();
         if outcome.bare_line_ending {
             return Reply::new(554, "5.6.0", "Message contains bare CR or LF line endings; refused (RFC 5321 2.3.8)");
@@ -81,7 +138,33 @@ impl Session {
                 format!("Message size exceeds fixed limit of {} bytes", config.smtp.max_message_size),
             );
         }
-        let hops = headers::count(&outcome.body, "Received");
+        let mut staged = match staging {
+            Staging::None => None,
+            Staging::File(staged) => Some(staged),
+            Staging::Failed(e) => {
+                tracing::error!(error = %e, "cannot write the message file: message not accepted");
+                return Reply::new(451, "4.3.0", "Local error: message not stored, try again later");
+            }
+        };
+        if let Some(file) = &mut staged {
+            if let Err(e) = std::io::Write::write_all(file, &outcome.body) {
+                tracing::error!(error = %e, "cannot write the message file: message not accepted");
+                return Reply::new(451, "4.3.0", "Local error: message not stored, try again later");
+            }
+        }
+        // The header block: the message itself when small, its start when in a file.
+        let file_head = match &staged {
+            None => None,
+            Some(file) => match stored::header_block(&file.tail()) {
+                Ok(head) => Some(head),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the message file: message not accepted");
+                    return Reply::new(451, "4.3.0", "Local error: message not stored, try again later");
+                }
+            },
+        };
+        let header_part = file_head.as_ref().map_or(outcome.body.as_slice(), |(_, block)| block.as_slice());
+        let hops = headers::count(header_part, "Received");
         if hops > config.smtp.max_received_headers {
             tracing::warn!(hops, "mail loop suspected");
             return Reply::new(554, "5.4.6", format!("Too many hops ({hops} Received headers): mail loop?"));
@@ -98,12 +181,19 @@ impl Session {
             single_recipient: (tx.recipients.len() == 1).then(|| tx.recipients[0].as_str()),
         };
         let header = trace.header();
-        let mut body = Vec::with_capacity(header.len() + outcome.body.len());
-        body.extend_from_slice(header.as_bytes());
-        body.extend_from_slice(&outcome.body);
-        let body = Arc::new(body);
+        let mut head = Vec::with_capacity(header.len() + header_part.len());
+        head.extend_from_slice(header.as_bytes());
+        head.extend_from_slice(header_part);
+        let head = Arc::new(head);
+        held.set(held_size(&head, &outcome.body));
+        let tail = staged.as_ref().map(Staged::tail);
+        let view = match &tail {
+            None => MessageView::new(head.clone()),
+            Some(tail) => MessageView::spilled(Arc::new(header.into_bytes()), head.clone(), tail.clone()),
+        };
+        drop(outcome);
+        held.set(head.len());
 
-        let view = MessageView::new(body.clone());
         let mut context = self.context("");
         context.sender = tx.sender.clone();
         context.recipients = tx.recipients.clone();
@@ -117,11 +207,25 @@ impl Session {
         }
         let mut actions: Vec<Action> = tx.actions;
         actions.extend(decision.actions);
-        let edited = if actions.iter().any(Action::edits_message) {
-            Arc::new(apply::message_edits(&body, &actions))
-        } else {
-            body
+        let (stored, tail) = match edited(&view, tail, file_head.and_then(|(end, _)| end), &actions) {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the message file: message not accepted");
+                return Reply::new(451, "4.3.0", "Local error: message not stored, try again later");
+            }
         };
+        drop(view);
+        if let (Some(file), Some(_)) = (&staged, &tail) {
+            // The file and its name are on disk before the record that names them.
+            let synced = match file.syncer() {
+                Ok(sync) => tokio::task::spawn_blocking(sync).await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = synced {
+                tracing::error!(error = %e, "cannot sync the message file: message not accepted");
+                return Reply::new(451, "4.3.0", "Local error: message not stored, try again later");
+            }
+        }
         let recipients = apply::recipient_edits(&tx.recipients, &actions);
         let record = SpoolRecord {
             id: id.clone(),
@@ -136,10 +240,14 @@ impl Session {
             deliver_locally: !apply::redirected(&actions),
             actions: actions.into_iter().filter(|a| !a.edits_message()).collect(),
             received_at: unix_now(),
+            tail: tail.clone(),
         };
-        let size = edited.len();
-        match self.shared.spool.store(record, edited).await {
+        let size = stored.len() + tail.as_ref().map_or(0, |t| t.len as usize);
+        match self.shared.spool.store(record, stored).await {
             Ok(()) => {
+                if let (Some(file), Some(_)) = (staged, &tail) {
+                    file.keep();
+                }
                 tracing::info!(sender = %tx.sender, recipients = %recipients.join(","), size, outcome = "queued", "message accepted");
                 Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
             }
@@ -148,6 +256,44 @@ impl Session {
                 Reply::new(451, "4.3.0", "Local error: message not stored, try again later")
             }
         }
+    }
+}
+
+/// The memory a small message holds once read: the reader's bytes and the copy with the
+/// `Received:` header in front.
+fn held_size(head: &[u8], body: &[u8]) -> usize {
+    head.len() + body.len()
+}
+
+/// The message to store after the scripts' edits: the bytes kept in memory and, for a large
+/// message, the part that stays in its file. Header edits of a large message rewrite only its
+/// header block (`block_end` bytes into the file); a rewrite of the whole message, or a header
+/// block too large to find, reads it into memory.
+fn edited(
+    view: &MessageView,
+    tail: Option<Tail>,
+    block_end: Option<usize>,
+    actions: &[Action],
+) -> std::io::Result<(Arc<Vec<u8>>, Option<Tail>)> {
+    let edits = actions.iter().any(Action::edits_message);
+    match tail {
+        None if !edits => Ok((view.head().clone(), None)),
+        None => Ok((Arc::new(apply::message_edits(view.head(), actions)), None)),
+        Some(tail) if !edits => {
+            Ok((view.file_parts().map_or_else(|| view.head().clone(), |(p, _)| p.clone()), Some(tail)))
+        }
+        Some(tail) => match block_end {
+            Some(end) if !actions.iter().any(|a| matches!(a, Action::Rewrite { .. })) => {
+                Ok((Arc::new(apply::message_edits(view.head(), actions)), Some(tail.skip(end as u64))))
+            }
+            _ => {
+                let whole = view.raw();
+                if whole.len() != view.size() {
+                    return Err(std::io::Error::other("message file unreadable"));
+                }
+                Ok((Arc::new(apply::message_edits(whole, actions)), None))
+            }
+        },
     }
 }
 

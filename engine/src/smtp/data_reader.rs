@@ -26,7 +26,8 @@ enum LineState {
 /// What the reader found once the terminating `<CRLF>.<CRLF>` arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataOutcome {
-    /// The message with dot-stuffing undone; truncated when `oversize`.
+    /// The message with dot-stuffing undone (after what [`DataReader::take_pending`] took);
+    /// empty when `oversize`.
     pub body: Vec<u8>,
     /// Total size of the (unstuffed) message, counted even past the limit.
     pub size: usize,
@@ -155,16 +156,46 @@ impl DataReader {
 
     /// [`Self::push`] for a run of ordinary line bytes.
     fn push_run(&mut self, run: &[u8]) {
-        let room = self.max_size.saturating_sub(self.size);
-        self.body.extend_from_slice(&run[..run.len().min(room)]);
         self.size += run.len();
+        if self.size <= self.max_size {
+            self.body.extend_from_slice(run);
+        } else {
+            self.drop_body();
+        }
     }
 
     fn push(&mut self, byte: u8) {
         self.size += 1;
         if self.size <= self.max_size {
             self.body.push(byte);
+        } else {
+            self.drop_body();
         }
+    }
+
+    /// Past the size limit nothing read is kept: the message will be refused.
+    fn drop_body(&mut self) {
+        if self.body.capacity() > 0 {
+            self.body = Vec::new();
+        }
+    }
+
+    /// Bytes read and not yet taken with [`Self::take_pending`].
+    pub fn pending(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Takes the bytes read so far (the caller writes them to a file; the outcome then holds
+    /// only what came after). The buffer keeps its capacity.
+    pub fn take_pending(&mut self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.body)?;
+        self.body.clear();
+        Ok(())
+    }
+
+    /// The memory the reader holds.
+    pub fn capacity(&self) -> usize {
+        self.body.capacity()
     }
 }
 
@@ -331,7 +362,22 @@ mod tests {
         let (outcome, used) = reader.feed(b"0123456789abcdef\r\n.\r\nNOOP\r\n").unwrap();
         assert!(outcome.oversize);
         assert_eq!(outcome.size, 18);
-        assert_eq!(outcome.body.len(), 10);
+        assert!(outcome.body.is_empty(), "nothing past the limit is kept");
         assert_eq!(used, 21);
+    }
+
+    #[test]
+    fn taken_bytes_and_the_outcome_make_the_message() {
+        let input = b"Subject: x\r\n\r\n..line one\r\nline two\r\n.\r\n";
+        for split in 1..input.len() - 5 {
+            let mut reader = DataReader::new(1 << 20);
+            assert!(reader.feed(&input[..split]).is_none());
+            let mut taken = Vec::new();
+            reader.take_pending(&mut taken).unwrap();
+            assert_eq!(reader.pending(), 0);
+            let (outcome, _) = reader.feed(&input[split..]).unwrap();
+            taken.extend_from_slice(&outcome.body);
+            assert_eq!(taken, b"Subject: x\r\n\r\n.line one\r\nline two\r\n", "split {split}");
+        }
     }
 }

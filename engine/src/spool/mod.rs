@@ -9,6 +9,7 @@
 //! delivered. On start, every segment left in a slot is delivered again (a crash after the
 //! 250 loses nothing; it may deliver twice).
 
+pub mod large;
 mod segment;
 mod slots;
 mod writer;
@@ -19,6 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::message::stored::{self, Tail};
+use crate::message::MessageView;
 use crate::script::Action;
 
 pub use segment::{Origin, Segment};
@@ -49,13 +52,52 @@ pub struct SpoolRecord {
     pub deliver_locally: bool,
     /// Unix seconds when it was accepted.
     pub received_at: u64,
+    /// A large message: the part of it kept in a file of `large/` (the bytes stored with the
+    /// record are what comes before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<Tail>,
 }
 
 /// A record and its message bytes, as written and as handed to the deliverer.
 #[derive(Debug, Clone)]
 pub struct SpooledMessage {
     pub record: SpoolRecord,
+    /// The message; for a large one, the part before `record.tail`.
     pub body: Arc<Vec<u8>>,
+}
+
+impl SpooledMessage {
+    /// The message's size in bytes.
+    pub fn size(&self) -> usize {
+        self.body.len() + self.record.tail.as_ref().map_or(0, |t| t.len as usize)
+    }
+
+    /// The message as scripts and auto-replies see it (a large one is read from its file only
+    /// where the whole is needed).
+    pub fn view(&self) -> std::io::Result<MessageView> {
+        match &self.record.tail {
+            None => Ok(MessageView::new(self.body.clone())),
+            Some(tail) => {
+                let (_, block) = stored::header_block(tail)?;
+                let mut head = Vec::with_capacity(self.body.len() + block.len());
+                head.extend_from_slice(&self.body);
+                head.extend_from_slice(&block);
+                Ok(MessageView::spilled(self.body.clone(), Arc::new(head), tail.clone()))
+            }
+        }
+    }
+
+    /// The whole message in memory (a large one is read from its file).
+    pub fn whole(&self) -> std::io::Result<Arc<Vec<u8>>> {
+        match &self.record.tail {
+            None => Ok(self.body.clone()),
+            Some(tail) => {
+                let mut out = Vec::with_capacity(self.size());
+                tail.write_with_prefix(&self.body, &mut out)?;
+                Ok(Arc::new(out))
+            }
+        }
+    }
 }
 
 /// Errors of the spool; every one of them means "answer 451, do not answer 250".

@@ -117,6 +117,7 @@ pub(crate) mod tests {
                 actions: Vec::new(),
                 deliver_locally: true,
                 received_at: 1,
+                tail: None,
             },
             body: Arc::new(body.to_vec()),
         }

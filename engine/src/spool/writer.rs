@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::large::{self, Staged};
 use super::segment::{read_legacy, Origin, Segment};
 use super::slots::Pool;
 use super::{SpoolError, SpoolRecord, SpooledMessage};
@@ -36,13 +37,25 @@ impl Spool {
         let mut leftovers = legacy_segments(dir)?;
         let (pool, slots) = Pool::open(dir)?;
         leftovers.extend(slots);
+        let live =
+            leftovers.iter().flat_map(|s| &s.messages).filter_map(|m| m.record.tail.as_ref()).map(|t| t.path.clone());
+        let removed = large::remove_orphans(dir, &live.collect())?;
+        if removed > 0 {
+            tracing::info!(removed, "removed message files of sessions that never got their 250");
+        }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new().name("spool-writer".into()).spawn(move || run_writer(pool, rx, deliver))?;
         Ok((Spool { tx, dir: dir.to_path_buf() }, leftovers))
     }
 
-    /// Makes the message durable. `Ok` means it is fsynced in `incoming/`: only then may the
-    /// session answer 250.
+    /// A file in `large/` for a message too big to hold in memory while it arrives.
+    pub fn stage(&self, id: &str) -> std::io::Result<Staged> {
+        Staged::create(&self.dir, id)
+    }
+
+    /// Makes the message durable. `Ok` means it is fsynced in a spool slot (a large message's
+    /// file must have been synced before, see [`Staged::sync`]): only then may the session
+    /// answer 250.
     pub async fn store(&self, record: SpoolRecord, body: Arc<Vec<u8>>) -> Result<(), SpoolError> {
         let (done, wait) = oneshot::channel();
         self.tx
