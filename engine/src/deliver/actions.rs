@@ -55,7 +55,6 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
         Ok(view) => view,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the message file; will retry");
-            drop(queue);
             outcome.queued_ok = false;
             return outcome;
         }
@@ -135,7 +134,6 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
             _ => {}
         }
     }
-    drop(queue);
     outcome.queued_ok &= !read_failed.get();
     outcome.redirect_suppressed = redirect_suppressed;
     outcome
