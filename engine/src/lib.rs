@@ -11,7 +11,7 @@
 //! [`config`] reads `mailflow.toml`, [`message`] is the lazily parsed message every stage
 //! sees, [`daemon`] wires the stages together, [`prometheus`] counts what each stage did and
 //! serves it at `/metrics`, [`logline`] writes the log lines, and [`cli`] is the command line.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod config;

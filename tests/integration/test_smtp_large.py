@@ -200,3 +200,28 @@ def test_memory_does_not_grow_with_message_size(daemon):
     grown_mb = (peak_rss_kb(d.proc.pid) - before) / 1024
     assert grown_mb < 40, f"peak RSS grew by {grown_mb:.0f} MB for 64 MB in flight"
     assert all(os.path.getsize(p) > 8 * 1024 * 1024 for p in files)
+
+
+def test_large_forward_goes_out_byte_exact_and_leaves_no_file(daemon):
+    """A forward of a large message is copied from its spool file into the outbound queue and
+    sent from there: X-Loop + the stored bytes, dot-stuffed on the wire."""
+    from test_outbound import RawServer, outbound, unstuff
+
+    server = RawServer()
+    try:
+        d = daemon(scripts={"10-fwd.rhai": 'fn data(ctx, msg) { msg.forward("bob@far.example"); }'},
+                   extra=outbound(server.port))
+        msg = big_message(3 * 1024 * 1024, subject="forward me")
+        with RawClient(d.port, timeout=30) as c:
+            c.ehlo()
+            queue_id(c.send_mail("alice@remote.example", ["user@example.org"], msg))
+        (path,) = wait_files(d, "user@example.org", 1)
+        local = path.read_bytes()
+        local = local[local.index(b"\r\n") + 2 :]  # without Return-Path
+        (fwd,) = server.wait(1, timeout=30)
+        assert unstuff(fwd["wire"]) == b"X-Loop: mx.test.example\r\n" + local
+        assert fwd["rcpts"] == ["bob@far.example"]
+        assert wait_for(lambda: not large_files(d), timeout=10)
+        assert wait_for(lambda: not list((d.root / "data" / "queue").glob("*.msg")), timeout=10)
+    finally:
+        server.close()

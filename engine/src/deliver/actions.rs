@@ -3,6 +3,7 @@
 //! each turned into an outbound queue entry — or suppressed, with the reason logged.
 
 use super::Deliverer;
+use crate::message::stored::Tail;
 use crate::outbound::autoreply::{self, Suppressed};
 use crate::outbound::EntryKind;
 use crate::script::Action;
@@ -24,31 +25,23 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
     let envelope = &record.envelope;
     let target = &deliverer.target;
     let mut outcome = Outcome { queued_ok: true, queued: 0, redirect_suppressed: false };
-    let mut queue = |kind: EntryKind, sender: &str, rcpts: &[String], bytes: &[u8]| match deliverer
-        .outbound
-        .enqueue(kind, sender, rcpts, bytes, &record.id)
-    {
-        Ok(_) => outcome.queued += 1,
-        Err(e) => {
-            tracing::error!(error = %e, kind = ?kind, "cannot queue outbound mail; will retry");
-            outcome.queued_ok = false;
-        }
-    };
+    let mut queue =
+        |kind: EntryKind, sender: &str, rcpts: &[String], parts: &[&[u8]], tail: Option<&Tail>| match deliverer
+            .outbound
+            .enqueue_parts(kind, sender, rcpts, parts, tail, &record.id)
+        {
+            Ok(_) => outcome.queued += 1,
+            Err(e) => {
+                tracing::error!(error = %e, kind = ?kind, "cannot queue outbound mail; will retry");
+                outcome.queued_ok = false;
+            }
+        };
+    // A large message is copied from its file into the queue, never read into memory.
+    let tail = record.tail.as_ref();
 
-    // A message file that cannot be read keeps the message in the spool for a retry.
-    let read_failed = std::cell::Cell::new(false);
-    // A large message is read from its file only for the actions that send it on.
-    let whole = std::cell::OnceCell::new();
-    let whole = || whole.get_or_init(|| message.whole()).as_ref().map_err(|e| e.to_string());
     let foreign: Vec<String> = envelope.recipients.iter().filter(|r| !target.is_local(r)).cloned().collect();
     if !foreign.is_empty() {
-        match whole() {
-            Ok(bytes) => queue(EntryKind::Relay, &envelope.sender, &foreign, bytes),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the message file; will retry");
-                read_failed.set(true);
-            }
-        }
+        queue(EntryKind::Relay, &envelope.sender, &foreign, &[&message.body], tail);
     }
 
     let view = match message.view() {
@@ -79,18 +72,9 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                     redirect_suppressed |= kind == EntryKind::Redirect;
                     continue;
                 }
-                let body = match whole() {
-                    Ok(body) => body,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot read the message file; will retry");
-                        read_failed.set(true);
-                        continue;
-                    }
-                };
-                let mut bytes = format!("X-Loop: {}\r\n", target.hostname).into_bytes();
-                bytes.extend_from_slice(body);
+                let x_loop = format!("X-Loop: {}\r\n", target.hostname);
                 let sender = deliverer.forward_sender.clone().unwrap_or_else(|| envelope.sender.clone());
-                queue(kind, &sender, std::slice::from_ref(addr), &bytes);
+                queue(kind, &sender, std::slice::from_ref(addr), &[x_loop.as_bytes(), &message.body], tail);
             }
             Action::Reply(spec) => {
                 let Some(rcpt) = first_local.as_deref() else { continue };
@@ -99,7 +83,9 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                     Ok(()) => {
                         let from = autoreply::reply_from(spec, rcpt);
                         match autoreply::build(&view, &from, &envelope.sender, spec.subject.as_deref(), &spec.body) {
-                            Ok(bytes) => queue(EntryKind::Reply, "", std::slice::from_ref(&envelope.sender), &bytes),
+                            Ok(bytes) => {
+                                queue(EntryKind::Reply, "", std::slice::from_ref(&envelope.sender), &[&bytes], None)
+                            }
                             Err(e) => tracing::error!(error = %e, "cannot build the reply"),
                         }
                     }
@@ -125,7 +111,9 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                     Ok(()) => {
                         let from = spec.from.clone().unwrap_or_else(|| rcpt.to_string());
                         match autoreply::build(&view, &from, &envelope.sender, spec.subject.as_deref(), &spec.body) {
-                            Ok(bytes) => queue(EntryKind::Vacation, "", std::slice::from_ref(&envelope.sender), &bytes),
+                            Ok(bytes) => {
+                                queue(EntryKind::Vacation, "", std::slice::from_ref(&envelope.sender), &[&bytes], None)
+                            }
                             Err(e) => tracing::error!(error = %e, "cannot build the vacation notice"),
                         }
                     }
@@ -134,7 +122,6 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
             _ => {}
         }
     }
-    outcome.queued_ok &= !read_failed.get();
     outcome.redirect_suppressed = redirect_suppressed;
     outcome
 }

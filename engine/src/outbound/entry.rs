@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::message::stored::Tail;
+
 /// Why the entry exists: decides bounce and loop rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -70,10 +72,18 @@ pub fn msg_path(dir: &Path, id: &str) -> PathBuf {
 }
 
 fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    write_durable_with(dir, name, |file| file.write_all(bytes))
+}
+
+fn write_durable_with(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
         let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
+        write(&mut file)?;
         file.sync_all()?;
         fs::rename(&tmp, dir.join(name))
     })();
@@ -83,10 +93,19 @@ fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Stores a new entry and its message durably. Blocking.
-pub fn create(dir: &Path, entry: &QueueEntry, message: &[u8]) -> std::io::Result<()> {
+/// Stores a new entry and its message durably: `parts` then, for a large message, its file
+/// part copied file to file. Blocking.
+pub fn create(dir: &Path, entry: &QueueEntry, parts: &[&[u8]], tail: Option<&Tail>) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
-    write_durable(dir, &format!("{}.msg", entry.id), message)?;
+    write_durable_with(dir, &format!("{}.msg", entry.id), |file| {
+        for part in parts {
+            file.write_all(part)?;
+        }
+        match tail {
+            Some(tail) => tail.copy_to(file),
+            None => Ok(()),
+        }
+    })?;
     save(dir, entry)
 }
 

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::message::stored::Tail;
+
 pub use entry::{EntryKind, QueueEntry, RcptState, RcptStatus};
 pub use scheduler::Settings;
 pub use transport::{parse_relay, RelayUrl, Transport};
@@ -65,7 +67,23 @@ impl Outbound {
         message: &[u8],
         origin: &str,
     ) -> std::io::Result<String> {
-        let id = entry_id(kind, sender, recipients, message, origin);
+        let message = normalize::crlf(message);
+        self.enqueue_parts(kind, sender, recipients, &[&message], None, origin)
+    }
+
+    /// [`Outbound::enqueue`] for a message in parts: `parts` (CRLF line ends) and, for a large
+    /// message, the file part after them (CRLF by the DATA reader's rules), which is copied
+    /// file to file and never read into memory.
+    pub fn enqueue_parts(
+        &self,
+        kind: EntryKind,
+        sender: &str,
+        recipients: &[String],
+        parts: &[&[u8]],
+        tail: Option<&Tail>,
+        origin: &str,
+    ) -> std::io::Result<String> {
+        let id = entry_id(kind, sender, recipients, parts, tail, origin)?;
         if entry::exists(&self.dir, &id) {
             // The same action of the same message, carried out again after a crash (a spool
             // segment is replayed until it is removed): already queued, queue it once.
@@ -87,7 +105,7 @@ impl Outbound {
             last_error: String::new(),
             origin: origin.to_string(),
         };
-        entry::create(&self.dir, &entry, message)?;
+        entry::create(&self.dir, &entry, parts, tail)?;
         tracing::info!(queue_id = %id, origin = %origin, kind = ?kind, sender = %sender, recipients = %recipients.join(","), "queued for sending");
         let _ = self.wake.send(());
         Ok(id)
@@ -98,14 +116,34 @@ impl Outbound {
 /// so a replay after a crash finds the entry instead of queueing a second copy. Replies and
 /// vacation notices are built anew each time (fresh Date and Message-ID), so their bytes stay
 /// out of it. 16 hex digits, like spool ids.
-fn entry_id(kind: EntryKind, sender: &str, recipients: &[String], message: &[u8], origin: &str) -> String {
-    use std::hash::{Hash, Hasher};
+fn entry_id(
+    kind: EntryKind,
+    sender: &str,
+    recipients: &[String],
+    parts: &[&[u8]],
+    tail: Option<&Tail>,
+    origin: &str,
+) -> std::io::Result<String> {
+    use std::hash::Hasher;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (kind as u8, sender, recipients, origin).hash(&mut hasher);
+    std::hash::Hash::hash(&(kind as u8, sender, recipients, origin), &mut hasher);
     if !matches!(kind, EntryKind::Reply | EntryKind::Vacation) {
-        message.hash(&mut hasher);
+        for part in parts {
+            hasher.write(part);
+        }
+        if let Some(tail) = tail {
+            let mut reader = tail.reader()?;
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let n = std::io::Read::read(&mut reader, &mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.write(&chunk[..n]);
+            }
+        }
     }
-    format!("{:016X}", hasher.finish())
+    Ok(format!("{:016X}", hasher.finish()))
 }
 
 /// The delay before attempt number `attempts + 1`: the schedule, then its last interval.
