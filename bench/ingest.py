@@ -592,11 +592,14 @@ SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"
 # mailflow variants: name -> (scripts folder under bench/scripts or None, plugins, Maildir++ folder)
 MAILFLOW_VARIANTS = {
     "mailflow": (None, [], None),
+    # the same binary's predecessor (MAILFLOW_OLD_BIN), for old/new rows in one run
+    "mailflow-old": (None, [], None),
     "mailflow-rules": ("rules", [], "Bench"),
     "mailflow-rules-kv": ("kv", ["kv"], "Bench"),
 }
 HARAKA_VARIANTS = ("haraka", "haraka-maildir")
-DEFAULT_SERVERS = ["smtp-sink", "durable-sink", "postfix", *HARAKA_VARIANTS, *MAILFLOW_VARIANTS]
+DEFAULT_SERVERS = ["smtp-sink", "durable-sink", "postfix", *HARAKA_VARIANTS,
+                   *(v for v in MAILFLOW_VARIANTS if v != "mailflow-old")]
 
 
 class Mailflow(Server):
@@ -902,6 +905,11 @@ def main():
                 s = server(root)
             elif name in HARAKA_VARIANTS:
                 s = Haraka(root, name)
+            elif name == "mailflow-old":
+                old = os.environ.get("MAILFLOW_OLD_BIN")
+                if not old:
+                    sys.exit("bench: mailflow-old needs MAILFLOW_OLD_BIN=path")
+                s = Mailflow(root, os.path.abspath(old), name)
             else:
                 s = Mailflow(root, os.path.abspath(args.mailflow), name)
             try:
