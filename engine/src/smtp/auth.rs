@@ -26,7 +26,9 @@ enum Step {
     Malformed,
     Closed,
     /// AUTH PLAIN named an authorization identity other than the authentication identity.
-    OtherAuthzid { authzid: String },
+    OtherAuthzid {
+        authzid: String,
+    },
 }
 
 impl Session {

@@ -234,8 +234,9 @@ mod tests {
     /// Whether a process whose command line is exactly `cmdline` exists.
     fn running(cmdline: &str) -> bool {
         std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-            std::fs::read(entry.path().join("cmdline"))
-                .is_ok_and(|raw| raw.split(|&b| b == 0).filter(|a| !a.is_empty()).collect::<Vec<_>>().join(&b' ') == cmdline.as_bytes())
+            std::fs::read(entry.path().join("cmdline")).is_ok_and(|raw| {
+                raw.split(|&b| b == 0).filter(|a| !a.is_empty()).collect::<Vec<_>>().join(&b' ') == cmdline.as_bytes()
+            })
         })
     }
 

@@ -66,15 +66,9 @@ pub fn build(table: &toml::Table, ctx: &PluginContext) -> Result<Box<dyn Plugin>
     let config: HttpConfig = parse_config("http", table)?;
     let allow = Allow::parse(&config.allow).map_err(|e| PluginError::config("http", format!("allow: {e}")))?;
     // No redirects: a hop would go to a URL `allow` never saw.
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
     Ok(Box::new(Http {
-        inner: Arc::new(Inner {
-            allow,
-            timeout: Duration::from_millis(config.timeout_ms),
-            agent,
-            ctx: ctx.clone(),
-        }),
+        inner: Arc::new(Inner { allow, timeout: Duration::from_millis(config.timeout_ms), agent, ctx: ctx.clone() }),
     }))
 }
 
