@@ -106,14 +106,15 @@ struct Poller<'a> {
 }
 
 /// Connects, logs in, processes new mail, then waits (IDLE or poll) until shutdown or error.
-/// `Ok` means shutdown was requested.
+/// `Ok` means shutdown was requested. `good_round` is set once a round of new mail completed:
+/// only then does the caller's backoff start again at its shortest wait.
 pub async fn session(
     deps: &FetchDeps,
     account: &AccountConfig,
     mailbox: &str,
     password: &str,
     shutdown: &mut watch::Receiver<bool>,
-    connected: &mut bool,
+    good_round: &mut bool,
 ) -> Result<(), ImapError> {
     let mut session = login(account, password).await?;
     let caps = timed(COMMAND_TIMEOUT, session.capabilities()).await?;
@@ -150,10 +151,11 @@ pub async fn session(
     loop {
         drain();
         let selected = timed(COMMAND_TIMEOUT, session.select(&poller.server_mailbox)).await?;
-        // Only now is the session good: a missing folder keeps backing off like a bad login.
-        *connected = true;
         let uidvalidity = selected.uid_validity.unwrap_or(0);
         let retry_pending = poller.process_new(&mut session, uidvalidity, selected.uid_next, shutdown).await?;
+        // Only now is the session good: a missing folder, or a server that answers the login
+        // and then garbage, keeps backing off like a bad login.
+        *good_round = true;
         if *shutdown.borrow() {
             let _ = timed(COMMAND_TIMEOUT, session.logout()).await;
             return Ok(());
@@ -396,7 +398,8 @@ impl Poller<'_> {
                 // serve a second connection must not stop the poller from getting anywhere.
                 let more = match more {
                     Err(e) if fetches.is_ok() => {
-                        tracing::info!(error = %e, "helper connection failed; fetching on one connection");
+                        let error = super::retry::short_error(&e.to_string());
+                        tracing::info!(%error, "helper connection failed; fetching on one connection");
                         helper = None;
                         fetch_uids(session, theirs, query).await
                     }
@@ -458,7 +461,8 @@ impl Poller<'_> {
         {
             Ok(helper) => Some(helper),
             Err(e) => {
-                tracing::debug!(error = %e, "no helper connection for the fetch; fetching on one");
+                let error = super::retry::short_error(&e.to_string());
+                tracing::debug!(%error, "no helper connection for the fetch; fetching on one");
                 None
             }
         }

@@ -2,7 +2,9 @@
 //!
 //! Every account runs in its own task (one per mailbox for IMAP, each with its own
 //! connection and IDLE), so one bad password or dead server never stops the others. A failed
-//! connection is retried with exponential backoff and jitter. Each message goes fetch → hook
+//! connection is retried with exponential backoff and jitter (see [`retry`]), reset only
+//! after a complete round, so a server that accepts the login and then sends garbage is
+//! retried less and less often, not every second. Each message goes fetch → hook
 //! → actions → durable state → server-side move/deletion (see `imap` and `pop3`), which is
 //! what makes "each message once" hold across crashes and restarts.
 //!
@@ -13,6 +15,7 @@ pub mod imap;
 pub mod net;
 pub mod pop3;
 pub mod process;
+pub mod retry;
 pub mod state;
 
 use std::path::PathBuf;
@@ -27,10 +30,7 @@ use tracing::Instrument;
 use crate::config::{AccountConfig, AccountProtocol};
 use crate::deliver::Deliverer;
 use crate::script::ScriptHost;
-
-/// First and longest wait between reconnection attempts.
-const BACKOFF_START: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
+use retry::{short_error, Backoff, Warned, BACKOFF_START};
 
 /// What the pollers share.
 #[derive(Clone)]
@@ -123,48 +123,51 @@ pub fn start(deps: &FetchDeps, account: AccountConfig) -> AccountTasks {
 }
 
 async fn run_imap(deps: FetchDeps, account: AccountConfig, mailbox: String, mut stop: watch::Receiver<bool>) {
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::default();
     loop {
-        let mut connected = false;
+        let mut good_round = false;
         let result = match password(&account).await {
-            Ok(password) => imap::session(&deps, &account, &mailbox, &password, &mut stop, &mut connected)
+            Ok(password) => imap::session(&deps, &account, &mailbox, &password, &mut stop, &mut good_round)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
-        match result {
+        let wait = match result {
             Ok(()) => return,
             Err(e) => {
-                if connected {
-                    backoff = BACKOFF_START;
+                if good_round {
+                    backoff.reset();
                 }
-                tracing::warn!(error = %e, retry_in = ?backoff, "IMAP connection failed; reconnecting");
+                let wait = backoff.failed();
+                tracing::warn!(error = %short_error(&e), retry_in = ?wait, "IMAP connection failed; reconnecting");
+                wait
             }
-        }
-        if wait_or_stop(jitter(backoff), &mut stop).await {
+        };
+        if wait_or_stop(jitter(wait), &mut stop).await {
             return;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
 async fn run_pop3(deps: FetchDeps, account: AccountConfig, mut stop: watch::Receiver<bool>) {
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::default();
+    let mut warned = Warned::default();
     loop {
         let result = match password(&account).await {
-            Ok(password) => pop3::round(&deps, &account, &password, &stop).await.map_err(|e| e.to_string()),
+            Ok(password) => {
+                pop3::round(&deps, &account, &password, &stop, &mut warned).await.map_err(|e| e.to_string())
+            }
             Err(e) => Err(e),
         };
         let wait = match result {
             Ok(_) => {
-                backoff = BACKOFF_START;
+                backoff.reset();
                 account.poll_interval
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "POP3 round failed; retrying");
-                let wait = jitter(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                wait.min(account.poll_interval.max(BACKOFF_START))
+                let wait = backoff.failed();
+                tracing::warn!(error = %short_error(&e), retry_in = ?wait, "POP3 round failed; retrying");
+                jitter(wait).min(account.poll_interval.max(BACKOFF_START))
             }
         };
         if wait_or_stop(wait, &mut stop).await {

@@ -7,12 +7,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use md5::{Digest, Md5};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use super::net::{ClientStream, CONNECT_TIMEOUT};
+use super::retry::{excerpt, Warned};
 use super::state::{self, Done, Journal};
 use super::{process, FetchDeps};
 use crate::config::{AccountConfig, AccountTls};
@@ -86,7 +88,7 @@ impl Pop3Client {
             let mut parts = line.split_whitespace();
             let parsed = (parts.next().and_then(|n| n.parse().ok()), parts.next().and_then(|s| s.parse().ok()));
             let (Some(n), Some(size)) = parsed else {
-                return Err(Pop3Error::Protocol(format!("bad LIST line {line:?}")));
+                return Err(Pop3Error::Protocol(format!("bad LIST line \"{}\"", excerpt(line.as_bytes()))));
             };
             out.push((n, size));
         }
@@ -100,12 +102,14 @@ impl Pop3Client {
         for line in self.multiline_lines().await? {
             let mut parts = line.split_whitespace();
             let (Some(n), Some(uid)) = (parts.next(), parts.next()) else {
-                return Err(Pop3Error::Protocol(format!("bad UIDL line {line:?}")));
+                return Err(Pop3Error::Protocol(format!("bad UIDL line \"{}\"", excerpt(line.as_bytes()))));
             };
             if uid.len() > MAX_UIDL || !uid.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
                 return Err(Pop3Error::Protocol("UIDL longer than 70 characters or not printable".into()));
             }
-            let n = n.parse().map_err(|_| Pop3Error::Protocol(format!("bad message number {n:?}")))?;
+            let n = n
+                .parse()
+                .map_err(|_| Pop3Error::Protocol(format!("bad message number \"{}\"", excerpt(n.as_bytes()))))?;
             out.push((n, uid.to_string()));
         }
         Ok(out)
@@ -126,8 +130,9 @@ impl Pop3Client {
     pub async fn stat(&mut self) -> Result<(u32, u64), Pop3Error> {
         let line = self.command("STAT").await?;
         let mut parts = line.split_whitespace().skip(1);
-        let count = parts.next().and_then(|c| c.parse().ok()).ok_or_else(|| Pop3Error::Protocol(line.clone()))?;
-        let size = parts.next().and_then(|c| c.parse().ok()).ok_or_else(|| Pop3Error::Protocol(line.clone()))?;
+        let bad = || Pop3Error::Protocol(format!("bad STAT answer \"{}\"", excerpt(line.as_bytes())));
+        let count = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+        let size = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
         Ok((count, size))
     }
 
@@ -162,9 +167,9 @@ impl Pop3Client {
         if text.starts_with("+OK") {
             Ok(text)
         } else if let Some(rest) = text.strip_prefix("-ERR") {
-            Err(Pop3Error::Negative(rest.trim().to_string()))
+            Err(Pop3Error::Negative(excerpt(rest.trim().as_bytes())))
         } else {
-            Err(Pop3Error::Protocol(format!("unexpected response {:?}", text.chars().take(80).collect::<String>())))
+            Err(Pop3Error::Protocol(format!("unexpected response \"{}\"", excerpt(text.as_bytes()))))
         }
     }
 
@@ -218,17 +223,19 @@ impl Pop3Client {
 
 /// One POP3 round: replay the journal of an interrupted round, fetch what is new, process it
 /// (journaling each message), commit durably, DELE, QUIT. Stops early, cleanly, when asked.
+/// `warned` remembers, across rounds, which messages left on the server were reported.
 pub async fn round(
     deps: &FetchDeps,
     account: &AccountConfig,
     password: &str,
     shutdown: &watch::Receiver<bool>,
+    warned: &mut Warned,
 ) -> Result<usize, Pop3Error> {
     let port = account.port.unwrap_or(if account.tls == AccountTls::Implicit { 995 } else { 110 });
     let mut client = Pop3Client::connect(&account.host, port, account.tls).await?;
     client.login(&account.username, password, account.tls != AccountTls::None).await?;
     let listing = client.uidl().await?;
-    // Sizes first: a message over MAX_MESSAGE would fail RETR every round; say so once per round.
+    // Sizes first: a message over MAX_MESSAGE would fail RETR every round; say so once a day.
     let sizes: std::collections::HashMap<u32, u64> = client.list().await?.into_iter().collect();
     let key = state::pop3_key(&account.name);
     let (store, key2) = (deps.store.clone(), key.clone());
@@ -265,8 +272,12 @@ pub async fn round(
         if *shutdown.borrow() {
             break;
         }
-        if sizes.get(n).is_some_and(|&size| size > MAX_MESSAGE as u64) {
-            tracing::warn!(uidl = %uidl, size = sizes[n], "message larger than the fetch limit: left on the server");
+        if let Some(&size) = sizes.get(n).filter(|&&size| size > MAX_MESSAGE as u64) {
+            if warned.due(uidl, Instant::now()) {
+                tracing::warn!(uidl = %uidl, size, "message larger than the fetch limit: left on the server (said once a day)");
+            } else {
+                tracing::debug!(uidl = %uidl, size, "message larger than the fetch limit: left on the server");
+            }
             continue;
         }
         let raw = client.retr(*n).await?;

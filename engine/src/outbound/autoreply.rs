@@ -4,6 +4,10 @@
 //!
 //! The checks are pure functions of the message and envelope, so `mailflow test` shows the
 //! same suppression the daemon would apply.
+//!
+//! Security: the message is untrusted, but its headers can only suppress an answer, never
+//! cause one. A message carrying the `X-Loop` this daemon writes (its host name, on forwards
+//! and redirects) has been through here before and is never answered: a loop stops.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,6 +35,8 @@ pub enum Suppressed {
     ToSelf(String),
     #[error("the message has Auto-Submitted: {0}")]
     AutoSubmitted(String),
+    #[error("the message has X-Loop: {0} (this daemon's own: a mail loop)")]
+    Looped(String),
     #[error("the message has a {0} header (mailing list)")]
     ListHeader(&'static str),
     #[error("the message has Precedence: {0}")]
@@ -41,7 +47,8 @@ pub enum Suppressed {
     AlreadyAnswered { sender: String, days: i64 },
 }
 
-/// RFC 3834's rules shared by reply and vacation. `own` lists this daemon's addresses.
+/// RFC 3834's rules shared by reply and vacation. `own` lists this daemon's addresses
+/// (`mailer-daemon@<hostname>`, ...): their domains are the names an `X-Loop` of ours carries.
 pub fn check_reply(msg: &MessageView, sender: &str, own: &[String]) -> Result<(), Suppressed> {
     if sender.is_empty() {
         return Err(Suppressed::NullSender);
@@ -58,6 +65,9 @@ pub fn check_reply(msg: &MessageView, sender: &str, own: &[String]) -> Result<()
     if !auto.is_empty() && auto_value != "no" {
         return Err(Suppressed::AutoSubmitted(auto.trim().to_string()));
     }
+    if let Some(marker) = own_x_loop(msg, own) {
+        return Err(Suppressed::Looped(marker));
+    }
     if msg.has_header("List-Id") {
         return Err(Suppressed::ListHeader("List-Id"));
     }
@@ -69,6 +79,19 @@ pub fn check_reply(msg: &MessageView, sender: &str, own: &[String]) -> Result<()
         return Err(Suppressed::Precedence(precedence));
     }
     Ok(())
+}
+
+/// The first `X-Loop` (any occurrence, any case) naming one of this daemon's names: the
+/// domains of `own`, among them `[smtp] hostname`, the value forwards and redirects carry.
+fn own_x_loop(msg: &MessageView, own: &[String]) -> Option<String> {
+    if !msg.has_header("X-Loop") {
+        return None;
+    }
+    let names: Vec<&str> = own.iter().filter_map(|a| a.rsplit_once('@').map(|(_, domain)| domain)).collect();
+    msg.headers("X-Loop")
+        .into_iter()
+        .map(|value| value.trim().to_string())
+        .find(|value| names.iter().any(|name| name.eq_ignore_ascii_case(value)))
 }
 
 /// Reply rules plus vacation's own: the recipient (or one of `addresses`) must be named in
@@ -193,6 +216,33 @@ mod tests {
             assert!(matches!(check_reply(&view(&prec), "ann@x.org", &own), Err(Suppressed::Precedence(_))));
         }
         assert_eq!(check_reply(&view(PLAIN), "ann@x.org", &own), Ok(()));
+    }
+
+    #[test]
+    fn our_own_x_loop_is_never_answered() {
+        let own = crate::deliver::own_addresses("mx.example.org", &["example.org".to_string()]);
+        let spec = VacationSpec { days: 7, subject: None, body: "away".into(), from: None, addresses: vec![] };
+        for header in [
+            "X-Loop: mx.example.org",
+            "x-loop:   MX.Example.ORG  ",
+            "X-Loop: someone-else.example\nX-LOOP: mx.example.org",
+        ] {
+            let looped = format!("{header}\n{PLAIN}");
+            let checked = check_reply(&view(&looped), "ann@x.org", &own);
+            assert!(
+                matches!(&checked, Err(Suppressed::Looped(v)) if v.eq_ignore_ascii_case("mx.example.org")),
+                "{header}: {checked:?}"
+            );
+            assert!(matches!(
+                check_vacation(&view(&looped), "ann@x.org", "me@example.org", &spec, &own),
+                Err(Suppressed::Looped(_))
+            ));
+        }
+        // Someone else's loop marker (or a look-alike) does not stop an answer.
+        for header in ["X-Loop: other.example", "X-Loop: mx.example.org.evil", "X-Loop-Id: mx.example.org"] {
+            let other = format!("{header}\n{PLAIN}");
+            assert_eq!(check_reply(&view(&other), "ann@x.org", &own), Ok(()), "{header}");
+        }
     }
 
     #[test]

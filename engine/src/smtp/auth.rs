@@ -2,7 +2,9 @@
 //!
 //! Offered and accepted only over TLS unless `allow_plain_auth = true` (538 otherwise).
 //! Wrong credentials get `535 5.7.8` after a delay that grows with the address's recent
-//! failures; past [`MAX_FAILURES`] the address may not try again for a while.
+//! failures; past [`MAX_FAILURES`] the address may not try again for a while. AUTH PLAIN
+//! with an authorization identity other than the authentication identity (acting as another
+//! user) is refused with `535 5.7.8`: no account may act for another.
 //! Security: the exchanged lines carry passwords — nothing here logs them, at any level.
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -18,10 +20,15 @@ const PROMPT_USERNAME: &str = "VXNlcm5hbWU6";
 const PROMPT_PASSWORD: &str = "UGFzc3dvcmQ6";
 
 /// A step of the SASL exchange that did not yield a value.
+#[derive(Debug, PartialEq, Eq)]
 enum Step {
     Cancelled,
     Malformed,
     Closed,
+    /// AUTH PLAIN named an authorization identity other than the authentication identity.
+    OtherAuthzid {
+        authzid: String,
+    },
 }
 
 impl Session {
@@ -77,6 +84,12 @@ impl Session {
                 return Ok(Flow::Continue);
             }
             Err(Step::Closed) => return Ok(Flow::Close),
+            Err(Step::OtherAuthzid { authzid }) => {
+                // Refused before any password check: nothing is learnt about the credentials.
+                tracing::warn!(authzid = %shown(&authzid), "AUTH PLAIN: acting as another user is not allowed");
+                self.reply(Reply::new(535, "5.7.8", "Authorization identity must match the authentication identity"));
+                return Ok(Flow::Continue);
+            }
         };
         let users = self.config.smtp.auth_users.clone();
         let Some(ok) = verify_bounded(users, user.clone(), password).await else {
@@ -108,14 +121,7 @@ impl Session {
             None => self.sasl_step("").await?,
         };
         let decoded = B64.decode(response.trim()).map_err(|_| Step::Malformed)?;
-        let mut parts = decoded.split(|&b| b == 0);
-        let (_authzid, user, password) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(z), Some(u), Some(p), None) => (z, u, p),
-            _ => return Err(Step::Malformed),
-        };
-        let user = String::from_utf8(user.to_vec()).map_err(|_| Step::Malformed)?;
-        let password = String::from_utf8(password.to_vec()).map_err(|_| Step::Malformed)?;
-        Ok((user, password))
+        parse_plain(&decoded)
     }
 
     async fn sasl_login(&mut self, initial: Option<String>) -> Result<(String, String), Step> {
@@ -156,6 +162,23 @@ fn shown(name: &str) -> String {
     out
 }
 
+/// The decoded AUTH PLAIN message: (authcid, password). An authzid is accepted only when it
+/// is empty or equal to the authcid.
+fn parse_plain(decoded: &[u8]) -> Result<(String, String), Step> {
+    let mut parts = decoded.split(|&b| b == 0);
+    let (authzid, user, password) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(z), Some(u), Some(p), None) => (z, u, p),
+        _ => return Err(Step::Malformed),
+    };
+    let authzid = String::from_utf8(authzid.to_vec()).map_err(|_| Step::Malformed)?;
+    let user = String::from_utf8(user.to_vec()).map_err(|_| Step::Malformed)?;
+    let password = String::from_utf8(password.to_vec()).map_err(|_| Step::Malformed)?;
+    if !authzid.is_empty() && authzid != user {
+        return Err(Step::OtherAuthzid { authzid });
+    }
+    Ok((user, password))
+}
+
 fn decode_text(b64: &str) -> Result<String, Step> {
     let bytes = B64.decode(b64.trim()).map_err(|_| Step::Malformed)?;
     String::from_utf8(bytes).map_err(|_| Step::Malformed)
@@ -163,7 +186,20 @@ fn decode_text(b64: &str) -> Result<String, Step> {
 
 #[cfg(test)]
 mod tests {
-    use super::shown;
+    use super::{parse_plain, shown, Step};
+
+    #[test]
+    fn plain_authzid_must_be_empty_or_the_authcid() {
+        let ok = |user: &str, pw: &str| Ok((user.to_string(), pw.to_string()));
+        assert_eq!(parse_plain(b"\0me\0pw"), ok("me", "pw"));
+        assert_eq!(parse_plain(b"me\0me\0pw"), ok("me", "pw"));
+        assert_eq!(parse_plain(b"admin\0me\0pw"), Err(Step::OtherAuthzid { authzid: "admin".into() }));
+        // Case matters: "Me" is another identity than "me".
+        assert_eq!(parse_plain(b"Me\0me\0pw"), Err(Step::OtherAuthzid { authzid: "Me".into() }));
+        assert_eq!(parse_plain(b"me\0pw"), Err(Step::Malformed));
+        assert_eq!(parse_plain(b"a\0me\0pw\0x"), Err(Step::Malformed));
+        assert_eq!(parse_plain(b"\xff\0me\0pw"), Err(Step::Malformed));
+    }
 
     #[test]
     fn shown_names_stay_on_one_line() {

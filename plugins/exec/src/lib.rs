@@ -16,13 +16,22 @@
 //! Scripts name a command; they never supply argv or a shell string. Each run is bounded by
 //! `timeout_ms` and by what is left of the hook's time; a command still running then is
 //! killed and the call fails (a script error: `on_error` applies). Output is capped.
+//!
+//! Security: each command runs in a process group of its own. A run is over when the command
+//! has exited and its stdout is closed, or at the deadline: then the whole group gets SIGKILL
+//! and the output is no longer waited for, so a background child holding stdout open
+//! (`sleep 15 & echo started`) is a timeout, not a hook stretched past its time. Whatever a
+//! command that finished in time left running in its group is killed too.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 
 use mailflow_plugin::{error, parse_config, Plugin, PluginContext, PluginError};
 use rhai::{Dynamic, EvalAltResult, Map, Module};
@@ -88,56 +97,97 @@ impl Inner {
         if budget.is_zero() {
             return Err(error(format!("exec {name}: no time left in the hook")));
         }
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .spawn()
-            .map_err(|e| error(format!("exec {name}: cannot start {:?}: {e}", argv[0])))?;
-        // Feed stdin and drain stdout on their own threads so a command that writes before
-        // reading cannot deadlock us.
-        let mut stdin = child.stdin.take();
-        let input = input.to_vec();
-        let writer = std::thread::spawn(move || {
-            if let Some(stdin) = stdin.as_mut() {
-                let _ = stdin.write_all(&input);
-            }
-        });
-        let mut stdout = child.stdout.take();
-        let reader = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            if let Some(stdout) = stdout.as_mut() {
-                let _ = stdout.take(MAX_OUTPUT as u64 + 1).read_to_end(&mut out);
-            }
-            out
-        });
-        let deadline = Instant::now() + budget;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(error(format!("exec {name}: timed out after {} ms", budget.as_millis())));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-                Err(e) => return Err(error(format!("exec {name}: {e}"))),
-            }
+        let finished = run_command(argv, input, budget)
+            .map_err(|e| error(format!("exec {name}: cannot run {:?}: {e}", argv[0])))?;
+        let Some((code, stdout)) = finished else {
+            return Err(error(format!("exec {name}: timed out after {} ms", budget.as_millis())));
         };
-        let _ = writer.join();
-        let stdout = reader.join().unwrap_or_default();
         if stdout.len() > MAX_OUTPUT {
             return Err(error(format!("exec {name}: output larger than {MAX_OUTPUT} bytes")));
         }
-        Ok(Output { code: status.code().map_or(-1, i64::from), stdout })
+        Ok(Output { code, stdout })
     }
 
     fn message(&self, msg: &Dynamic) -> Result<Arc<Vec<u8>>, Box<EvalAltResult>> {
         self.ctx.host.message_bytes(msg).ok_or_else(|| error("exec: the second argument must be msg"))
     }
+}
+
+/// Runs `argv` (not empty) with `input` on stdin, for at most `budget`: its exit code and
+/// stdout (up to one byte past [`MAX_OUTPUT`]), or `None` on a timeout.
+fn run_command(argv: &[String], input: &[u8], budget: Duration) -> std::io::Result<Option<(i64, Vec<u8>)>> {
+    let deadline = Instant::now() + budget;
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .process_group(0)
+        .spawn()?;
+    let group = Pid::from_child(&child);
+    // Feed stdin and drain stdout on their own threads so a command that writes before
+    // reading cannot deadlock us. Neither is joined: a process that left the group (setsid)
+    // may hold the pipes open past the deadline.
+    let mut stdin = child.stdin.take();
+    let input = input.to_vec();
+    std::thread::spawn(move || {
+        if let Some(stdin) = stdin.as_mut() {
+            let _ = stdin.write_all(&input);
+        }
+    });
+    let mut stdout = child.stdout.take();
+    let (output_tx, output_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(stdout) = stdout.as_mut() {
+            let _ = stdout.take(MAX_OUTPUT as u64 + 1).read_to_end(&mut out);
+        }
+        let _ = output_tx.send(out);
+    });
+    wait_until(&mut child, group, &output_rx, deadline)
+}
+
+/// Waits until `child` has exited and its output is complete (every holder of its stdout,
+/// background children included, closed it), or until `deadline`. Then kills its process
+/// `group` either way — what it left running, or the whole command at the deadline — and
+/// reaps it. `None` when the deadline came first.
+fn wait_until(
+    child: &mut Child,
+    group: Pid,
+    output: &mpsc::Receiver<Vec<u8>>,
+    deadline: Instant,
+) -> std::io::Result<Option<(i64, Vec<u8>)>> {
+    // WNOWAIT: the leader stays a zombie, so its pid (the group id) cannot be reused before
+    // the group is killed.
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    let mut exited = false;
+    let mut stdout = None;
+    let result = loop {
+        if !exited {
+            match waitid(WaitId::Pid(group), options) {
+                Ok(status) => exited = status.is_some(),
+                Err(e) => break Err(e),
+            }
+        }
+        if stdout.is_none() {
+            stdout = output.try_recv().ok();
+        }
+        if exited && stdout.is_some() {
+            break Ok(true);
+        }
+        if Instant::now() >= deadline {
+            break Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let _ = kill_process_group(group, Signal::KILL);
+    let status = child.wait()?;
+    Ok(match (result?, stdout) {
+        (true, Some(stdout)) => Some((status.code().map_or(-1, i64::from), stdout)),
+        _ => None,
+    })
 }
 
 impl Plugin for Exec {
@@ -170,5 +220,57 @@ impl Plugin for Exec {
             Ok(())
         });
         module
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["/bin/sh".into(), "-c".into(), script.into()]
+    }
+
+    /// Whether a process whose command line is exactly `cmdline` exists.
+    fn running(cmdline: &str) -> bool {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            std::fs::read(entry.path().join("cmdline")).is_ok_and(|raw| {
+                raw.split(|&b| b == 0).filter(|a| !a.is_empty()).collect::<Vec<_>>().join(&b' ') == cmdline.as_bytes()
+            })
+        })
+    }
+
+    #[test]
+    fn output_and_exit_code() {
+        let out = run_command(&sh("tr a-z A-Z; exit 3"), b"hello", Duration::from_secs(5)).unwrap();
+        assert_eq!(out, Some((3, b"HELLO".to_vec())));
+    }
+
+    #[test]
+    fn a_background_child_holding_stdout_is_a_timeout() {
+        let started = Instant::now();
+        let out = run_command(&sh("sleep 14.5 & echo started"), b"", Duration::from_millis(300)).unwrap();
+        assert_eq!(out, None);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!running("sleep 14.5"), "the background child was left running");
+    }
+
+    #[test]
+    fn a_hung_command_is_killed_with_its_group() {
+        let started = Instant::now();
+        let out = run_command(&sh("sleep 14.6; echo never"), b"", Duration::from_millis(300)).unwrap();
+        assert_eq!(out, None);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!running("sleep 14.6"));
+    }
+
+    #[test]
+    fn children_left_behind_by_a_finished_command_are_killed() {
+        let out = run_command(&sh("sleep 14.7 >/dev/null & echo done"), b"", Duration::from_secs(5)).unwrap();
+        assert_eq!(out, Some((0, b"done\n".to_vec())));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!running("sleep 14.7"), "the background child leaked");
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! [plugins.http]
-//! allow = ["https://hooks.example/"]   # URL prefixes; anything else is refused
+//! allow = ["https://hooks.example/"]   # scheme, host, port and path prefix; anything else is refused
 //! timeout_ms = 5000
 //! ```
 //! ```rhai
@@ -16,7 +16,14 @@
 //! Both functions return `#{status, body}` for any HTTP status; a refused URL, a connection
 //! error or a timeout (its own `timeout_ms`, capped by what is left of the hook's time) is a
 //! script error. Response bodies are capped at 1 MiB.
+//!
+//! Security: URLs come from scripts (and so, indirectly, from mail). Each is checked against
+//! `allow` (see [`allow`]: parsed, compared by scheme, host, port and path segments, no
+//! userinfo) and the normalized URL is what is sent. Redirects are never followed: a 3xx is
+//! returned to the script as it is, so an allowed endpoint cannot send mailflow elsewhere.
 #![forbid(unsafe_code)]
+
+mod allow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +31,8 @@ use std::time::Duration;
 use mailflow_plugin::{error, parse_config, Plugin, PluginContext, PluginError};
 use rhai::{Dynamic, EvalAltResult, Map, Module};
 use serde::Deserialize;
+
+use allow::Allow;
 
 const MAX_BODY: u64 = 1024 * 1024;
 
@@ -46,7 +55,7 @@ pub struct Http {
 }
 
 struct Inner {
-    allow: Vec<String>,
+    allow: Allow,
     timeout: Duration,
     agent: ureq::Agent,
     ctx: PluginContext,
@@ -55,35 +64,23 @@ struct Inner {
 /// Builds the plugin from `[plugins.http]`.
 pub fn build(table: &toml::Table, ctx: &PluginContext) -> Result<Box<dyn Plugin>, PluginError> {
     let config: HttpConfig = parse_config("http", table)?;
-    for prefix in &config.allow {
-        if !(prefix.starts_with("http://") || prefix.starts_with("https://")) {
-            return Err(PluginError::config(
-                "http",
-                format!("allow: {prefix:?} is not an http:// or https:// URL prefix"),
-            ));
-        }
-    }
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let allow = Allow::parse(&config.allow).map_err(|e| PluginError::config("http", format!("allow: {e}")))?;
+    // No redirects: a hop would go to a URL `allow` never saw.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
     Ok(Box::new(Http {
-        inner: Arc::new(Inner {
-            allow: config.allow,
-            timeout: Duration::from_millis(config.timeout_ms),
-            agent,
-            ctx: ctx.clone(),
-        }),
+        inner: Arc::new(Inner { allow, timeout: Duration::from_millis(config.timeout_ms), agent, ctx: ctx.clone() }),
     }))
 }
 
 impl Inner {
-    fn check(&self, url: &str) -> Result<Duration, Box<EvalAltResult>> {
-        if !self.allow.iter().any(|prefix| url.starts_with(prefix.as_str())) {
-            return Err(error(format!("http: {url:?} is not in [plugins.http] allow")));
-        }
+    /// The URL to send (normalized) and the time the call may take.
+    fn check(&self, url: &str) -> Result<(String, Duration), Box<EvalAltResult>> {
+        let url = self.allow.check(url).map_err(|e| error(format!("http: {e}")))?;
         let budget = self.ctx.call_budget(self.timeout);
         if budget.is_zero() {
             return Err(error("http: no time left in the hook"));
         }
-        Ok(budget)
+        Ok((url.into(), budget))
     }
 
     fn finish(
@@ -106,24 +103,24 @@ impl Inner {
     }
 
     fn get(&self, url: &str) -> Result<Dynamic, Box<EvalAltResult>> {
-        let budget = self.check(url)?;
-        let result = self.agent.get(url).config().timeout_global(Some(budget)).build().call();
-        self.finish(url, result)
+        let (url, budget) = self.check(url)?;
+        let result = self.agent.get(&url).config().timeout_global(Some(budget)).build().call();
+        self.finish(&url, result)
     }
 
     fn post_json(&self, url: &str, value: Map) -> Result<Dynamic, Box<EvalAltResult>> {
-        let budget = self.check(url)?;
+        let (url, budget) = self.check(url)?;
         let json = serde_json::to_vec(&Dynamic::from_map(value))
             .map_err(|e| error(format!("http: cannot encode JSON: {e}")))?;
         let result = self
             .agent
-            .post(url)
+            .post(&url)
             .config()
             .timeout_global(Some(budget))
             .build()
             .header("content-type", "application/json")
             .send(&json[..]);
-        self.finish(url, result)
+        self.finish(&url, result)
     }
 }
 
