@@ -71,7 +71,12 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         scripts: scripts.clone(),
         store: store.clone(),
         deliverer: delivery.clone(),
-        journal_dir: config.state.dir.join("fetch-journal"),
+        journal_dir: {
+            let dir = config.state.dir.join("fetch-journal");
+            // Messages a poller was fetching when the daemon stopped: fetched again.
+            crate::spool::large::clear(&dir);
+            dir
+        },
         busy: Arc::default(),
     };
     let mut pollers: BTreeMap<String, AccountTasks> =

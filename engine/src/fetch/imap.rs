@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::hooks::{lock, Decided, Fetched, HookWorker, Outcome, Targets};
+use super::imap_large;
 use super::net::ClientStream;
 use super::state::{self, Done, Journal, MailboxState, ServerActions};
 use super::{process, FetchDeps};
@@ -34,7 +35,7 @@ use crate::config::{AccountConfig, AccountTls};
 use crate::message::MessageView;
 use crate::script::{ScriptSet, Stage};
 
-type ImapSession = Session<ClientStream>;
+pub(super) type ImapSession = Session<ClientStream>;
 
 /// Messages fetched per `UID FETCH` of whole messages.
 const BATCH: usize = 200;
@@ -58,12 +59,12 @@ const HELPER_LOGOUT: Duration = Duration::from_secs(5);
 const IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
 /// Longest wait for the answer to a command: a server (or a NAT box) that silently dropped
 /// the connection must not hang the poller forever.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for one batch's `UID FETCH` (up to 200 whole messages).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `fut`, or an I/O timeout error after `limit`.
-async fn timed<T>(
+pub(super) async fn timed<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, async_imap::error::Error>>,
 ) -> Result<T, async_imap::error::Error> {
@@ -377,11 +378,8 @@ impl Poller<'_> {
             let headers_only = headers_only(&set);
             let fetch = async {
                 let Some(chunk) = chunk else { return (Ok(None), Duration::ZERO) };
-                let query = if headers_only {
-                    "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER])"
-                } else {
-                    "(UID FLAGS RFC822.SIZE BODY.PEEK[])"
-                };
+                let query =
+                    if headers_only { "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER])" } else { imap_large::BODY_QUERY };
                 let started = Instant::now();
                 // With a helper, the second half of the chunk comes over the helper meanwhile.
                 let (mine, theirs) = match helper {
@@ -432,7 +430,19 @@ impl Poller<'_> {
             let Some(fetches) = fetched else { break };
             round.headers_only = headers_only;
             round.fetch_connections = 1 + usize::from(helper.is_some());
-            let items = Self::prepare(&fetches, headers_only, &state);
+            let (mut items, partial) = Self::prepare(&fetches, headers_only, &state);
+            drop(fetches);
+            for (uid, first, flags) in partial {
+                // A message over 256 KB: the rest in pieces, into a file.
+                match imap_large::rest(session, uid, &first, flags, &self.deps.journal_dir).await? {
+                    Some((view, file)) => {
+                        let message_id = view.message_id().to_string();
+                        items.push(Fetched { uid, view, message_id, decision: None, file });
+                    }
+                    None => tracing::info!(uid, "message vanished from the server while fetched"),
+                }
+            }
+            items.sort_by_key(|item| item.uid);
             deciding = Some((worker.spawn(set.clone(), items), set));
         }
         if let Some(mut helper) = helper {
@@ -500,9 +510,16 @@ impl Poller<'_> {
         Ok(())
     }
 
-    /// Turns a batch's answers into messages for the hook, leaving out the UIDs already done.
-    fn prepare(fetches: &[Fetch], headers_only: bool, state: &MailboxState) -> Vec<Fetched> {
+    /// Turns a batch's answers into messages for the hook, leaving out the UIDs already done;
+    /// and the messages of which only the first part came (uid, that part, flags).
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        fetches: &[Fetch],
+        headers_only: bool,
+        state: &MailboxState,
+    ) -> (Vec<Fetched>, Vec<(u32, Vec<u8>, Vec<String>)>) {
         let mut items = Vec::with_capacity(fetches.len());
+        let mut partial = Vec::new();
         for fetch in fetches {
             let raw = if headers_only { fetch.header() } else { fetch.body() };
             let (Some(uid), Some(raw)) = (fetch.uid, raw) else { continue };
@@ -513,13 +530,16 @@ impl Poller<'_> {
             let view = if headers_only {
                 let size = fetch.size.map_or(raw.len(), |s| s as usize);
                 MessageView::headers_only(Arc::new(raw.to_vec()), flags, size)
+            } else if imap_large::is_partial(fetch, raw.len()) {
+                partial.push((uid, raw.to_vec(), flags));
+                continue;
             } else {
                 MessageView::with_flags(Arc::new(raw.to_vec()), flags)
             };
             let message_id = view.message_id().to_string();
-            items.push(Fetched { uid, view, message_id, decision: None });
+            items.push(Fetched { uid, view, message_id, decision: None, file: None });
         }
-        items
+        (items, partial)
     }
 
     /// Books what the hook thread finished, and carries on where it stopped: a message whose
@@ -564,15 +584,25 @@ impl Poller<'_> {
     async fn whole(&self, session: &mut ImapSession, item: Fetched) -> Result<Result<Fetched, Outcome>, ImapError> {
         let uid_text = item.uid.to_string();
         let fetches: Vec<Fetch> = timed(FETCH_TIMEOUT, async {
-            session.uid_fetch(&uid_text, "(UID BODY.PEEK[])").await?.try_collect().await
+            session.uid_fetch(&uid_text, imap_large::WHOLE_QUERY).await?.try_collect().await
         })
         .await?;
-        let Some(body) = fetches.iter().find(|f| f.uid == Some(item.uid)).and_then(|f| f.body()) else {
+        let vanished = || {
             let error = "message vanished from the server before its body was fetched".to_string();
-            return Ok(Err(Outcome::Failed { uid: item.uid, message_id: item.message_id, error }));
+            Ok(Err(Outcome::Failed { uid: item.uid, message_id: item.message_id.clone(), error }))
         };
-        let view = MessageView::with_flags(Arc::new(body.to_vec()), item.view.flags().to_vec());
-        Ok(Ok(Fetched { view, ..item }))
+        let Some(fetch) = fetches.iter().find(|f| f.uid == Some(item.uid)) else { return vanished() };
+        let Some(body) = fetch.body() else { return vanished() };
+        let flags = item.view.flags().to_vec();
+        let (view, file) = if imap_large::is_partial(fetch, body.len()) {
+            match imap_large::rest(session, item.uid, body, flags, &self.deps.journal_dir).await? {
+                Some(whole) => whole,
+                None => return vanished(),
+            }
+        } else {
+            imap_large::in_memory(body.to_vec(), flags)
+        };
+        Ok(Ok(Fetched { view, file, ..item }))
     }
 
     /// Makes a batch durable: local copies' folders fsynced, state and Message-IDs committed,

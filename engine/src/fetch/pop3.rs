@@ -20,6 +20,7 @@ use super::{process, FetchDeps};
 use crate::config::{AccountConfig, AccountTls};
 use crate::message::MessageView;
 use crate::script::Action;
+use crate::spool::large::{Spill, Spilled};
 
 /// RFC 1939 allows 512 octets per response line; be generous, but bounded.
 pub const MAX_LINE: usize = 8192;
@@ -27,6 +28,9 @@ pub const MAX_LINE: usize = 8192;
 pub const MAX_UIDL: usize = 70;
 /// Largest message accepted from a server.
 pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// Longest line of a message held while it is read (RFC 5322 allows 998 octets; a server
+/// that sends more in one line is broken or hostile).
+pub const MAX_MESSAGE_LINE: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Pop3Error {
@@ -121,6 +125,12 @@ impl Pop3Client {
         self.multiline_bytes(MAX_MESSAGE).await
     }
 
+    /// `RETR n` into `out` as it arrives (a large message then never sits in memory whole).
+    pub async fn retr_into(&mut self, n: u32, out: &mut impl std::io::Write) -> Result<(), Pop3Error> {
+        self.command(&format!("RETR {n}")).await?;
+        self.multiline_into(MAX_MESSAGE, out).await
+    }
+
     /// `TOP n lines`.
     pub async fn top(&mut self, n: u32, lines: u32) -> Result<Vec<u8>, Pop3Error> {
         self.command(&format!("TOP {n} {lines}")).await?;
@@ -204,19 +214,28 @@ impl Pop3Client {
     /// The body of a multi-line response, dot-unstuffed, up to the lone `.` line.
     async fn multiline_bytes(&mut self, max: usize) -> Result<Vec<u8>, Pop3Error> {
         let mut out = Vec::new();
+        self.multiline_into(max, &mut out).await?;
+        Ok(out)
+    }
+
+    /// [`Self::multiline_bytes`] written to `out` line by line; at most `max` bytes in all,
+    /// and no line longer than [`MAX_MESSAGE_LINE`] is held.
+    async fn multiline_into(&mut self, max: usize, out: &mut impl std::io::Write) -> Result<(), Pop3Error> {
+        let mut written = 0;
         loop {
             // Message lines may be longer than a status line (mail is not always RFC 5322
             // clean); the response as a whole stays bounded by `max`.
-            let line = self.line_up_to((max - out.len()).max(MAX_LINE) + 2).await?;
+            let line = self.line_up_to((max - written).clamp(MAX_LINE, MAX_MESSAGE_LINE) + 2).await?;
             let content = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n")).unwrap_or(&line);
             if content == b"." {
-                return Ok(out);
+                return Ok(());
             }
             let unstuffed = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
-            if out.len() + unstuffed.len() > max {
+            if written + unstuffed.len() > max {
                 return Err(Pop3Error::Protocol(format!("response larger than {max} bytes")));
             }
-            out.extend_from_slice(unstuffed);
+            out.write_all(unstuffed)?;
+            written += unstuffed.len();
         }
     }
 }
@@ -280,8 +299,13 @@ pub async fn round(
             }
             continue;
         }
-        let raw = client.retr(*n).await?;
-        let view = MessageView::new(Arc::new(raw));
+        let mut spill = Spill::new(&deps.journal_dir);
+        client.retr_into(*n, &mut spill).await?;
+        // `_file` (a large message's file) lives until the message is handled.
+        let (view, _file) = match spill.finish()? {
+            Spilled::Memory(raw) => (MessageView::new(Arc::new(raw)), None),
+            Spilled::File(file) => (MessageView::from_file(file.tail(), Vec::new())?, Some(file)),
+        };
         let span = tracing::info_span!("fetched", uidl = %uidl);
         let _enter = span.enter();
         let mut record = Done { uidl: uidl.clone(), ..Done::default() };

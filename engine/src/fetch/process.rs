@@ -5,11 +5,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::AccountConfig;
 use crate::deliver::{actions, maildir, Deliverer};
+use crate::message::stored::Tail;
 use crate::message::MessageView;
 use crate::script::{apply, Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verdict};
 use crate::spool::{Envelope, SpoolRecord, SpooledMessage};
@@ -156,11 +156,13 @@ pub fn local_effects(
     }
     // Header edits (set_header, set_subject, exec::rewrite...) shape the local copy and what is
     // sent; the message on the server stays as it is.
-    let body = Arc::new(apply::message_edits(view.raw(), &decision.actions));
+    // A large message stays in its file: edits rewrite only its header block.
+    let (body, tail) = apply::edited_message(view, &decision.actions).map_err(|e| format!("message file: {e}"))?;
     let mut copies = Vec::new();
     if let Some(root) = local_root(account).filter(|_| !apply::redirected(&decision.actions)) {
         let flags = maildir::info_flags(apply::flags(&decision.actions));
-        copies = stage_copies(&deliverer.target.hostname, &root, &apply::folders(&decision.actions), &body, &flags)
+        let folders = apply::folders(&decision.actions);
+        copies = stage_copies(&deliverer.target.hostname, &root, &folders, &body, tail.as_ref(), &flags)
             .map_err(|e| format!("local copy: {e}"))?;
     }
     let outbound: Vec<Action> = decision.actions.iter().filter(|a| a.is_outbound()).cloned().collect();
@@ -173,7 +175,7 @@ pub fn local_effects(
                 actions: outbound,
                 deliver_locally: false,
                 received_at: crate::spool::unix_now(),
-                tail: None,
+                tail,
             },
             body,
         };
@@ -199,6 +201,7 @@ fn stage_copies(
     root: &Path,
     folders: &[&str],
     raw: &[u8],
+    tail: Option<&Tail>,
     flags: &str,
 ) -> std::io::Result<Vec<(PathBuf, PathBuf)>> {
     maildir::ensure(root, false)?;
@@ -219,7 +222,7 @@ fn stage_copies(
             std::process::id(),
             COPIES.fetch_add(1, Ordering::Relaxed),
             host,
-            raw.len()
+            raw.len() + tail.map_or(0, |t| t.len as usize)
         );
         let tmp = dir.join("tmp").join(&name);
         let dest = if flags.is_empty() {
@@ -230,6 +233,9 @@ fn stage_copies(
         let written = (|| {
             let mut file = std::fs::File::create(&tmp)?;
             file.write_all(raw)?;
+            if let Some(tail) = tail {
+                tail.copy_to(&mut file)?;
+            }
             file.sync_all()
         })();
         if let Err(e) = written {

@@ -36,6 +36,8 @@ struct Inner {
 struct Spilled {
     prefix: Arc<Vec<u8>>,
     tail: stored::Tail,
+    /// Where the header block ends in `tail`, when it was found.
+    block_end: Option<usize>,
     full: OnceLock<(Arc<Vec<u8>>, Option<stored::Held>)>,
 }
 
@@ -113,8 +115,15 @@ impl MessageView {
     }
 
     /// A large message kept in a file: `prefix ++ tail`. `head` is `prefix` followed by the
-    /// tail's header block (see [`stored::header_block`]): header reads never touch the rest.
-    pub fn spilled(prefix: Arc<Vec<u8>>, head: Arc<Vec<u8>>, tail: stored::Tail) -> MessageView {
+    /// tail's header block (see [`stored::header_block`], which gives `block_end`): header
+    /// reads never touch the rest. `flags`: as for [`MessageView::with_flags`].
+    pub fn spilled(
+        prefix: Arc<Vec<u8>>,
+        head: Arc<Vec<u8>>,
+        tail: stored::Tail,
+        block_end: Option<usize>,
+        flags: Vec<String>,
+    ) -> MessageView {
         let size = prefix.len() + tail.len as usize;
         MessageView {
             inner: Arc::new(Inner {
@@ -122,9 +131,9 @@ impl MessageView {
                 fields: OnceLock::new(),
                 structured: Structured::default(),
                 body: OnceLock::new(),
-                flags: Vec::new(),
+                flags,
                 full_size: Some(size),
-                spilled: Some(Spilled { prefix, tail, full: OnceLock::new() }),
+                spilled: Some(Spilled { prefix, tail, block_end, full: OnceLock::new() }),
             }),
         }
     }
@@ -158,9 +167,16 @@ impl MessageView {
         &self.inner.raw
     }
 
-    /// For a message kept in a file: the in-memory prefix and the file part.
-    pub fn file_parts(&self) -> Option<(&Arc<Vec<u8>>, &stored::Tail)> {
-        self.inner.spilled.as_ref().map(|s| (&s.prefix, &s.tail))
+    /// For a message kept in a file: the in-memory prefix, the file part, and where the
+    /// header block ends in the file part (when found).
+    pub fn file_parts(&self) -> Option<(&Arc<Vec<u8>>, &stored::Tail, Option<usize>)> {
+        self.inner.spilled.as_ref().map(|s| (&s.prefix, &s.tail, s.block_end))
+    }
+
+    /// A view of the large message in `tail` (no prefix): its header block read from the file.
+    pub fn from_file(tail: stored::Tail, flags: Vec<String>) -> std::io::Result<MessageView> {
+        let (block_end, head) = stored::header_block(&tail)?;
+        Ok(MessageView::spilled(Arc::new(Vec::new()), Arc::new(head), tail, block_end, flags))
     }
 
     /// The message's size in bytes (the server's figure for a header-only view).

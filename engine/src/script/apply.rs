@@ -1,8 +1,11 @@
 //! Carrying out the SMTP-path actions that change the message or its envelope, shared by the
 //! daemon and `mailflow test` (which prints the result instead of storing it).
 
+use std::sync::Arc;
+
 use super::decision::Action;
-use crate::message::headers;
+use crate::message::stored::Tail;
+use crate::message::{headers, MessageView};
 
 /// The message after the header edits, in the order the scripts asked for them.
 pub fn message_edits(raw: &[u8], actions: &[Action]) -> Vec<u8> {
@@ -20,6 +23,36 @@ pub fn message_edits(raw: &[u8], actions: &[Action]) -> Vec<u8> {
         current = Some(next);
     }
     current.unwrap_or_else(|| raw.to_vec())
+}
+
+/// The message after the scripts' edits, for storing: the bytes kept in memory and, for a
+/// message kept in a file, the part that stays there. Header edits of such a message rewrite
+/// only its header block (in memory, with the view's prefix); a rewrite of the whole message,
+/// or a header block too large to have been found, reads it into memory.
+pub fn edited_message(view: &MessageView, actions: &[Action]) -> std::io::Result<(Arc<Vec<u8>>, Option<Tail>)> {
+    let edits = actions.iter().any(Action::edits_message);
+    let Some((prefix, tail, block_end)) = view.file_parts() else {
+        return Ok(if edits {
+            (Arc::new(message_edits(view.head(), actions)), None)
+        } else {
+            (view.head().clone(), None)
+        });
+    };
+    if !edits {
+        return Ok((prefix.clone(), Some(tail.clone())));
+    }
+    match block_end {
+        Some(end) if !actions.iter().any(|a| matches!(a, Action::Rewrite { .. })) => {
+            Ok((Arc::new(message_edits(view.head(), actions)), Some(tail.skip(end as u64))))
+        }
+        _ => {
+            let whole = view.raw();
+            if whole.len() != view.size() {
+                return Err(std::io::Error::other("message file unreadable"));
+            }
+            Ok((Arc::new(message_edits(whole, actions)), None))
+        }
+    }
 }
 
 /// The recipients after `add_rcpt` / `remove_rcpt`, without duplicates.

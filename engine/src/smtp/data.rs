@@ -9,7 +9,7 @@ use super::data_reader::{DataOutcome, DataReader};
 use super::received::Trace;
 use super::reply::Reply;
 use super::session::{Flow, ReadError, Session};
-use crate::message::stored::{self, Held, Tail, BUDGET, SPILL_AT};
+use crate::message::stored::{self, Held, BUDGET, SPILL_AT};
 use crate::message::{headers, MessageView};
 use crate::script::{apply, Action, Stage, Verdict};
 use crate::spool::large::Staged;
@@ -189,7 +189,13 @@ impl Session {
         let tail = staged.as_ref().map(Staged::tail);
         let view = match &tail {
             None => MessageView::new(head.clone()),
-            Some(tail) => MessageView::spilled(Arc::new(header.into_bytes()), head.clone(), tail.clone()),
+            Some(tail) => MessageView::spilled(
+                Arc::new(header.into_bytes()),
+                head.clone(),
+                tail.clone(),
+                file_head.as_ref().and_then(|(end, _)| *end),
+                Vec::new(),
+            ),
         };
         drop(outcome);
         held.set(head.len());
@@ -207,7 +213,7 @@ impl Session {
         }
         let mut actions: Vec<Action> = tx.actions;
         actions.extend(decision.actions);
-        let (stored, tail) = match edited(&view, tail, file_head.and_then(|(end, _)| end), &actions) {
+        let (stored, tail) = match apply::edited_message(&view, &actions) {
             Ok(parts) => parts,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the message file: message not accepted");
@@ -263,38 +269,6 @@ impl Session {
 /// `Received:` header in front.
 fn held_size(head: &[u8], body: &[u8]) -> usize {
     head.len() + body.len()
-}
-
-/// The message to store after the scripts' edits: the bytes kept in memory and, for a large
-/// message, the part that stays in its file. Header edits of a large message rewrite only its
-/// header block (`block_end` bytes into the file); a rewrite of the whole message, or a header
-/// block too large to find, reads it into memory.
-fn edited(
-    view: &MessageView,
-    tail: Option<Tail>,
-    block_end: Option<usize>,
-    actions: &[Action],
-) -> std::io::Result<(Arc<Vec<u8>>, Option<Tail>)> {
-    let edits = actions.iter().any(Action::edits_message);
-    match tail {
-        None if !edits => Ok((view.head().clone(), None)),
-        None => Ok((Arc::new(apply::message_edits(view.head(), actions)), None)),
-        Some(tail) if !edits => {
-            Ok((view.file_parts().map_or_else(|| view.head().clone(), |(p, _)| p.clone()), Some(tail)))
-        }
-        Some(tail) => match block_end {
-            Some(end) if !actions.iter().any(|a| matches!(a, Action::Rewrite { .. })) => {
-                Ok((Arc::new(apply::message_edits(view.head(), actions)), Some(tail.skip(end as u64))))
-            }
-            _ => {
-                let whole = view.raw();
-                if whole.len() != view.size() {
-                    return Err(std::io::Error::other("message file unreadable"));
-                }
-                Ok((Arc::new(apply::message_edits(whole, actions)), None))
-            }
-        },
-    }
 }
 
 impl Session {

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::message::stored::Tail;
+use crate::message::stored::{Tail, SPILL_AT};
 
 pub const FOLDER: &str = "large";
 
@@ -93,6 +93,76 @@ impl Drop for Staged {
     }
 }
 
+/// A message being received whose size is not known in advance (a poller's fetch): held in
+/// memory up to [`SPILL_AT`], then written to a [`Staged`] file in `dir/large/`.
+#[derive(Debug)]
+pub struct Spill {
+    dir: PathBuf,
+    memory: Vec<u8>,
+    file: Option<Staged>,
+}
+
+/// What a [`Spill`] holds once complete.
+#[derive(Debug)]
+pub enum Spilled {
+    Memory(Vec<u8>),
+    File(Staged),
+}
+
+impl Spill {
+    pub fn new(dir: &Path) -> Spill {
+        Spill { dir: dir.to_path_buf(), memory: Vec::new(), file: None }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.file.as_ref().map_or(0, |f| f.written) + self.memory.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn finish(mut self) -> std::io::Result<Spilled> {
+        match self.file.take() {
+            None => Ok(Spilled::Memory(std::mem::take(&mut self.memory))),
+            Some(mut file) => {
+                file.write_all(&self.memory)?;
+                Ok(Spilled::File(file))
+            }
+        }
+    }
+}
+
+impl Write for Spill {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.memory.extend_from_slice(buf);
+        if self.memory.len() >= SPILL_AT {
+            if self.file.is_none() {
+                self.file = Some(Staged::create(&self.dir, &super::new_id())?);
+            }
+            if let Some(file) = &mut self.file {
+                file.write_all(&self.memory)?;
+            }
+            self.memory.clear();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Removes every file in `dir/large/` (a poller's leftovers: what it was fetching when the
+/// daemon stopped is fetched again).
+pub fn clear(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir.join(FOLDER)) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Removes a delivered message's file.
 pub fn remove(tail: &Tail) {
     if let Err(e) = std::fs::remove_file(&tail.path) {
@@ -142,5 +212,24 @@ mod tests {
         assert!(tail.path.exists());
         remove(&tail);
         assert!(!tail.path.exists());
+    }
+
+    #[test]
+    fn a_spill_stays_in_memory_until_the_threshold_then_goes_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut small = Spill::new(dir.path());
+        small.write_all(b"small").unwrap();
+        assert!(matches!(small.finish().unwrap(), Spilled::Memory(m) if m == b"small"));
+        let mut big = Spill::new(dir.path());
+        let chunk = vec![b'x'; 100_000];
+        for _ in 0..5 {
+            big.write_all(&chunk).unwrap();
+        }
+        assert_eq!(big.len(), 500_000);
+        let Spilled::File(file) = big.finish().unwrap() else { panic!("500 KB stays in memory") };
+        assert_eq!(file.tail().read_all().unwrap(), vec![b'x'; 500_000]);
+        let path = file.tail().path;
+        drop(file);
+        assert!(!path.exists(), "removed with its owner");
     }
 }

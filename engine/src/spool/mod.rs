@@ -78,11 +78,11 @@ impl SpooledMessage {
         match &self.record.tail {
             None => Ok(MessageView::new(self.body.clone())),
             Some(tail) => {
-                let (_, block) = stored::header_block(tail)?;
+                let (block_end, block) = stored::header_block(tail)?;
                 let mut head = Vec::with_capacity(self.body.len() + block.len());
                 head.extend_from_slice(&self.body);
                 head.extend_from_slice(&block);
-                Ok(MessageView::spilled(self.body.clone(), Arc::new(head), tail.clone()))
+                Ok(MessageView::spilled(self.body.clone(), Arc::new(head), tail.clone(), block_end, Vec::new()))
             }
         }
     }
