@@ -33,6 +33,14 @@ struct Inner {
     spilled: Option<Spilled>,
 }
 
+/// The parts of a message kept in a file (see [`MessageView::file_parts`]).
+pub struct FileParts<'a> {
+    pub prefix: &'a Arc<Vec<u8>>,
+    pub tail: &'a stored::Tail,
+    /// Where the header block ends in `tail`, when it was found.
+    pub block_end: Option<usize>,
+}
+
 struct Spilled {
     prefix: Arc<Vec<u8>>,
     tail: stored::Tail,
@@ -169,8 +177,8 @@ impl MessageView {
 
     /// For a message kept in a file: the in-memory prefix, the file part, and where the
     /// header block ends in the file part (when found).
-    pub fn file_parts(&self) -> Option<(&Arc<Vec<u8>>, &stored::Tail, Option<usize>)> {
-        self.inner.spilled.as_ref().map(|s| (&s.prefix, &s.tail, s.block_end))
+    pub fn file_parts(&self) -> Option<FileParts<'_>> {
+        self.inner.spilled.as_ref().map(|s| FileParts { prefix: &s.prefix, tail: &s.tail, block_end: s.block_end })
     }
 
     /// A view of the large message in `tail` (no prefix): its header block read from the file.

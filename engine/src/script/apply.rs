@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::decision::Action;
 use crate::message::stored::Tail;
-use crate::message::{headers, MessageView};
+use crate::message::{headers, FileParts, MessageView};
 
 /// The message after the header edits, in the order the scripts asked for them.
 pub fn message_edits(raw: &[u8], actions: &[Action]) -> Vec<u8> {
@@ -31,7 +31,7 @@ pub fn message_edits(raw: &[u8], actions: &[Action]) -> Vec<u8> {
 /// or a header block too large to have been found, reads it into memory.
 pub fn edited_message(view: &MessageView, actions: &[Action]) -> std::io::Result<(Arc<Vec<u8>>, Option<Tail>)> {
     let edits = actions.iter().any(Action::edits_message);
-    let Some((prefix, tail, block_end)) = view.file_parts() else {
+    let Some(FileParts { prefix, tail, block_end }) = view.file_parts() else {
         return Ok(if edits {
             (Arc::new(message_edits(view.head(), actions)), None)
         } else {
