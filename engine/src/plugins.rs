@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailflow_plugin::{Host, Plugin, PluginContext, PluginError};
+use mailflow_plugin::{Host, MessageSource, Plugin, PluginContext, PluginError};
 use rhai::Dynamic;
 
 use crate::config::PluginsConfig;
@@ -42,6 +42,19 @@ impl Host for EngineHost {
 
     fn message_bytes(&self, value: &Dynamic) -> Option<Arc<Vec<u8>>> {
         value.clone().try_cast::<MessageView>().map(|m| m.raw().clone())
+    }
+
+    fn message_source(&self, value: &Dynamic) -> Option<MessageSource> {
+        let view = value.clone().try_cast::<MessageView>()?;
+        Some(match view.file_parts() {
+            Some(parts) => MessageSource::File {
+                prefix: parts.prefix.clone(),
+                path: parts.tail.path.clone(),
+                offset: parts.tail.offset,
+                len: parts.tail.len,
+            },
+            None => MessageSource::Memory(view.raw().clone()),
+        })
     }
 
     fn rewrite_message(&self, bytes: Vec<u8>) -> Result<(), String> {

@@ -7,6 +7,7 @@ refuses new DATA with 451 4.3.1 while sessions hold too much. Driven with raw SM
 """
 
 import os
+import re
 import random
 import signal
 import smtplib
@@ -225,3 +226,21 @@ def test_large_forward_goes_out_byte_exact_and_leaves_no_file(daemon):
         assert wait_for(lambda: not list((d.root / "data" / "queue").glob("*.msg")), timeout=10)
     finally:
         server.close()
+
+
+def test_exec_pipe_streams_a_large_message_from_its_file(daemon):
+    """exec::pipe feeds a large message to the command from its file: the command sees every
+    byte the daemon stores (Received header included)."""
+    d = daemon(
+        scripts={"10-count.rhai": 'fn data(ctx, msg) { log("wc=" + exec::pipe("count", msg).stdout.trim()); }'},
+        extra='[plugins]\nenabled = ["exec"]\n[plugins.exec]\ntimeout_ms = 20000\n[plugins.exec.commands]\ncount = ["/usr/bin/wc", "-c"]\n[scripts]\ntimeout_ms = 30000\n',
+    )
+    msg = big_message(4 * 1024 * 1024)
+    with RawClient(d.port, timeout=30) as c:
+        c.ehlo()
+        queue_id(c.send_mail("a@client.test", ["user@example.org"], msg))
+    (path,) = wait_files(d, "user@example.org", 1)
+    stored = len(path.read_bytes()) - len(b"Return-Path: <a@client.test>\r\n")
+    counted = wait_for(lambda: re.search(r"wc=(\d+)", d.log()))
+    assert counted, d.log()[-2000:]
+    assert int(counted.group(1)) == stored

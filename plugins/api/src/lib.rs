@@ -54,13 +54,58 @@ pub trait Host: Send + Sync {
     /// Time left in the hook call running on this thread; `None` outside a hook call.
     fn hook_time_left(&self) -> Option<Duration>;
 
-    /// The raw bytes of a script's `msg` value; `None` if the value is not a message.
+    /// The raw bytes of a script's `msg` value; `None` if the value is not a message. A large
+    /// message is read into memory for this: prefer [`Host::message_source`].
     fn message_bytes(&self, value: &rhai::Dynamic) -> Option<Arc<Vec<u8>>>;
+
+    /// A script's `msg` value as a source to stream from (a large message stays in its file);
+    /// `None` if the value is not a message.
+    fn message_source(&self, value: &rhai::Dynamic) -> Option<MessageSource>;
 
     /// Replaces the message of the running hook call with `bytes` (fdm's `rewrite`): recorded
     /// as an action, applied before the message is stored. Errors outside a `data`/`fetched`
     /// call.
     fn rewrite_message(&self, bytes: Vec<u8>) -> Result<(), String>;
+}
+
+/// A message to stream: its bytes in memory, or `prefix` followed by `len` bytes from
+/// `offset` of the file at `path` (a large message the daemon keeps in a file).
+#[derive(Debug, Clone)]
+pub enum MessageSource {
+    Memory(Arc<Vec<u8>>),
+    File { prefix: Arc<Vec<u8>>, path: PathBuf, offset: u64, len: u64 },
+}
+
+impl MessageSource {
+    /// The message's size in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            MessageSource::Memory(bytes) => bytes.len() as u64,
+            MessageSource::File { prefix, len, .. } => prefix.len() as u64 + len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes the whole message to `out`, a file part in 64 KB reads.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        match self {
+            MessageSource::Memory(bytes) => out.write_all(bytes),
+            MessageSource::File { prefix, path, offset, len } => {
+                use std::io::{Read, Seek};
+                out.write_all(prefix)?;
+                let mut file = std::fs::File::open(path)?;
+                file.seek(std::io::SeekFrom::Start(*offset))?;
+                let copied = std::io::copy(&mut file.take(*len), out)?;
+                if copied != *len {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message file shorter than recorded"));
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Given to each plugin when it is built.

@@ -25,7 +25,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 
-use mailflow_plugin::{error, parse_config, Plugin, PluginContext, PluginError};
+use mailflow_plugin::{error, parse_config, MessageSource, Plugin, PluginContext, PluginError};
 use rhai::{Dynamic, EvalAltResult, Map, Module};
 use serde::Deserialize;
 
@@ -88,7 +88,7 @@ struct Output {
 }
 
 impl Inner {
-    fn run(&self, name: &str, input: &[u8]) -> Result<Output, Box<EvalAltResult>> {
+    fn run(&self, name: &str, input: MessageSource) -> Result<Output, Box<EvalAltResult>> {
         let argv = self
             .commands
             .get(name)
@@ -108,14 +108,15 @@ impl Inner {
         Ok(Output { code, stdout })
     }
 
-    fn message(&self, msg: &Dynamic) -> Result<Arc<Vec<u8>>, Box<EvalAltResult>> {
-        self.ctx.host.message_bytes(msg).ok_or_else(|| error("exec: the second argument must be msg"))
+    fn message(&self, msg: &Dynamic) -> Result<MessageSource, Box<EvalAltResult>> {
+        self.ctx.host.message_source(msg).ok_or_else(|| error("exec: the second argument must be msg"))
     }
 }
 
-/// Runs `argv` (not empty) with `input` on stdin, for at most `budget`: its exit code and
-/// stdout (up to one byte past [`MAX_OUTPUT`]), or `None` on a timeout.
-fn run_command(argv: &[String], input: &[u8], budget: Duration) -> std::io::Result<Option<(i64, Vec<u8>)>> {
+/// Runs `argv` (not empty) with `input` streamed on stdin (a large message from its file,
+/// never copied whole into memory), for at most `budget`: its exit code and stdout (up to one
+/// byte past [`MAX_OUTPUT`]), or `None` on a timeout.
+fn run_command(argv: &[String], input: MessageSource, budget: Duration) -> std::io::Result<Option<(i64, Vec<u8>)>> {
     let deadline = Instant::now() + budget;
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
@@ -131,10 +132,9 @@ fn run_command(argv: &[String], input: &[u8], budget: Duration) -> std::io::Resu
     // reading cannot deadlock us. Neither is joined: a process that left the group (setsid)
     // may hold the pipes open past the deadline.
     let mut stdin = child.stdin.take();
-    let input = input.to_vec();
     std::thread::spawn(move || {
         if let Some(stdin) = stdin.as_mut() {
-            let _ = stdin.write_all(&input);
+            let _ = input.write_to(stdin);
         }
     });
     let mut stdout = child.stdout.take();
@@ -199,8 +199,8 @@ impl Plugin for Exec {
         let mut module = Module::new();
         let inner = self.inner.clone();
         module.set_native_fn("pipe", move |name: &str, msg: Dynamic| {
-            let bytes = inner.message(&msg)?;
-            let out = inner.run(name, &bytes)?;
+            let source = inner.message(&msg)?;
+            let out = inner.run(name, source)?;
             let mut map = Map::new();
             map.insert("code".into(), out.code.into());
             map.insert("stdout".into(), String::from_utf8_lossy(&out.stdout).into_owned().into());
@@ -208,8 +208,8 @@ impl Plugin for Exec {
         });
         let inner = self.inner.clone();
         module.set_native_fn("rewrite", move |name: &str, msg: Dynamic| {
-            let bytes = inner.message(&msg)?;
-            let out = inner.run(name, &bytes)?;
+            let source = inner.message(&msg)?;
+            let out = inner.run(name, source)?;
             if out.code != 0 {
                 return Err(error(format!("exec {name}: exited with {}; message left unchanged", out.code)));
             }
@@ -227,6 +227,20 @@ impl Plugin for Exec {
 mod tests {
     use super::*;
 
+    fn bytes(input: &[u8]) -> MessageSource {
+        MessageSource::Memory(Arc::new(input.to_vec()))
+    }
+
+    #[test]
+    fn a_file_part_is_streamed_to_stdin() {
+        let dir = std::env::temp_dir().join(format!("mf-exec-{}", std::process::id()));
+        std::fs::write(&dir, b"xxBODY\n").unwrap();
+        let source = MessageSource::File { prefix: Arc::new(b"Head: 1\n".to_vec()), path: dir.clone(), offset: 2, len: 5 };
+        let out = run_command(&sh("cat"), source, Duration::from_secs(5)).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(out, Some((0, b"Head: 1\nBODY\n".to_vec())));
+    }
+
     fn sh(script: &str) -> Vec<String> {
         vec!["/bin/sh".into(), "-c".into(), script.into()]
     }
@@ -242,14 +256,14 @@ mod tests {
 
     #[test]
     fn output_and_exit_code() {
-        let out = run_command(&sh("tr a-z A-Z; exit 3"), b"hello", Duration::from_secs(5)).unwrap();
+        let out = run_command(&sh("tr a-z A-Z; exit 3"), bytes(b"hello"), Duration::from_secs(5)).unwrap();
         assert_eq!(out, Some((3, b"HELLO".to_vec())));
     }
 
     #[test]
     fn a_background_child_holding_stdout_is_a_timeout() {
         let started = Instant::now();
-        let out = run_command(&sh("sleep 14.5 & echo started"), b"", Duration::from_millis(300)).unwrap();
+        let out = run_command(&sh("sleep 14.5 & echo started"), bytes(b""), Duration::from_millis(300)).unwrap();
         assert_eq!(out, None);
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         std::thread::sleep(Duration::from_millis(50));
@@ -259,7 +273,7 @@ mod tests {
     #[test]
     fn a_hung_command_is_killed_with_its_group() {
         let started = Instant::now();
-        let out = run_command(&sh("sleep 14.6; echo never"), b"", Duration::from_millis(300)).unwrap();
+        let out = run_command(&sh("sleep 14.6; echo never"), bytes(b""), Duration::from_millis(300)).unwrap();
         assert_eq!(out, None);
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         std::thread::sleep(Duration::from_millis(50));
@@ -268,7 +282,7 @@ mod tests {
 
     #[test]
     fn children_left_behind_by_a_finished_command_are_killed() {
-        let out = run_command(&sh("sleep 14.7 >/dev/null & echo done"), b"", Duration::from_secs(5)).unwrap();
+        let out = run_command(&sh("sleep 14.7 >/dev/null & echo done"), bytes(b""), Duration::from_secs(5)).unwrap();
         assert_eq!(out, Some((0, b"done\n".to_vec())));
         std::thread::sleep(Duration::from_millis(50));
         assert!(!running("sleep 14.7"), "the background child leaked");
