@@ -7,6 +7,10 @@ Maildir with virtual(8), message_size_limit raised to 30 MB), mailflow (the bina
 and, when MAILFLOW_OLD_BIN names one, an older mailflow. Servers interleaved per repetition
 (BENCH_REPEAT, 3); a fresh instance for every run, so the kernel's VmHWM is that run's peak.
 
+Then the poller row: a private Dovecot holding one BENCH_POLL_MB (50) MB message, and mailflow
+(new, and old when given) polling it over IMAP with a local copy (`deliver`): the daemon's
+VmHWM from start until the copy is in place, and the time that took.
+
 Reported per server: MB/s (all bytes / wall seconds from the first connect to the last 250),
 peak RSS (mailflow: VmHWM of its one process; Postfix: the highest sampled sum of RSS over
 master and children, sampled every 50 ms, plus PSS), and seconds until all messages are in the
@@ -24,7 +28,7 @@ import shutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ingest import HOST, RCPT, SENDER, Mailflow, Postfix, count_files, log, proc_mem_kb  # noqa: E402
-from extra import env_int, fmt_range, loadavg, server_mem_kb, write_result  # noqa: E402
+from extra import Dovecot, env_int, fmt_range, loadavg, server_mem_kb, write_result  # noqa: E402
 
 
 class LargePostfix(Postfix):
@@ -105,6 +109,58 @@ def run_once(server, sessions, msg, timeout):
             "all_in_maildir_s": all_in, "delivered": delivered, "errors": errors[:5]}
 
 
+def poll_once(root, binary, name, size_mb, timeout=300):
+    """One mailflow polling one big message from a fresh Dovecot; (VmHWM kB, seconds)."""
+    dv = Dovecot(root)
+    body = make_message(size_mb * 1024 * 1024).replace(b"\r\n", b"\n")
+    new = os.path.join(dv.maildir, "new")
+    for sub in ("new", "cur", "tmp"):
+        os.makedirs(os.path.join(dv.maildir, sub), exist_ok=True)
+    with open(os.path.join(new, "1.big.bench"), "wb") as f:
+        f.write(body)
+    subprocess.run(["chown", "-R", f"{dv.uid}:{dv.gid}", dv.maildir], check=False)
+    dv.start()
+    d = os.path.join(root, f"poll-{name}")
+    os.makedirs(d)
+    local = os.path.join(d, "local")
+    config = os.path.join(d, "mailflow.toml")
+    with open(config, "w") as f:
+        f.write(f"""[smtp]\nlisten = ["{HOST}:{free_port_local()}"]\n[state]\ndir = "{d}/state"\n
+[[accounts]]\nname = "big"\nprotocol = "imap"\nhost = "{HOST}"\nport = {dv.port}\ntls = "none"
+username = "me"\npassword = "secret"\nidle = false\npoll_interval = "60s"\ndeliver = "{local}"\n""")
+    os.makedirs(os.path.join(d, "scripts"))
+    log_file = open(os.path.join(d, "server.log"), "ab")
+    proc = subprocess.Popen([binary, "run", "--config", config], cwd=d, stdout=log_file, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < timeout:
+            if count_files(os.path.join(local, "new")) or count_files(os.path.join(local, "cur")):
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited: {proc.returncode}")
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        hwm = proc_mem_kb(proc.pid)[2]
+        ok = bool(count_files(os.path.join(local, "new")))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log_file.close()
+        dv.stop()
+    return {"server": name, "hwm_kb": hwm, "seconds": took, "copied": ok}
+
+
+def free_port_local():
+    import socket
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
 def main():
     sessions = env_int("BENCH_LARGE_SESSIONS", 40)
     size_mb = env_int("BENCH_LARGE_MB", 20)
@@ -167,7 +223,36 @@ def main():
     lines += ["- peak RSS: mailflow's VmHWM (the kernel's exact peak of its one process); Postfix: the "
               "highest 50 ms sample of the summed RSS of master and children (RSS counts shared pages "
               "once per process, PSS shares them out)", f"- loadavg at the end: {loadavg()}"]
-    write_result("large", f"Large messages: {sessions} x {size_mb} MB at once", lines, runs)
+    poll_mb = env_int("BENCH_POLL_MB", 50)
+    polls = []
+    root = tempfile.mkdtemp(prefix="mailflow-poll.")
+    os.chmod(root, 0o755)
+    try:
+        for rep in range(repeat):
+            for name, path in [("mailflow", binary)] + ([("mailflow-old", os.path.abspath(old))] if old else []):
+                log(f"large: poll {name} run {rep + 1}: one {poll_mb} MB message over IMAP")
+                run_root = os.path.join(root, f"{rep}")
+                os.makedirs(run_root, exist_ok=True)
+                try:
+                    r = poll_once(run_root, path, name, poll_mb)
+                except Exception as e:  # noqa: BLE001 - reported
+                    r = {"server": name, "error": str(e)[:300]}
+                r["rep"] = rep
+                polls.append(r)
+                log(f"large: {r}")
+                shutil.rmtree(run_root, ignore_errors=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    lines += ["", f"## A poller fetching one {poll_mb} MB message (IMAP, Dovecot, local copy)", "",
+              "| server | peak RSS MB (VmHWM) | seconds until copied | copied |", "|---|---|---|---|"]
+    for name in ["mailflow", "mailflow-old"]:
+        ok = [r for r in polls if r["server"] == name and "error" not in r]
+        if ok:
+            lines.append(f"| {name} | {fmt_range([r['hwm_kb'] / 1024 for r in ok], '{:.0f}')} | "
+                         f"{fmt_range([r['seconds'] for r in ok], '{:.1f}')} | {'/'.join(str(r['copied']) for r in ok)} |")
+        elif any(r["server"] == name for r in polls):
+            lines.append(f"| {name} | not measured: {[r.get('error') for r in polls if r['server'] == name][:1]} | | |")
+    write_result("large", f"Large messages: {sessions} x {size_mb} MB at once", lines, {"smtp": runs, "poll": polls})
 
 
 if __name__ == "__main__":

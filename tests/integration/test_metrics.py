@@ -79,7 +79,8 @@ def test_metrics_count_connections_messages_verdicts_and_deliveries(metered):
     assert value(text, "mailflow_spool_messages_total") == 3
     assert 1 <= value(text, "mailflow_spool_segments_total") <= 3
     assert value(text, "mailflow_spool_sync_seconds_count") == value(text, "mailflow_spool_segments_total")
-    assert len(d.messages("bob@example.org", "Junk")) == 1
+    # counted when written; in the folder once the delivery batch is synced
+    assert wait_for(lambda: len(d.messages("bob@example.org", "Junk")) == 1, 30)
 
 
 def test_metrics_count_script_reloads_and_errors(metered):
