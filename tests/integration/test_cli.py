@@ -1,7 +1,7 @@
 """The command line around the receiver: `mailflow check` on good and bad configs, exit codes,
 and `mailflow run` on built-in defaults (no config file: 127.0.0.1:2525, accepts mail).
 
-Issue #2 / SPEC §2.
+Issue #2, README "Command line".
 """
 
 import re
@@ -146,7 +146,7 @@ def port_is_free(port):
 
 
 def test_run_without_any_config_listens_on_2525_and_accepts_mail(tmp_path):
-    """SPEC §2: `mailflow run` with no config file must start and accept mail, on
+    """The command line: `mailflow run` with no config file must start and accept mail, on
     127.0.0.1:2525, with data under ./data of the current folder."""
     if not port_is_free(2525):
         pytest.fail("127.0.0.1:2525 is in use by another process; this test needs it free")

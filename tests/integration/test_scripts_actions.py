@@ -1,4 +1,4 @@
-"""Script actions (SPEC §4) against the running daemon: the effect of each one on the
+"""Script actions (docs/scripting.md) against the running daemon: the effect of each one on the
 delivered file, `discard`, header-injection attempts, and "a failing stage drops its actions".
 """
 

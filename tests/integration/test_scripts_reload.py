@@ -1,4 +1,4 @@
-"""Hot reload (SPEC §4): a saved, added or deleted file is live within one second (measured);
+"""Hot reload (docs/scripting.md): a saved, added or deleted file is live within one second (measured);
 a set that does not compile is not activated and its errors are logged as FILE:LINE:COL;
 SIGHUP reloads; modules under lib/ are re-read; sessions in flight keep their set.
 """
@@ -10,7 +10,7 @@ import time
 
 from smtpclient import SMTP, make_message, parse, transaction, wait_delivered, wait_log
 
-RELOAD_LIMIT = 1.0  # seconds, SPEC §4
+RELOAD_LIMIT = 1.0  # seconds, docs/scripting.md "Hot reload"
 
 BLOCK_RULE = """
 fn rcpt_to(ctx) {

@@ -1,4 +1,4 @@
-"""The script sandbox (SPEC §4 "Limits", issue #3 "Sandbox", "Modules"): runaway scripts are
+"""The script sandbox (docs/scripting.md "Limits", issue #3 "Sandbox", "Modules"): runaway scripts are
 stopped within the limit while other sessions keep being served, runtime errors tempfail and
 are logged with file and line, `eval` is off, modules stay inside the scripts folder, and no
 file, process, network or environment function exists.

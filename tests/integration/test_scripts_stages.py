@@ -1,4 +1,4 @@
-"""Scripts at every SMTP stage (SPEC §4), against the running daemon with a raw SMTP client:
+"""Scripts at every SMTP stage (docs/scripting.md), against the running daemon with a raw SMTP client:
 reject and tempfail with default and custom codes and texts, the file-order chain, and what
 `ctx` / `msg` show the scripts.
 """

@@ -1,4 +1,4 @@
-//! receive: the POP3 and IMAP pollers (SPEC §3 `[[accounts]]`, §4 stage `fetched`).
+//! receive: the POP3 and IMAP pollers (`[[accounts]]` in docs/accounts.md, stage `fetched` in docs/scripting.md).
 //!
 //! Every account runs in its own task (one per mailbox for IMAP, each with its own
 //! connection and IDLE), so one bad password or dead server never stops the others. A failed

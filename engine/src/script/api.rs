@@ -1,4 +1,4 @@
-//! The script API of SPEC §4, registered into the rhai engine: the `ctx` and `msg` types and
+//! The script API (docs/scripting.md), registered into the rhai engine: the `ctx` and `msg` types and
 //! their getters, the verdict functions and the actions. Full reference with examples:
 //! `docs/scripting.md`.
 //!
@@ -85,7 +85,7 @@ fn log_float(value: rhai::FLOAT) {
 
 // --- ctx --------------------------------------------------------------------------------------
 
-/// `ctx`: the read-only getters of SPEC §4 (strings, "" where a field does not apply at the
+/// `ctx`: the read-only getters (docs/scripting.md) (strings, "" where a field does not apply at the
 /// stage), plus the recipient actions.
 fn register_ctx(engine: &mut Engine) {
     engine.register_type_with_name::<ScriptCtx>("Ctx");

@@ -1,4 +1,4 @@
-//! `ctx`: who is talking and what the envelope says so far (SPEC §4). Read-only for scripts;
+//! `ctx`: who is talking and what the envelope says so far (docs/scripting.md). Read-only for scripts;
 //! `ctx.add_rcpt`/`ctx.remove_rcpt` record actions instead of editing it.
 
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::smtp::reply::Reply;
 
-/// The stages of SPEC §4, in the order a message meets them.
+/// The script stages (docs/scripting.md), in the order a message meets them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {

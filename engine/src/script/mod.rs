@@ -1,4 +1,4 @@
-//! decide: the rhai script host (SPEC §4).
+//! decide: the rhai script host (docs/scripting.md).
 //!
 //! Input: a [`Context`] (and, at `data`/`fetched`, a [`MessageView`](crate::message::MessageView))
 //! from the SMTP session or a poller. Output: a [`Decision`] — verdict plus typed actions — that

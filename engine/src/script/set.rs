@@ -2,7 +2,7 @@
 //! order, compiled once per (re)load with the engine that will run it.
 //!
 //! A stage call runs the stage's function of each file in order until one returns a verdict
-//! (SPEC §4). Each call runs under `max_operations` and a wall-clock deadline enforced by the
+//! (docs/scripting.md). Each call runs under `max_operations` and a wall-clock deadline enforced by the
 //! progress callback; errors, limits and timeouts become a [`ScriptError`] and `on_error`.
 
 use std::collections::HashMap;

@@ -26,7 +26,7 @@ impl Session {
             self.reply(Reply::new(555, "5.5.4", "MAIL parameters need EHLO"));
             return Flow::Continue;
         }
-        // Each transaction runs on the newest script set (SPEC §4: a reload is live within a
+        // Each transaction runs on the newest script set (docs/scripting.md: a reload is live within a
         // second, also for a client that keeps its connection for many messages); within a
         // transaction the set stays the same from mail_from to data.
         self.scripts = self.shared.scripts.current();
