@@ -778,7 +778,7 @@ def test_no_bounce_for_a_null_sender(daemon, sinks):
     sink = sinks(args=["-f", "RCPT", "-B", "550 5.1.1 User unknown"])
     d = daemon(scripts={"10-fwd.rhai": FORWARD}, extra=outbound(sink.port))
     send(d, sender="", subject="a bounce being forwarded")
-    wait_log(d, "no bounce: the failed message had a null sender")
+    assert "no bounce: the failed message had a null sender" in wait_log(d, "no bounce: the failed message had a null sender")
     assert wait_for(lambda: queue_files(d) == [])
 
 
