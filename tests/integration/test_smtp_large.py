@@ -11,6 +11,7 @@ import re
 import random
 import signal
 import smtplib
+import subprocess
 import threading
 import time
 
@@ -137,8 +138,9 @@ def test_a_session_cut_off_mid_data_leaves_no_file_after_restart(daemon):
 
 def test_max_inflight_memory_refuses_new_data_with_451_4_3_1(daemon):
     """Session A holds a message in memory mid-DATA (under 256 KB, not yet in a file); with the
-    cap at 400 KB a second session's DATA is refused until A finishes."""
-    d = daemon(extra_smtp='max_inflight_memory = "400KB"')
+    cap at 700 KB (room for one session's worst case, 512 KB, but not two) a second session's
+    DATA is refused until A finishes."""
+    d = daemon(extra_smtp='max_inflight_memory = "700KB"')
     a = RawClient(d.port, timeout=30)
     a.ehlo()
     a.expect("MAIL FROM:<a@client.test>", 250)
@@ -155,7 +157,7 @@ def test_max_inflight_memory_refuses_new_data_with_451_4_3_1(daemon):
             return b.cmd("DATA")
 
     refused = wait_for(lambda: (r := second_data()).code == 451 and r, timeout=10)
-    assert refused, "DATA was not refused while another session held 200 KB of a 400 KB cap"
+    assert refused, "DATA was not refused while another session held 200 KB of a 700 KB cap"
     assert refused.status == "4.3.1", refused
     a.send(b".\r\n")
     queue_id(a.reply())
@@ -165,6 +167,16 @@ def test_max_inflight_memory_refuses_new_data_with_451_4_3_1(daemon):
         b.ehlo()
         queue_id(b.send_mail("b@client.test", ["user@example.org"], simple_message()))
     assert "max_inflight_memory reached" in d.log()
+
+
+def test_max_inflight_memory_below_one_session_is_a_config_error(tmp_path):
+    from conftest import BIN
+
+    config = tmp_path / "mailflow.toml"
+    config.write_text('[smtp]\nmax_inflight_memory = "100KB"\n')
+    out = subprocess.run([str(BIN), "check", "--config", str(config)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1, out
+    assert "max_inflight_memory" in out.stdout + out.stderr
 
 
 def peak_rss_kb(pid):
@@ -232,7 +244,7 @@ def test_exec_pipe_streams_a_large_message_from_its_file(daemon):
     """exec::pipe feeds a large message to the command from its file: the command sees every
     byte the daemon stores (Received header included)."""
     d = daemon(
-        scripts={"10-count.rhai": 'fn data(ctx, msg) { log("wc=" + exec::pipe("count", msg).stdout.trim()); }'},
+        scripts={"10-count.rhai": 'fn data(ctx, msg) { let out = exec::pipe("count", msg).stdout; out.trim(); log("wc=" + out); }'},
         extra='[plugins]\nenabled = ["exec"]\n[plugins.exec]\ntimeout_ms = 20000\n[plugins.exec.commands]\ncount = ["/usr/bin/wc", "-c"]\n[scripts]\ntimeout_ms = 30000\n',
     )
     msg = big_message(4 * 1024 * 1024)
@@ -244,3 +256,18 @@ def test_exec_pipe_streams_a_large_message_from_its_file(daemon):
     counted = wait_for(lambda: re.search(r"wc=(\d+)", d.log()))
     assert counted, d.log()[-2000:]
     assert int(counted.group(1)) == stored
+
+
+def test_add_header_on_a_large_message_without_a_header_block_end_keeps_it_in_its_file(daemon):
+    """No blank line in the first megabyte: an added field still goes in front and the rest is
+    copied from the file unchanged (a field added needs no end of the header block)."""
+    d = daemon(scripts={"10-add.rhai": 'fn data(ctx, msg) { msg.add_header("X-Scanned", "yes"); }'})
+    msg = b"".join(b"X-Filler-%06d: %s\r\n" % (i, b"v" * 60) for i in range(20000))  # 1.5 MB of fields
+    with RawClient(d.port, timeout=30) as c:
+        c.ehlo()
+        queue_id(c.send_mail("a@client.test", ["user@example.org"], msg))
+    (path,) = wait_files(d, "user@example.org", 1)
+    raw = path.read_bytes()
+    raw = raw[raw.index(b"\r\n") + 2 :]  # Return-Path
+    assert raw.startswith(b"X-Scanned: yes\r\nReceived: ")
+    assert raw.endswith(msg)

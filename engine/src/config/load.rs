@@ -91,6 +91,16 @@ fn validate(config: &Config) -> Result<(), String> {
             return Err(format!("[smtp] {key} must be > 0"));
         }
     }
+    // One session in DATA may hold up to twice the size from which a message goes to a file
+    // (256 KB, `message::stored::SPILL_AT`); a smaller cap would refuse every message.
+    let floor = 512 * 1024;
+    if smtp.max_inflight_memory < floor {
+        return Err(format!(
+            "[smtp] max_inflight_memory must be at least {} KB (what one session in DATA may hold), not {} bytes",
+            floor / 1024,
+            smtp.max_inflight_memory
+        ));
+    }
     if !config.delivery.maildir.contains("{local}") && !config.delivery.maildir.contains("{domain}") {
         // One shared Maildir for every recipient is allowed, but almost always a mistake.
         tracing::warn!(maildir = %config.delivery.maildir, "[delivery] maildir has no {{local}} or {{domain}}: every recipient shares one Maildir");

@@ -251,7 +251,7 @@ fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
 fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mut maildir::SyncBatch) -> bool {
     let target = &deliverer.target;
     let record = &message.record;
-    if let Some(tail) = record.tail.as_ref().filter(|t| !t.path.exists()) {
+    if let Some(tail) = record.tail.as_ref().filter(|t| crate::spool::large::is_gone(t)) {
         // Files of large messages are removed only once delivered: this is a replay.
         tracing::warn!(file = %tail.path.display(), "message file already removed: delivered before a restart");
         return true;

@@ -530,7 +530,9 @@ impl Poller<'_> {
             let view = if headers_only {
                 let size = fetch.size.map_or(raw.len(), |s| s as usize);
                 MessageView::headers_only(Arc::new(raw.to_vec()), flags, size)
-            } else if imap_large::is_partial(fetch, raw.len()) {
+            } else if imap_large::too_large(fetch, uid) {
+                continue;
+            } else if imap_large::is_partial(raw.len()) {
                 partial.push((uid, raw.to_vec(), flags));
                 continue;
             } else {
@@ -594,7 +596,7 @@ impl Poller<'_> {
         let Some(fetch) = fetches.iter().find(|f| f.uid == Some(item.uid)) else { return vanished() };
         let Some(body) = fetch.body() else { return vanished() };
         let flags = item.view.flags().to_vec();
-        let (view, file) = if imap_large::is_partial(fetch, body.len()) {
+        let (view, file) = if imap_large::is_partial(body.len()) {
             match imap_large::rest(session, item.uid, body, flags, &self.deps.journal_dir).await? {
                 Some(whole) => whole,
                 None => return vanished(),

@@ -7,7 +7,8 @@
 //! this is what keeps a poller's memory bounded whatever the message size.
 //!
 //! Security: the server's `RFC822.SIZE` is only a hint; the fetch stops at a short piece and
-//! at [`MAX_MESSAGE`] bytes, whatever the server claims.
+//! at [`MAX_MESSAGE`] bytes, whatever the server claims, and a piece longer than asked for is
+//! an error (never appended).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use async_imap::types::Fetch;
 use futures::TryStreamExt;
 
 use super::pop3::MAX_MESSAGE;
+use super::retry::Warned;
 use crate::message::stored::SPILL_AT;
 use crate::message::MessageView;
 use crate::spool::large::{Spill, Spilled, Staged};
@@ -29,9 +31,26 @@ const PIECE: usize = 1024 * 1024;
 
 const _: () = assert!(SPILL_AT == 262_144, "BODY_QUERY names SPILL_AT");
 
-/// Whether `fetch` holds only the first part of a larger message.
-pub fn is_partial(fetch: &Fetch, got: usize) -> bool {
-    got >= SPILL_AT && fetch.size.is_none_or(|size| size as usize > got)
+/// Whether `fetch` holds only the first part of a larger message: exactly the length asked
+/// for came back. `RFC822.SIZE` is not consulted (some servers report an estimate); a message
+/// of exactly that length costs one more fetch, which answers with an empty string. More than
+/// asked means the server ignored the partial fetch and sent the whole message.
+pub fn is_partial(got: usize) -> bool {
+    got == SPILL_AT
+}
+
+/// Whether the server says the message is larger than a poller fetches; the warning that
+/// it is left on the server is logged once a day per message (and at debug level otherwise).
+pub fn too_large(fetch: &Fetch, uid: u32) -> bool {
+    let Some(size) = fetch.size.filter(|&size| size as usize > MAX_MESSAGE) else { return false };
+    static WARNED: std::sync::Mutex<Option<Warned>> = std::sync::Mutex::new(None);
+    let mut warned = WARNED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if warned.get_or_insert_with(Warned::default).due(&format!("{uid}:{size}"), std::time::Instant::now()) {
+        tracing::warn!(uid, size, "message larger than the fetch limit: left on the server (said once a day)");
+    } else {
+        tracing::debug!(uid, size, "message larger than the fetch limit: left on the server");
+    }
+    true
 }
 
 /// A fetched message: its view, and the file that holds it when large (removed when dropped).
@@ -43,7 +62,8 @@ pub fn in_memory(raw: Vec<u8>, flags: Vec<String>) -> Whole {
 }
 
 /// Fetches the rest of message `uid` after `first` into a file under `dir`. `None` when the
-/// message left the server meanwhile.
+/// message left the server meanwhile, or turned out larger than [`MAX_MESSAGE`] (left there,
+/// with a warning).
 pub async fn rest(
     session: &mut super::imap::ImapSession,
     uid: u32,
@@ -56,7 +76,8 @@ pub async fn rest(
     loop {
         let offset = spill.len();
         if offset as usize >= MAX_MESSAGE {
-            return Err(super::imap::ImapError::Other(format!("message {uid} larger than {MAX_MESSAGE} bytes")));
+            tracing::warn!(uid, "message larger than the fetch limit ({MAX_MESSAGE} bytes): left on the server");
+            return Ok(None);
         }
         let query = format!("(UID BODY.PEEK[]<{offset}.{PIECE}>)");
         let uid_text = uid.to_string();
@@ -67,6 +88,13 @@ pub async fn rest(
         let Some(piece) = fetches.iter().find(|f| f.uid == Some(uid)).and_then(|f| f.body()) else {
             return Ok(None);
         };
+        if piece.len() > PIECE {
+            // Not the piece asked for: a server that ignores partial fetches.
+            return Err(super::imap::ImapError::Other(format!(
+                "message {uid}: the server answered a partial fetch with {} bytes",
+                piece.len()
+            )));
+        }
         std::io::Write::write_all(&mut spill, piece)?;
         if piece.len() < PIECE {
             break;

@@ -67,8 +67,7 @@ impl Outbound {
         message: &[u8],
         origin: &str,
     ) -> std::io::Result<String> {
-        let message = normalize::crlf(message);
-        self.enqueue_parts(kind, sender, recipients, &[&message], None, origin)
+        self.enqueue_parts(kind, sender, recipients, &[message], None, origin)
     }
 
     /// [`Outbound::enqueue`] for a message in parts: `parts` (CRLF line ends) and, for a large
@@ -83,6 +82,13 @@ impl Outbound {
         tail: Option<&Tail>,
         origin: &str,
     ) -> std::io::Result<String> {
+        // Parts from a poller may have bare line ends; what DATA accepted (every tail) has none.
+        let normalized: Vec<std::borrow::Cow<'_, [u8]>> = parts
+            .iter()
+            .map(|p| if normalize::is_crlf(p) || p.is_empty() { (*p).into() } else { normalize::crlf(p).into() })
+            .collect();
+        let normalized: Vec<&[u8]> = normalized.iter().map(|p| p.as_ref()).collect();
+        let parts = normalized.as_slice();
         let id = entry_id(kind, sender, recipients, parts, tail, origin)?;
         if entry::exists(&self.dir, &id) {
             // The same action of the same message, carried out again after a crash (a spool

@@ -97,18 +97,13 @@ impl Pool {
         envelope: &Envelope,
         body: &[u8],
     ) -> Result<AsyncSmtpConnection, Option<SendError>> {
-        match tokio::time::timeout(TRANSACTION_TIMEOUT, conn.send(envelope, body)).await {
-            Ok(Ok(_)) => Ok(conn),
-            // An SMTP answer (4xx/5xx, or an unparsable one): that is the server's result.
-            Ok(Err(e)) if e.is_transient() || e.is_permanent() || e.is_response() => {
+        match tokio::time::timeout(TRANSACTION_TIMEOUT, send_streamed(&mut conn, envelope, body)).await {
+            Ok(Ok(())) => Ok(conn),
+            Ok(Err(Refused::Here(reason))) => {
                 conn.abort().await;
-                Err(Some(SendError::from_smtp(e)))
+                Err(Some(SendError::permanent(reason)))
             }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "outbound connection failed");
-                conn.abort().await;
-                Err(None)
-            }
+            Ok(Err(Refused::Smtp(e))) => Err(classify(&mut conn, e).await),
             Err(_) => {
                 conn.abort().await;
                 Err(Some(SendError::transient("SMTP transaction timed out")))
@@ -197,4 +192,61 @@ impl Pool {
             list.push(conn);
         }
     }
+}
+
+/// Why a streamed transaction did not go through.
+enum Refused {
+    /// Decided here before sending (the server lacks an extension the message needs).
+    Here(String),
+    Smtp(lettre::transport::smtp::Error),
+}
+
+impl From<lettre::transport::smtp::Error> for Refused {
+    fn from(e: lettre::transport::smtp::Error) -> Refused {
+        Refused::Smtp(e)
+    }
+}
+
+/// An SMTP error of a transaction: the server's answer (4xx/5xx, or an unparsable one) is its
+/// result; anything else means the connection failed (`None`).
+async fn classify(conn: &mut AsyncSmtpConnection, e: lettre::transport::smtp::Error) -> Option<SendError> {
+    conn.abort().await;
+    if e.is_transient() || e.is_permanent() || e.is_response() {
+        Some(SendError::from_smtp(e))
+    } else {
+        tracing::debug!(error = %e, "outbound connection failed");
+        None
+    }
+}
+
+/// What lettre's `AsyncSmtpConnection::send` does (MAIL with SMTPUTF8/8BITMIME as needed, RCPT,
+/// DATA), but the message goes out in 64 KB pieces through the connection's dot-stuffing
+/// codec: lettre's own `send` encodes the whole message into one more buffer of its size.
+async fn send_streamed(conn: &mut AsyncSmtpConnection, envelope: &Envelope, body: &[u8]) -> Result<(), Refused> {
+    use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+    use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
+    let mut options = Vec::new();
+    let ascii = |a: &lettre::Address| AsRef::<str>::as_ref(a).is_ascii();
+    let non_ascii_address = envelope.from().is_some_and(|a| !ascii(a)) || envelope.to().iter().any(|a| !ascii(a));
+    if non_ascii_address {
+        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+            return Err(Refused::Here(
+                "envelope has non-ASCII addresses but the server does not offer SMTPUTF8".into(),
+            ));
+        }
+        options.push(MailParameter::SmtpUtfEight);
+    }
+    if !body.is_ascii() {
+        if !conn.server_info().supports_feature(Extension::EightBitMime) {
+            return Err(Refused::Here("message has 8-bit content but the server does not offer 8BITMIME".into()));
+        }
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    conn.command(Mail::new(envelope.from().cloned(), options)).await?;
+    for to in envelope.to() {
+        conn.command(Rcpt::new(to.clone(), Vec::new())).await?;
+    }
+    conn.command(Data).await?;
+    conn.message_iter(body.chunks(64 * 1024)).await?;
+    Ok(())
 }

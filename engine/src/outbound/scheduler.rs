@@ -77,9 +77,13 @@ async fn attempt(outbound: &Outbound, transport: &Transport, settings: &Settings
     let path = entry::msg_path(outbound.dir(), &entry.id);
     let message = match tokio::task::spawn_blocking(move || map_message(&path)).await {
         Ok(Ok(message)) => message,
-        Ok(Err(e)) => {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::error!(error = %e, "queued message file missing; entry dropped");
             let _ = entry::remove(outbound.dir(), &entry.id);
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the queued message; will retry");
             return;
         }
         Err(e) => {
@@ -225,7 +229,8 @@ fn map_message(path: &std::path::Path) -> std::io::Result<Arc<Queued>> {
     }
     // SAFETY: the one `unsafe` of the daemon. A mapping is undefined behaviour only if the
     // file changes under it; queue files are written once (temp file, fsync, rename), never
-    // changed in place, and removed only by unlinking (the mapping keeps the data).
+    // changed in place, and removed only by unlinking (the mapping keeps the data). A disk
+    // error while a page is read, or someone else truncating the file, raises SIGBUS.
     #[allow(unsafe_code)]
     let map = unsafe { memmap2::Mmap::map(&file)? };
     if normalize::is_crlf(&map) {

@@ -41,6 +41,12 @@ pub fn edited_message(view: &MessageView, actions: &[Action]) -> std::io::Result
     if !edits {
         return Ok((prefix.clone(), Some(tail.clone())));
     }
+    let edits_only_add = actions.iter().filter(|a| a.edits_message()).all(|a| matches!(a, Action::AddHeader { .. }));
+    if edits_only_add {
+        // A field added goes in front of everything: the prefix alone changes, wherever (and
+        // whether) the header block ends.
+        return Ok((Arc::new(message_edits(prefix, actions)), Some(tail.clone())));
+    }
     match block_end {
         Some(end) if !actions.iter().any(|a| matches!(a, Action::Rewrite { .. })) => {
             Ok((Arc::new(message_edits(view.head(), actions)), Some(tail.skip(end as u64))))

@@ -58,7 +58,9 @@ impl Session {
             }
             Some(_) => {}
         }
-        if !BUDGET.has_room(SPILL_AT) {
+        // A session holds at most twice SPILL_AT before its message goes to a file (the
+        // reader's buffer doubles past it).
+        if !BUDGET.has_room(2 * SPILL_AT) {
             tracing::warn!(in_memory = BUDGET.used(), "max_inflight_memory reached: DATA refused for now");
             self.reply(Reply::new(
                 451,

@@ -163,6 +163,23 @@ pub fn clear(dir: &Path) {
     }
 }
 
+/// Creates `spool_dir/large/` and makes its name durable, so that the first large message's
+/// file sync covers everything its path needs.
+pub fn prepare(spool_dir: &Path) -> std::io::Result<()> {
+    let dir = spool_dir.join(FOLDER);
+    if !dir.is_dir() {
+        std::fs::create_dir_all(&dir)?;
+        File::open(spool_dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Whether a message's file is gone (and only that: an error reading its metadata is not
+/// "gone").
+pub fn is_gone(tail: &Tail) -> bool {
+    matches!(std::fs::metadata(&tail.path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+}
+
 /// Removes a delivered message's file.
 pub fn remove(tail: &Tail) {
     if let Err(e) = std::fs::remove_file(&tail.path) {
@@ -180,8 +197,12 @@ pub fn remove_orphans(spool_dir: &Path, live: &HashSet<PathBuf>) -> std::io::Res
     for entry in entries.flatten() {
         let path = entry.path();
         if !live.contains(&path) {
-            std::fs::remove_file(&path)?;
-            removed += 1;
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove a message file no record names")
+                }
+            }
         }
     }
     Ok(removed)

@@ -17,6 +17,9 @@ use super::slots::SlotRef;
 use super::{SpoolError, SpoolRecord, SpooledMessage};
 
 const MAGIC: &[u8] = b"MFSEG1\n";
+/// A segment with a large message (a record naming a file in `large/`): a version that does
+/// not know such records must refuse the segment, not deliver the bytes before the file alone.
+const MAGIC_WITH_FILES: &[u8] = b"MFSEG2\n";
 
 /// A durable segment and the messages it holds.
 #[derive(Debug)]
@@ -57,7 +60,8 @@ impl fmt::Display for Origin {
 
 /// Appends the encoding of `messages` to `out`.
 pub fn encode(out: &mut Vec<u8>, messages: &[SpooledMessage]) -> std::io::Result<()> {
-    out.extend_from_slice(MAGIC);
+    let files = messages.iter().any(|m| m.record.tail.is_some());
+    out.extend_from_slice(if files { MAGIC_WITH_FILES } else { MAGIC });
     for message in messages {
         serde_json::to_writer(&mut *out, &message.record).map_err(std::io::Error::other)?;
         write!(out, "\n{}\n", message.body.len())?;
@@ -72,7 +76,7 @@ pub fn decode(mut reader: impl BufRead, limit: usize, what: &str) -> Result<Vec<
     let corrupt = |reason: &str| SpoolError::Corrupt { path: what.to_string(), reason: reason.to_string() };
     let mut magic = [0u8; MAGIC.len()];
     reader.read_exact(&mut magic)?;
-    if magic != MAGIC {
+    if magic != MAGIC && magic != MAGIC_WITH_FILES {
         return Err(corrupt("not a mailflow spool segment"));
     }
     let mut messages = Vec::new();
@@ -121,6 +125,21 @@ pub(crate) mod tests {
             },
             body: Arc::new(body.to_vec()),
         }
+    }
+
+    #[test]
+    fn a_segment_naming_a_file_has_its_own_magic() {
+        let mut with_file = message("F1", b"Received: x\r\n");
+        with_file.record.tail =
+            Some(crate::message::stored::Tail { path: "/spool/large/F1".into(), offset: 0, len: 9 });
+        let mut bytes = Vec::new();
+        encode(&mut bytes, &[message("A1", b"x\r\n"), with_file]).unwrap();
+        assert!(bytes.starts_with(MAGIC_WITH_FILES));
+        let read = decode(bytes.as_slice(), bytes.len(), "test").unwrap();
+        assert_eq!(read[1].record.tail.as_ref().map(|t| t.len), Some(9));
+        let mut plain = Vec::new();
+        encode(&mut plain, &[message("A1", b"x\r\n")]).unwrap();
+        assert!(plain.starts_with(MAGIC));
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct Pool {
     free: Mutex<Vec<FreeSlot>>,
     next_index: AtomicU64,
     next_seq: AtomicU64,
+    /// Some slot could not be read on open (left for recovery by hand): what its records name
+    /// must not be swept away.
+    unreadable: bool,
 }
 
 /// A free slot: its number and the size of its file.
@@ -84,6 +87,7 @@ impl Pool {
         let mut max_index = None;
         let mut max_seq = 0;
         let mut moved_aside = false;
+        let mut unreadable = false;
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let name = entry.file_name();
             let Some(index) = name.to_str().and_then(parse_name) else { continue };
@@ -103,8 +107,11 @@ impl Pool {
                     std::fs::rename(entry.path(), aside.join(unique))?;
                     moved_aside = true;
                 }
-                Err(e) => tracing::error!(slot = %entry.path().display(), error = %e,
-                    "unreadable spool slot left in place and not reused; deliver or remove it by hand"),
+                Err(e) => {
+                    unreadable = true;
+                    tracing::error!(slot = %entry.path().display(), error = %e,
+                        "unreadable spool slot left in place and not reused; deliver or remove it by hand")
+                }
             }
         }
         if moved_aside {
@@ -119,6 +126,7 @@ impl Pool {
             free: Mutex::new(Vec::new()),
             next_index: AtomicU64::new(next_index),
             next_seq: AtomicU64::new(max_seq + 1),
+            unreadable,
         });
         while free.len() + found.len() < PREWARM {
             let index = pool.next_index.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +196,11 @@ impl Pool {
             File::open(&self.dir)?.sync_all()?;
         }
         Ok(())
+    }
+
+    /// Whether some slot could not be read on open.
+    pub fn has_unreadable(&self) -> bool {
+        self.unreadable
     }
 
     fn path(&self, index: u64) -> PathBuf {

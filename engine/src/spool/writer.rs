@@ -37,11 +37,25 @@ impl Spool {
         let mut leftovers = legacy_segments(dir)?;
         let (pool, slots) = Pool::open(dir)?;
         leftovers.extend(slots);
-        let live =
-            leftovers.iter().flat_map(|s| &s.messages).filter_map(|m| m.record.tail.as_ref()).map(|t| t.path.clone());
-        let removed = large::remove_orphans(dir, &live.collect())?;
-        if removed > 0 {
-            tracing::info!(removed, "removed message files of sessions that never got their 250");
+        // Records name their files by absolute path: after the data folder moved, the files
+        // are found where the spool is now.
+        for message in leftovers.iter_mut().flat_map(|s| s.messages.iter_mut()) {
+            if let Some(tail) = message.record.tail.as_mut() {
+                if let Some(name) = tail.path.file_name() {
+                    tail.path = dir.join(large::FOLDER).join(name);
+                }
+            }
+        }
+        large::prepare(dir)?;
+        if pool.has_unreadable() {
+            tracing::warn!("an unreadable spool slot is left in place: no message file in large/ is removed");
+        } else {
+            let live = leftovers.iter().flat_map(|s| &s.messages).filter_map(|m| m.record.tail.as_ref());
+            match large::remove_orphans(dir, &live.map(|t| t.path.clone()).collect()) {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed message files of sessions that never got their 250"),
+                Err(e) => tracing::warn!(error = %e, "cannot sweep large/ of files no record names"),
+            }
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new().name("spool-writer".into()).spawn(move || run_writer(pool, rx, deliver))?;

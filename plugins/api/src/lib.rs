@@ -100,7 +100,10 @@ impl MessageSource {
                 file.seek(std::io::SeekFrom::Start(*offset))?;
                 let copied = std::io::copy(&mut file.take(*len), out)?;
                 if copied != *len {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message file shorter than recorded"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "message file shorter than recorded",
+                    ));
                 }
                 Ok(())
             }

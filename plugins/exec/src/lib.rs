@@ -235,7 +235,8 @@ mod tests {
     fn a_file_part_is_streamed_to_stdin() {
         let dir = std::env::temp_dir().join(format!("mf-exec-{}", std::process::id()));
         std::fs::write(&dir, b"xxBODY\n").unwrap();
-        let source = MessageSource::File { prefix: Arc::new(b"Head: 1\n".to_vec()), path: dir.clone(), offset: 2, len: 5 };
+        let source =
+            MessageSource::File { prefix: Arc::new(b"Head: 1\n".to_vec()), path: dir.clone(), offset: 2, len: 5 };
         let out = run_command(&sh("cat"), source, Duration::from_secs(5)).unwrap();
         std::fs::remove_file(&dir).unwrap();
         assert_eq!(out, Some((0, b"Head: 1\nBODY\n".to_vec())));
