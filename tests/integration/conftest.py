@@ -59,6 +59,15 @@ def wait_for(predicate, timeout=5.0, interval=0.02):
     return predicate()
 
 
+def peak_rss_kb(pid):
+    """The kernel's record of a process's peak resident memory (VmHWM), in kB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
 class Daemon:
     """A running mailflow in its own folder."""
 

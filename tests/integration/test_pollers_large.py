@@ -6,7 +6,7 @@ server holds, header edits shape it, and no file is left behind.
 
 import random
 
-from conftest import maildir_files, wait_for
+from conftest import maildir_files, peak_rss_kb, wait_for
 from dovecot import dovecot  # noqa: F401  (fixture)
 from test_pollers import ids, message, processed, start, wait_processed
 
@@ -36,14 +36,6 @@ def big_body(size, seed=7):
         lines.append(line)
         total += len(line) + 1
     return "\n".join(lines) + "\n"
-
-
-def peak_rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
 
 
 def local_copies(d):

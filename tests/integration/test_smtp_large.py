@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 
-from conftest import wait_for
+from conftest import peak_rss_kb, wait_for
 from smtp_raw import RawClient, body_of, queue_id, simple_message, wait_files
 
 
@@ -177,14 +177,6 @@ def test_max_inflight_memory_below_one_session_is_a_config_error(tmp_path):
     out = subprocess.run([str(BIN), "check", "--config", str(config)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1, out
     assert "max_inflight_memory" in out.stdout + out.stderr
-
-
-def peak_rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
 
 
 def test_memory_does_not_grow_with_message_size(daemon):
