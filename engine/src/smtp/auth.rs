@@ -107,15 +107,7 @@ impl Session {
             Some(text) => text,
             None => self.sasl_step("").await?,
         };
-        let decoded = B64.decode(response.trim()).map_err(|_| Step::Malformed)?;
-        let mut parts = decoded.split(|&b| b == 0);
-        let (_authzid, user, password) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(z), Some(u), Some(p), None) => (z, u, p),
-            _ => return Err(Step::Malformed),
-        };
-        let user = String::from_utf8(user.to_vec()).map_err(|_| Step::Malformed)?;
-        let password = String::from_utf8(password.to_vec()).map_err(|_| Step::Malformed)?;
-        Ok((user, password))
+        plain_credentials(&response).ok_or(Step::Malformed)
     }
 
     async fn sasl_login(&mut self, initial: Option<String>) -> Result<(String, String), Step> {
@@ -123,8 +115,8 @@ impl Session {
             Some(text) => text,
             None => self.sasl_step(PROMPT_USERNAME).await?,
         };
-        let user = decode_text(&user_b64)?;
-        let password = decode_text(&self.sasl_step(PROMPT_PASSWORD).await?)?;
+        let user = decode_text(&user_b64).ok_or(Step::Malformed)?;
+        let password = decode_text(&self.sasl_step(PROMPT_PASSWORD).await?).ok_or(Step::Malformed)?;
         Ok((user, password))
     }
 
@@ -148,7 +140,7 @@ impl Session {
 }
 
 /// A client-supplied name fit for one log line: control characters escaped, length bounded.
-fn shown(name: &str) -> String {
+pub(crate) fn shown(name: &str) -> String {
     let mut out: String = name.chars().take(64).flat_map(char::escape_debug).collect();
     if name.chars().count() > 64 {
         out.push('…');
@@ -156,9 +148,24 @@ fn shown(name: &str) -> String {
     out
 }
 
-fn decode_text(b64: &str) -> Result<String, Step> {
-    let bytes = B64.decode(b64.trim()).map_err(|_| Step::Malformed)?;
-    String::from_utf8(bytes).map_err(|_| Step::Malformed)
+/// A base64 AUTH LOGIN response as text; `None` when it is not base64 of UTF-8.
+pub(crate) fn decode_text(b64: &str) -> Option<String> {
+    let bytes = B64.decode(b64.trim()).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// RFC 4616 PLAIN response (base64 of `[authzid] NUL authcid NUL passwd`) as (user, password);
+/// `None` when malformed.
+pub(crate) fn plain_credentials(response: &str) -> Option<(String, String)> {
+    let decoded = B64.decode(response.trim()).ok()?;
+    let mut parts = decoded.split(|&b| b == 0);
+    let (_authzid, user, password) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(z), Some(u), Some(p), None) => (z, u, p),
+        _ => return None,
+    };
+    let user = String::from_utf8(user.to_vec()).ok()?;
+    let password = String::from_utf8(password.to_vec()).ok()?;
+    Some((user, password))
 }
 
 #[cfg(test)]
