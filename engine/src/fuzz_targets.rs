@@ -21,8 +21,11 @@ use crate::smtp::received::Trace;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{syntax_reply, MAX_LINE_LEN};
 
+/// A harness: panics when its input breaks an invariant.
+pub type Harness = fn(&[u8]);
+
 /// Every harness, by the name of its cargo-fuzz target and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("smtp_command", smtp_command),
     ("data_reader", data_reader),
     ("message_view", message_view),
@@ -323,7 +326,12 @@ pub fn pop3_response(data: &[u8]) {
 /// the same response. Then our own IMAP text handling on the same bytes: mailbox names in
 /// modified UTF-7 (round trip), flags, UID sets.
 pub fn imap_response(data: &[u8]) {
-    let mut rest = data;
+    // imap-proto 0.17 slices the text after a response code at byte 1, assuming a space there:
+    // a non-ASCII character right after `]` panics (`A1 OK [ALERT]\u{e9}`). The pollers catch
+    // that panic (see `fetch::run_imap`); here such inputs skip imap-proto so the fuzzer can go
+    // on looking for other bugs.
+    let known_panic = data.windows(2).any(|w| w[0] == b']' && w[1] >= 0x80);
+    let mut rest = if known_panic { &[][..] } else { data };
     for _ in 0..32 {
         match imap_proto::Response::parse(rest) {
             Ok((remaining, response)) => {
