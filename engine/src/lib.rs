@@ -18,6 +18,8 @@ pub mod config;
 pub mod daemon;
 pub mod deliver;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod logline;
 pub mod message;
 pub mod outbound;

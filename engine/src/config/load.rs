@@ -46,16 +46,23 @@ impl LoadedConfig {
         let shown = path.display().to_string();
         let text =
             std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        let mut config = parse(&text, &shown)?;
-        validate(&config).map_err(|message| match locate(&text, &message) {
-            Some((line, col)) => ConfigError::Syntax { path: shown.clone(), line, col, message },
-            None => ConfigError::Invalid { path: shown.clone(), message },
-        })?;
+        let mut config = load_str(&text, &shown)?;
         let absolute = if path.is_absolute() { path.clone() } else { cwd.join(&path) };
         let base_dir = absolute.parent().map(Path::to_path_buf).unwrap_or(cwd);
         resolve_paths(&mut config, &base_dir);
         Ok(LoadedConfig { config, source: Some(absolute), base_dir })
     }
+}
+
+/// Parses and validates the text of a config file, as [`LoadedConfig::load`] does before it
+/// resolves relative paths; `shown` names the source in errors.
+pub fn load_str(text: &str, shown: &str) -> Result<Config, ConfigError> {
+    let config = parse(text, shown)?;
+    validate(&config).map_err(|message| match locate(text, &message) {
+        Some((line, col)) => ConfigError::Syntax { path: shown.to_string(), line, col, message },
+        None => ConfigError::Invalid { path: shown.to_string(), message },
+    })?;
+    Ok(config)
 }
 
 /// Parses TOML text into a [`Config`], reporting the position of the first error.

@@ -9,7 +9,7 @@ pub mod duration;
 mod load;
 pub mod reload;
 
-pub use load::{ConfigError, LoadedConfig};
+pub use load::{load_str, ConfigError, LoadedConfig};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

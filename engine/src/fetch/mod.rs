@@ -19,10 +19,12 @@ pub mod process;
 pub mod retry;
 pub mod state;
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -128,9 +130,16 @@ async fn run_imap(deps: FetchDeps, account: AccountConfig, mailbox: String, mut 
     loop {
         let mut good_round = false;
         let result = match password(&account).await {
-            Ok(password) => imap::session(&deps, &account, &mailbox, &password, &mut stop, &mut good_round)
-                .await
-                .map_err(|e| e.to_string()),
+            // A panic in the session is a failed connection, not a dead poller: imap-proto
+            // 0.17 panics on some malformed server responses (a response code followed by a
+            // non-ASCII character: `A1 OK [ALERT]\u{e9}`), and the task would end silently.
+            Ok(password) => {
+                let session = imap::session(&deps, &account, &mailbox, &password, &mut stop, &mut good_round);
+                match AssertUnwindSafe(session).catch_unwind().await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err("the IMAP session panicked (malformed server response?)".to_string()),
+                }
+            }
             Err(e) => Err(e),
         };
         let wait = match result {

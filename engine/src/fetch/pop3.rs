@@ -57,8 +57,7 @@ impl Pop3Client {
         }
         let mut client = Pop3Client { stream: BufReader::new(stream), timestamp: None };
         let greeting = client.status_line().await?;
-        client.timestamp =
-            greeting.find('<').and_then(|s| greeting[s..].find('>').map(|e| greeting[s..s + e + 1].to_string()));
+        client.timestamp = apop_timestamp(&greeting);
         if tls == AccountTls::Starttls {
             client.command("STLS").await?;
             // Anything buffered before the handshake is dropped with the reader.
@@ -87,36 +86,13 @@ impl Pop3Client {
     /// `LIST`: (message number, size in octets) for every message.
     pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, Pop3Error> {
         self.command("LIST").await?;
-        let mut out = Vec::new();
-        for line in self.multiline_lines().await? {
-            let mut parts = line.split_whitespace();
-            let parsed = (parts.next().and_then(|n| n.parse().ok()), parts.next().and_then(|s| s.parse().ok()));
-            let (Some(n), Some(size)) = parsed else {
-                return Err(Pop3Error::Protocol(format!("bad LIST line \"{}\"", excerpt(line.as_bytes()))));
-            };
-            out.push((n, size));
-        }
-        Ok(out)
+        self.multiline_lines().await?.iter().map(|line| list_entry(line)).collect()
     }
 
     /// `UIDL`: (message number, unique id) for every message.
     pub async fn uidl(&mut self) -> Result<Vec<(u32, String)>, Pop3Error> {
         self.command("UIDL").await?;
-        let mut out = Vec::new();
-        for line in self.multiline_lines().await? {
-            let mut parts = line.split_whitespace();
-            let (Some(n), Some(uid)) = (parts.next(), parts.next()) else {
-                return Err(Pop3Error::Protocol(format!("bad UIDL line \"{}\"", excerpt(line.as_bytes()))));
-            };
-            if uid.len() > MAX_UIDL || !uid.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-                return Err(Pop3Error::Protocol("UIDL longer than 70 characters or not printable".into()));
-            }
-            let n = n
-                .parse()
-                .map_err(|_| Pop3Error::Protocol(format!("bad message number \"{}\"", excerpt(n.as_bytes()))))?;
-            out.push((n, uid.to_string()));
-        }
-        Ok(out)
+        self.multiline_lines().await?.iter().map(|line| uidl_entry(line)).collect()
     }
 
     /// `RETR n`: the message, dot-unstuffed, line ends as sent.
@@ -139,11 +115,7 @@ impl Pop3Client {
 
     pub async fn stat(&mut self) -> Result<(u32, u64), Pop3Error> {
         let line = self.command("STAT").await?;
-        let mut parts = line.split_whitespace().skip(1);
-        let bad = || Pop3Error::Protocol(format!("bad STAT answer \"{}\"", excerpt(line.as_bytes())));
-        let count = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
-        let size = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
-        Ok((count, size))
+        stat_counts(&line)
     }
 
     pub async fn dele(&mut self, n: u32) -> Result<(), Pop3Error> {
@@ -173,14 +145,7 @@ impl Pop3Client {
 
     async fn status_line(&mut self) -> Result<String, Pop3Error> {
         let line = self.line().await?;
-        let text = String::from_utf8_lossy(&line).trim_end().to_string();
-        if text.starts_with("+OK") {
-            Ok(text)
-        } else if let Some(rest) = text.strip_prefix("-ERR") {
-            Err(Pop3Error::Negative(excerpt(rest.trim().as_bytes())))
-        } else {
-            Err(Pop3Error::Protocol(format!("unexpected response \"{}\"", excerpt(text.as_bytes()))))
-        }
+        status(&line)
     }
 
     /// One status line with its line end, at most [`MAX_LINE`] bytes.
@@ -208,7 +173,7 @@ impl Pop3Client {
 
     async fn multiline_lines(&mut self) -> Result<Vec<String>, Pop3Error> {
         let bytes = self.multiline_bytes(16 * 1024 * 1024).await?;
-        Ok(String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect())
+        Ok(multiline_text(&bytes))
     }
 
     /// The body of a multi-line response, dot-unstuffed, up to the lone `.` line.
@@ -226,18 +191,90 @@ impl Pop3Client {
             // Message lines may be longer than a status line (mail is not always RFC 5322
             // clean); the response as a whole stays bounded by `max`.
             let line = self.line_up_to((max - written).clamp(MAX_LINE, MAX_MESSAGE_LINE) + 2).await?;
-            let content = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n")).unwrap_or(&line);
-            if content == b"." {
+            if multiline_line(out, &mut written, &line, max)? {
                 return Ok(());
             }
-            let unstuffed = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
-            if written + unstuffed.len() > max {
-                return Err(Pop3Error::Protocol(format!("response larger than {max} bytes")));
-            }
-            out.write_all(unstuffed)?;
-            written += unstuffed.len();
         }
     }
+}
+
+// What the client makes of the server's lines, apart from the I/O: each function takes what
+// one read returned (a line with its line end, as the server sent it).
+
+/// A status line: its text (trimmed) for `+OK`, an error for `-ERR` or anything else.
+pub fn status(line: &[u8]) -> Result<String, Pop3Error> {
+    let text = String::from_utf8_lossy(line).trim_end().to_string();
+    if text.starts_with("+OK") {
+        Ok(text)
+    } else if let Some(rest) = text.strip_prefix("-ERR") {
+        Err(Pop3Error::Negative(excerpt(rest.trim().as_bytes())))
+    } else {
+        Err(Pop3Error::Protocol(format!("unexpected response \"{}\"", excerpt(text.as_bytes()))))
+    }
+}
+
+/// The APOP timestamp (`<...>`, brackets included) of a greeting, when it offers one.
+pub fn apop_timestamp(greeting: &str) -> Option<String> {
+    greeting.find('<').and_then(|s| greeting[s..].find('>').map(|e| greeting[s..s + e + 1].to_string()))
+}
+
+/// One line of a multi-line response written to `out`, dot-unstuffed; `Ok(true)` at the lone
+/// `.` that ends the response. `written` counts what the response wrote so far: all of it may
+/// not exceed `max` bytes.
+pub fn multiline_line(
+    out: &mut impl std::io::Write,
+    written: &mut usize,
+    line: &[u8],
+    max: usize,
+) -> Result<bool, Pop3Error> {
+    let content = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n")).unwrap_or(line);
+    if content == b"." {
+        return Ok(true);
+    }
+    let unstuffed = if line.starts_with(b"..") { &line[1..] } else { line };
+    if *written + unstuffed.len() > max {
+        return Err(Pop3Error::Protocol(format!("response larger than {max} bytes")));
+    }
+    out.write_all(unstuffed)?;
+    *written += unstuffed.len();
+    Ok(false)
+}
+
+/// The lines of a multi-line listing (LIST, UIDL), as text.
+pub fn multiline_text(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes).lines().map(str::to_string).collect()
+}
+
+/// A `LIST` line: (message number, size in octets).
+pub fn list_entry(line: &str) -> Result<(u32, u64), Pop3Error> {
+    let mut parts = line.split_whitespace();
+    let parsed = (parts.next().and_then(|n| n.parse().ok()), parts.next().and_then(|s| s.parse().ok()));
+    let (Some(n), Some(size)) = parsed else {
+        return Err(Pop3Error::Protocol(format!("bad LIST line \"{}\"", excerpt(line.as_bytes()))));
+    };
+    Ok((n, size))
+}
+
+/// A `UIDL` line: (message number, unique id).
+pub fn uidl_entry(line: &str) -> Result<(u32, String), Pop3Error> {
+    let mut parts = line.split_whitespace();
+    let (Some(n), Some(uid)) = (parts.next(), parts.next()) else {
+        return Err(Pop3Error::Protocol(format!("bad UIDL line \"{}\"", excerpt(line.as_bytes()))));
+    };
+    if uid.len() > MAX_UIDL || !uid.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(Pop3Error::Protocol("UIDL longer than 70 characters or not printable".into()));
+    }
+    let n = n.parse().map_err(|_| Pop3Error::Protocol(format!("bad message number \"{}\"", excerpt(n.as_bytes()))))?;
+    Ok((n, uid.to_string()))
+}
+
+/// The `+OK` line of `STAT`: (message count, size in octets).
+pub fn stat_counts(line: &str) -> Result<(u32, u64), Pop3Error> {
+    let mut parts = line.split_whitespace().skip(1);
+    let bad = || Pop3Error::Protocol(format!("bad STAT answer \"{}\"", excerpt(line.as_bytes())));
+    let count = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    let size = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    Ok((count, size))
 }
 
 /// One POP3 round: replay the journal of an interrupted round, fetch what is new, process it

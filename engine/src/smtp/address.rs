@@ -63,10 +63,13 @@ pub fn parse_mailbox(text: &str, utf8: bool) -> Result<Mailbox, AddressError> {
     if local.contains('@') {
         return Err(AddressError::RoutingHack);
     }
-    if !valid_local(local) || !valid_domain(domain) {
+    // The domain is checked as it is kept: lower-casing can change it (`İ` becomes `i` and a
+    // combining dot, a label may grow past 63 octets), and the kept form must pass the check.
+    let domain = domain.to_lowercase();
+    if !valid_local(local) || !valid_domain(&domain) {
         return Err(AddressError::Syntax);
     }
-    Ok(Mailbox { local: local.to_string(), domain: domain.to_lowercase() })
+    Ok(Mailbox { local: local.to_string(), domain })
 }
 
 /// Dot-atom local part (RFC 5322 atext, plus UTF-8 under SMTPUTF8).
@@ -91,7 +94,8 @@ fn valid_domain(domain: &str) -> bool {
         return false;
     }
     if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-        if let Some(v6) = literal.strip_prefix("IPv6:") {
+        // The tag is case-insensitive (RFC 5234 strings), and lower-cased with the domain.
+        if let Some(v6) = literal.get(..5).filter(|tag| tag.eq_ignore_ascii_case("IPv6:")).map(|_| &literal[5..]) {
             return v6.parse::<std::net::Ipv6Addr>().is_ok();
         }
         return literal.parse::<std::net::Ipv4Addr>().is_ok();
@@ -163,6 +167,18 @@ mod tests {
         }
         let long_local = format!("{}@b.c", "a".repeat(65));
         assert!(parse_mailbox(&long_local, false).is_err());
+    }
+
+    #[test]
+    fn the_kept_form_of_a_mailbox_parses_to_itself() {
+        for (text, utf8) in
+            [("a@[IPv6:::1]", false), ("a@[ipv6:::1]", false), ("x@Example.ORG", false), ("ü@exÄmple.org", true)]
+        {
+            let mailbox = parse_mailbox(text, utf8).unwrap();
+            assert_eq!(parse_mailbox(&mailbox.as_string(), utf8), Ok(mailbox), "{text}");
+        }
+        // Lower-cased, `İ` is `i` and U+0307 (a combining mark): not a host name character.
+        assert_eq!(parse_mailbox("a@İstanbul.example", true), Err(AddressError::Syntax));
     }
 
     #[test]

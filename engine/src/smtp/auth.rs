@@ -21,7 +21,7 @@ const PROMPT_PASSWORD: &str = "UGFzc3dvcmQ6";
 
 /// A step of the SASL exchange that did not yield a value.
 #[derive(Debug, PartialEq, Eq)]
-enum Step {
+pub(crate) enum Step {
     Cancelled,
     Malformed,
     Closed,
@@ -120,8 +120,7 @@ impl Session {
             Some(text) => text,
             None => self.sasl_step("").await?,
         };
-        let decoded = B64.decode(response.trim()).map_err(|_| Step::Malformed)?;
-        parse_plain(&decoded)
+        plain_credentials(&response)
     }
 
     async fn sasl_login(&mut self, initial: Option<String>) -> Result<(String, String), Step> {
@@ -154,7 +153,7 @@ impl Session {
 }
 
 /// A client-supplied name fit for one log line: control characters escaped, length bounded.
-fn shown(name: &str) -> String {
+pub(crate) fn shown(name: &str) -> String {
     let mut out: String = name.chars().take(64).flat_map(char::escape_debug).collect();
     if name.chars().count() > 64 {
         out.push('…');
@@ -162,8 +161,14 @@ fn shown(name: &str) -> String {
     out
 }
 
-/// The decoded AUTH PLAIN message: (authcid, password). An authzid is accepted only when it
-/// is empty or equal to the authcid.
+/// RFC 4616 PLAIN response (base64 of `[authzid] NUL authcid NUL passwd`) as (authcid,
+/// password). An authzid is accepted only when it is empty or equal to the authcid.
+pub(crate) fn plain_credentials(response: &str) -> Result<(String, String), Step> {
+    let decoded = B64.decode(response.trim()).map_err(|_| Step::Malformed)?;
+    parse_plain(&decoded)
+}
+
+/// The decoded AUTH PLAIN message: (authcid, password).
 fn parse_plain(decoded: &[u8]) -> Result<(String, String), Step> {
     let mut parts = decoded.split(|&b| b == 0);
     let (authzid, user, password) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -179,7 +184,8 @@ fn parse_plain(decoded: &[u8]) -> Result<(String, String), Step> {
     Ok((user, password))
 }
 
-fn decode_text(b64: &str) -> Result<String, Step> {
+/// A base64 AUTH LOGIN response as text; `Malformed` when it is not base64 of UTF-8.
+pub(crate) fn decode_text(b64: &str) -> Result<String, Step> {
     let bytes = B64.decode(b64.trim()).map_err(|_| Step::Malformed)?;
     String::from_utf8(bytes).map_err(|_| Step::Malformed)
 }

@@ -65,7 +65,7 @@ impl Session {
 /// The SIZE parameter as the client wrote it on the raw MAIL line. smtp-proto saturates a
 /// value past `usize::MAX` but then restarts from the next digit, so `SIZE=99999999999999999999999`
 /// reaches us as a small number; read the digits here, saturating for real. 0 when absent.
-fn declared_size(raw: &str) -> usize {
+pub(crate) fn declared_size(raw: &str) -> usize {
     let params = raw.rsplit_once('>').map_or("", |(_, rest)| rest);
     params
         .split_ascii_whitespace()
@@ -78,7 +78,7 @@ fn declared_size(raw: &str) -> usize {
 
 /// The reply for an address refused by [`parse_mailbox`]; `syntax_status` is 5.1.7 (sender) or
 /// 5.1.3 (recipient).
-pub(super) fn address_reply(error: &AddressError, syntax_status: &'static str, role: &str) -> Reply {
+pub(crate) fn address_reply(error: &AddressError, syntax_status: &'static str, role: &str) -> Reply {
     match error {
         AddressError::SourceRoute | AddressError::Quoted | AddressError::RoutingHack => {
             Reply::new(550, "5.7.1", format!("Relaying denied: {error}"))

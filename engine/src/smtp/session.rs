@@ -366,7 +366,7 @@ impl Session {
 }
 
 /// The reply for a line smtp-proto could not parse.
-fn syntax_reply(error: &ProtoError, raw: &str) -> Reply {
+pub(crate) fn syntax_reply(error: &ProtoError, raw: &str) -> Reply {
     match error {
         ProtoError::UnknownCommand => {
             // Echo the verb only when it looks like one: a stray SASL line (base64 credentials

@@ -127,6 +127,20 @@ fn id_text(micros: u64, count: u32) -> String {
     (0..16).rev().map(|i| char::from(b"0123456789ABCDEF"[(value >> (i * 4) & 0xF) as usize])).collect()
 }
 
+/// The segment decoder on bytes held in memory, for the fuzz harnesses.
+#[doc(hidden)]
+pub fn fuzz_decode(bytes: &[u8]) -> Result<Vec<SpooledMessage>, SpoolError> {
+    segment::decode(bytes, bytes.len(), "fuzz input")
+}
+
+/// The segment encoder, for the fuzz harnesses' round trip.
+#[doc(hidden)]
+pub fn fuzz_encode(messages: &[SpooledMessage]) -> Vec<u8> {
+    let mut out = Vec::new();
+    segment::encode(&mut out, messages).expect("encoding to memory");
+    out
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
