@@ -1,4 +1,4 @@
-//! Metrics (`[metrics] listen`, README "Configuration reference"): counters named after the stages a message passes,
+//! Metrics (`[metrics] listen`, docs/reference/configuration.md): counters named after the stages a message passes,
 //! served as Prometheus text at `GET /metrics`.
 //!
 //! Stages count through the `metrics` facade, which does nothing until a recorder is installed:

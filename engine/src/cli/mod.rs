@@ -1,4 +1,4 @@
-//! The `mailflow` command line (README "Command line"). Exit codes: 0 ok, 1 script or config error, 2 usage.
+//! The `mailflow` command line (docs/reference/command-line.md). Exit codes: 0 ok, 1 script or config error, 2 usage.
 
 pub mod check;
 pub mod queue;

@@ -1,4 +1,4 @@
-//! The configuration file (`mailflow.toml`, README "Configuration reference"): typed sections with built-in defaults.
+//! The configuration file (`mailflow.toml`, docs/reference/configuration.md): typed sections with built-in defaults.
 //!
 //! Every section refuses unknown keys (`deny_unknown_fields`), so a typo is an error naming the
 //! key rather than a silently ignored setting. Relative paths are resolved against the folder
@@ -106,7 +106,7 @@ impl SmtpConfig {
     }
 }
 
-/// What a failing script means (`on_error`, README "Configuration reference").
+/// What a failing script means (`on_error`, docs/reference/configuration.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
