@@ -1,5 +1,5 @@
 """The script examples in the documentation compile: every ```rhai block of
-docs/scripting.md, every rustdoc example of the script API (engine/src/script/api.rs), and the
+docs/scripting.md and of the README, every rustdoc example of the script API (engine/src/script/api.rs), and the
 commented examples of the default scripts/00-default.rhai. Examples that do not compile teach
 users errors.
 """
@@ -67,6 +67,7 @@ def check_compiles(tmp_path, block):
 
 
 DOC_BLOCKS = markdown_blocks(DOC.read_text()) if DOC.exists() else []
+README_BLOCKS = markdown_blocks((REPO / "README.md").read_text())
 API_BLOCKS = rustdoc_blocks(API.read_text()) if API.exists() else []
 
 
@@ -78,6 +79,22 @@ def test_there_are_examples():
 @pytest.mark.parametrize("block", DOC_BLOCKS, ids=[f"doc{i}" for i in range(len(DOC_BLOCKS))])
 def test_reference_examples_compile(tmp_path, block):
     check_compiles(tmp_path, block)
+
+
+@pytest.mark.parametrize("block", README_BLOCKS, ids=[f"readme{i}" for i in range(len(README_BLOCKS))])
+def test_readme_examples_compile(tmp_path, block):
+    check_compiles(tmp_path, block)
+
+
+def test_readme_quick_start_config_is_valid(tmp_path):
+    """The quick start's `[[accounts]]` table (with the relay line) passes `mailflow check`."""
+    text = (REPO / "README.md").read_text()
+    (account,) = re.findall(r"```toml\n(.*?)```", text, re.S)
+    config = tmp_path / "mailflow.toml"
+    config.write_text('[outbound]\nrelay = "smtps://user:pass@smtp.example.org:465"\n\n' + account)
+    (tmp_path / "scripts").mkdir()
+    r = mailflow("check", "--config", config)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("block", API_BLOCKS, ids=[f"api{i}" for i in range(len(API_BLOCKS))])
