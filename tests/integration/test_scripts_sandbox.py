@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from conftest import wait_for
 from smtpclient import SMTP, make_message, mailflow, parse, transaction, wait_delivered, wait_log
 
 TIMEOUT_MS = 300
@@ -32,16 +33,27 @@ def timed_transaction(port, subject, results, key):
     results[key] = (out, start, time.monotonic())
 
 
+# Logged (at debug, by this module) when a hook has run past its inline leash and is moved to
+# a thread of its own, where it spins until the limit stops it.
+LEASH_TARGET = "mailflow::script::runner"
+OUTRAN_LEASH = "hook outran its inline leash"
+
+
 def test_runaway_loop_tempfails_within_timeout_and_others_are_served(daemon):
-    d = daemon(scripts={"10-loop.rhai": RUNAWAY}, extra=TIME_LIMITED)
+    d = daemon(scripts={"10-loop.rhai": RUNAWAY}, extra=TIME_LIMITED, start=False)
+    d.start(env={"RUST_LOG": f"info,{LEASH_TARGET}=debug"})
     results = {}
     runaways = [
         threading.Thread(target=timed_transaction, args=(d.port, "loop", results, f"loop{i}")) for i in range(3)
     ]
     for t in runaways:
         t.start()
-    time.sleep(0.1)  # the runaway hooks are spinning now
+    # Every runaway hook is spinning on a thread of its own now: the daemon said so.
+    assert wait_for(lambda: d.log().count(OUTRAN_LEASH) >= 3, timeout=TIMEOUT_MS / 1000), d.log()
+    assert all(t.is_alive() for t in runaways)
     timed_transaction(d.port, "ok", results, "ok")
+    # ... and still were when the normal session had its 250.
+    assert not any(f"loop{i}" in results for i in range(3))
     for t in runaways:
         t.join(timeout=10)
     ok, ok_start, ok_end = results["ok"]
@@ -131,9 +143,15 @@ def test_deep_recursion_and_huge_values_are_stopped(daemon):
             if msg.subject == "array" { let a = []; a.pad(10000000, 0); }
         }
     """})
-    for subject, needle in [("recurse", "function calls"), ("string", "string"), ("array", "array")]:
+    for subject, needle in [("recurse", "NEEDLE1"), ("string", "NEEDLE2"), ("array", "NEEDLE3")]:
+        before = len(d.log())
         out = transaction(d.port, "a@remote.example", ["bob@example.org"], make_message(subject=subject))
         assert out["data"].code == 451, subject
+        # Any script error gives that 451: the log line of this message names the limit that fired.
+        assert wait_for(lambda: "10-big.rhai:" in d.log()[before:]), d.log()[before:]
+        (line,) = [l for l in d.log()[before:].splitlines() if "10-big.rhai:" in l]
+        assert "stage=data" in line, line
+        assert needle in line, (subject, line)
     assert d.proc.poll() is None
     assert transaction(d.port, "a@remote.example", ["bob@example.org"], make_message())["data"].code == 250
 
