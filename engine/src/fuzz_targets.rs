@@ -14,11 +14,11 @@ use smtp_proto::{Request, MAIL_SMTPUTF8};
 
 use crate::fetch::{imap, pop3};
 use crate::message::{headers, MessageView};
-use crate::smtp::address::{bracketed, parse_mailbox, Mailbox};
+use crate::proto::address::{bracketed, parse_mailbox, Mailbox};
+use crate::proto::reply::Reply;
 use crate::smtp::auth::{decode_text, plain_credentials, shown};
 use crate::smtp::mail::{address_reply, declared_size};
 use crate::smtp::received::Trace;
-use crate::smtp::reply::Reply;
 use crate::smtp::session::{syntax_reply, MAX_LINE_LEN};
 
 /// A harness: panics when its input breaks an invariant.

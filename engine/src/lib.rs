@@ -5,12 +5,15 @@
 //! - receive: [`smtp`] (listener, session state machine, DATA reader), [`fetch`] (POP3/IMAP pollers)
 //! - decide: [`script`] (rhai host, stages, verdicts, actions, hot reload)
 //! - keep: [`spool`] (durable handoff before the 250)
-//! - act: [`deliver`] (Maildir++), [`outbound`] (queue → relay | MX; replies, bounces)
+//! - act: [`deliver`] (spooled messages into Maildir++), [`outbound`] (queue → relay | MX;
+//!   replies, bounces), both writing through [`maildir`]
 //! - powers for scripts: [`plugins`] (crates under `plugins/`), on the [`state`] store
 //!
-//! [`config`] reads `mailflow.toml`, [`message`] is the lazily parsed message every stage
-//! sees, [`daemon`] wires the stages together, [`prometheus`] counts what each stage did and
-//! serves it at `/metrics`, [`logline`] writes the log lines, and [`cli`] is the command line.
+//! Leaves, used by every stage and using none: [`config`] (`mailflow.toml` as plain types),
+//! [`message`] (the lazily parsed message, large ones kept in files), [`proto`] (SMTP replies
+//! and addresses), [`prometheus`] (what each stage did, at `/metrics`), [`logline`] (the log
+//! line format). On top: [`daemon`] wires the stages together, [`cli`] is the command line.
+//! No module imports one above it (`engine/src` has no import cycle).
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -21,10 +24,12 @@ pub mod fetch;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod logline;
+pub mod maildir;
 pub mod message;
 pub mod outbound;
 pub mod plugins;
 pub mod prometheus;
+pub mod proto;
 pub mod script;
 pub mod smtp;
 pub mod spool;

@@ -18,8 +18,7 @@ use crate::message::MessageView;
 use crate::script::set::EngineHook;
 use crate::script::{sandbox, Action, Stage};
 
-/// Every plugin mailflow ships, by name.
-pub const AVAILABLE: [&str; 3] = ["kv", "http", "exec"];
+pub use crate::config::AVAILABLE_PLUGINS as AVAILABLE;
 
 type Builder = fn(&toml::Table, &PluginContext) -> Result<Box<dyn Plugin>, PluginError>;
 

@@ -30,8 +30,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::script::{Decision, Stage, Verdict};
-
 /// How long one scrape may take in all (request, page, close).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrapes served at once; more connections are closed at once, so a flood of them cannot
@@ -186,21 +184,15 @@ pub fn smtp_message(code: u16) {
     metrics::counter!("mailflow_smtp_messages_total", "result" => result).increment(1);
 }
 
-/// A stage call that ran at least one script.
-pub fn script_call(stage: Stage, decision: &Decision) {
+/// A stage call that ran at least one script: the stage's name, its verdict (`none`, `accept`,
+/// `reject`, `tempfail`, `discard`) and whether a script failed.
+pub fn script_call(stage: &'static str, verdict: &'static str, failed: bool) {
     if !on() {
         return;
     }
-    let verdict = match &decision.verdict {
-        None => "none",
-        Some(Verdict::Accept) => "accept",
-        Some(Verdict::Reject { .. }) => "reject",
-        Some(Verdict::Tempfail { .. }) => "tempfail",
-        Some(Verdict::Discard) => "discard",
-    };
-    metrics::counter!("mailflow_script_calls_total", "stage" => stage.name(), "verdict" => verdict).increment(1);
-    if decision.error.is_some() {
-        metrics::counter!("mailflow_script_errors_total", "stage" => stage.name()).increment(1);
+    metrics::counter!("mailflow_script_calls_total", "stage" => stage, "verdict" => verdict).increment(1);
+    if failed {
+        metrics::counter!("mailflow_script_errors_total", "stage" => stage).increment(1);
     }
 }
 

@@ -80,6 +80,21 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Checks an `auth_users` value when the config is loaded: it must be an argon2 PHC string (a
+/// password pasted there in clear would otherwise only show up as failed logins).
+pub fn check_password_hash(hash: &str) -> Result<(), String> {
+    match argon2::password_hash::PasswordHash::new(hash) {
+        Ok(parsed) if !parsed.algorithm.as_str().starts_with("argon2") => {
+            Err(format!("hash algorithm {} is not argon2", parsed.algorithm))
+        }
+        Ok(parsed) if parsed.salt.is_some() && parsed.hash.is_some() && argon2::Params::try_from(&parsed).is_ok() => {
+            Ok(())
+        }
+        Ok(_) => Err("incomplete argon2 PHC string (parameters, salt or hash missing)".to_string()),
+        Err(_) => Err("not an argon2 PHC string ($argon2id$...)".to_string()),
+    }
+}
+
 /// Checks that cannot be expressed as types.
 fn validate(config: &Config) -> Result<(), String> {
     let smtp = &config.smtp;
@@ -116,7 +131,7 @@ fn validate(config: &Config) -> Result<(), String> {
         return Err("[smtp] tls_cert and tls_key must be set together".into());
     }
     for (user, hash) in &smtp.auth_users {
-        crate::smtp::credentials::check_hash(hash)
+        check_password_hash(hash)
             .map_err(|e| format!("[smtp] auth_users {user:?}: {e}; make one with `mailflow hash-password`"))?;
     }
     if !smtp.tls_listen.is_empty() && smtp.tls_cert.is_none() {
@@ -124,20 +139,23 @@ fn validate(config: &Config) -> Result<(), String> {
     }
     let outbound = &config.outbound;
     if outbound.mode == super::OutboundMode::Relay {
-        crate::outbound::parse_relay(outbound)?;
+        super::relay::parse_relay(outbound)?;
     }
     if !outbound.dns_server.is_empty() && outbound.dns_server.parse::<std::net::SocketAddr>().is_err() {
         return Err(format!("[outbound] dns_server {:?}: use ip:port", outbound.dns_server));
     }
     match outbound.forward_sender.as_str() {
         "" | "original" => {}
-        fixed if crate::smtp::address::parse_mailbox(fixed, true).is_ok() => {}
+        fixed if crate::proto::address::parse_mailbox(fixed, true).is_ok() => {}
         fixed => return Err(format!("[outbound] forward_sender {fixed:?}: \"original\" or an address")),
     }
     if !(1..=1000).contains(&config.outbound.concurrency) {
         return Err(format!("[outbound] concurrency = {} is out of range 1..=1000", config.outbound.concurrency));
     }
-    crate::prometheus::parse_listen(&config.metrics.listen).map_err(|e| e.to_string())?;
+    let listen = config.metrics.listen.trim();
+    if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!("[metrics] listen {listen:?} is not an address:port"));
+    }
     if config.scripts.timeout_ms == 0 {
         return Err("[scripts] timeout_ms must be > 0".into());
     }

@@ -7,9 +7,10 @@
 
 pub mod duration;
 mod load;
+pub mod relay;
 pub mod reload;
 
-pub use load::{load_str, ConfigError, LoadedConfig};
+pub use load::{check_password_hash, load_str, ConfigError, LoadedConfig};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -273,6 +274,10 @@ impl Default for StateConfig {
         StateConfig { dir: PathBuf::from("data/state") }
     }
 }
+
+/// The plugins compiled into this binary: the names `[plugins] enabled` may list (each has a
+/// table of its own below).
+pub const AVAILABLE_PLUGINS: [&str; 3] = ["kv", "http", "exec"];
 
 /// `[plugins]`: which compiled-in plugins scripts may use, and each one's own table.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

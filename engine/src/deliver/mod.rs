@@ -7,9 +7,10 @@
 //! failure (disk full, permissions) the undelivered rest is retried later, never dropped.
 
 pub mod actions;
-pub mod maildir;
 
-use std::path::PathBuf;
+pub use crate::maildir::writer as maildir;
+pub use crate::maildir::{deliver_copies, DeliveryTarget};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,6 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::message::stored::Tail;
 use crate::outbound::Outbound;
 use crate::script::apply;
 use crate::spool::{Segment, SpooledMessage};
@@ -39,49 +39,7 @@ const GATHER: Duration = Duration::from_millis(10);
 /// Most spool segments delivered as one batch.
 const MAX_SEGMENTS: usize = 64;
 
-/// Local Maildir delivery: what the deliverer and the outbound queue (for local recipients
-/// of forwards and bounces) need from the config.
-#[derive(Debug, Clone)]
-pub struct DeliveryTarget {
-    pub maildir_template: String,
-    pub hostname: String,
-    pub local_domains: Vec<String>,
-}
-
-impl DeliveryTarget {
-    pub fn from_config(config: &Config) -> DeliveryTarget {
-        DeliveryTarget {
-            maildir_template: config.delivery.maildir.clone(),
-            hostname: config.smtp.hostname.clone(),
-            local_domains: config.smtp.local_domains.clone(),
-        }
-    }
-
-    pub fn is_local(&self, addr: &str) -> bool {
-        let domain = addr.rsplit_once('@').map_or("", |(_, d)| d);
-        self.local_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-    }
-
-    /// Delivers `body` to `rcpt`'s INBOX with a `Return-Path:` of `sender`. Blocking.
-    pub fn deliver_local(&self, rcpt: &str, sender: &str, body: &[u8]) -> std::io::Result<PathBuf> {
-        let root = maildir::root_for(&self.maildir_template, rcpt);
-        let return_path = format!("Return-Path: <{sender}>\r\n");
-        let mut pending = maildir::SyncBatch::default();
-        let mut paths = deliver_copies(self, &root, &[], &[return_path.as_bytes(), body], None, "", &mut pending)?;
-        pending.sync()?;
-        Ok(paths.pop().unwrap_or(root))
-    }
-}
-
-/// The daemon's own addresses (`mailer-daemon@`, `postmaster@` its host name, `mailer-daemon@`
-/// each local domain): auto-replies never answer them. `mailflow test` uses the same list.
-pub fn own_addresses(hostname: &str, local_domains: &[String]) -> Vec<String> {
-    let mut own = vec![format!("mailer-daemon@{hostname}"), format!("postmaster@{hostname}")];
-    for domain in local_domains {
-        own.push(format!("mailer-daemon@{domain}"));
-    }
-    own
-}
+pub use crate::outbound::autoreply::own_addresses;
 
 /// Everything the deliverer acts with.
 #[derive(Clone)]
@@ -300,39 +258,6 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mu
         );
     }
     all_ok
-}
-
-/// Writes one copy per folder (`folders` empty: INBOX) under the Maildir `root`, creating the
-/// folders on demand. Blocking.
-pub fn deliver_copies(
-    target: &DeliveryTarget,
-    root: &std::path::Path,
-    folders: &[&str],
-    parts: &[&[u8]],
-    tail: Option<&Tail>,
-    flags: &str,
-    pending: &mut maildir::SyncBatch,
-) -> std::io::Result<Vec<PathBuf>> {
-    let targets: Vec<Option<&str>> =
-        if folders.is_empty() { vec![None] } else { folders.iter().map(|f| Some(*f)).collect() };
-    let mut paths = Vec::with_capacity(targets.len());
-    for folder in targets {
-        let dir = maildir::folder_dir(root, folder);
-        // Optimistic: the folders almost always exist, so write first and create them only
-        // when the write finds one missing (saves six stat calls per delivery).
-        let path = match maildir::write_message(&dir, &target.hostname, parts, tail, flags, pending) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                maildir::ensure(root, false)?;
-                if dir != root {
-                    maildir::ensure(&dir, true)?;
-                }
-                maildir::write_message(&dir, &target.hostname, parts, tail, flags, pending)?
-            }
-            other => other?,
-        };
-        paths.push(path);
-    }
-    Ok(paths)
 }
 
 /// Spawns delivery of the segments a previous run left in the spool.

@@ -185,6 +185,16 @@ pub fn reply_from(spec: &ReplySpec, rcpt: &str) -> String {
     spec.from.clone().unwrap_or_else(|| rcpt.to_string())
 }
 
+/// The daemon's own addresses (`mailer-daemon@`, `postmaster@` its host name, `mailer-daemon@`
+/// each local domain): auto-replies never answer them. `mailflow test` uses the same list.
+pub fn own_addresses(hostname: &str, local_domains: &[String]) -> Vec<String> {
+    let mut own = vec![format!("mailer-daemon@{hostname}"), format!("postmaster@{hostname}")];
+    for domain in local_domains {
+        own.push(format!("mailer-daemon@{domain}"));
+    }
+    own
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,7 +230,7 @@ mod tests {
 
     #[test]
     fn our_own_x_loop_is_never_answered() {
-        let own = crate::deliver::own_addresses("mx.example.org", &["example.org".to_string()]);
+        let own = super::own_addresses("mx.example.org", &["example.org".to_string()]);
         let spec = VacationSpec { days: 7, subject: None, body: "away".into(), from: None, addresses: vec![] };
         for header in [
             "X-Loop: mx.example.org",

@@ -28,9 +28,10 @@ use tokio::sync::mpsc;
 
 use crate::message::stored::Tail;
 
+pub use crate::config::relay::{parse_relay, RelayUrl};
 pub use entry::{EntryKind, QueueEntry, RcptState, RcptStatus};
 pub use scheduler::Settings;
-pub use transport::{parse_relay, RelayUrl, Transport};
+pub use transport::Transport;
 
 /// Handle to the queue: cheap to clone, usable from blocking code.
 #[derive(Clone)]

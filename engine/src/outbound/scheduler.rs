@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::entry::{self, EntryKind, QueueEntry, RcptStatus};
 use super::{dsn, normalize, retry_delay, Outbound, Transport};
-use crate::deliver::DeliveryTarget;
+use crate::maildir::DeliveryTarget;
 
 /// The folder is rescanned at least this often (to see `mailflow queue retry`/`delete`).
 const RESCAN: Duration = Duration::from_millis(500);

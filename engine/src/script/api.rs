@@ -13,7 +13,7 @@ use super::decision::{Action, ReplySpec, Stage, VacationSpec, Verdict};
 use super::sandbox;
 use crate::message::headers;
 use crate::message::MessageView;
-use crate::smtp::address::parse_mailbox;
+use crate::proto::address::parse_mailbox;
 
 type FnResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -763,11 +763,11 @@ pub(crate) fn discard() -> FnResult<Verdict> {
 
 fn reject(code: Option<u16>, text: &str) -> Verdict {
     let default = if sandbox::stage() == Stage::Connect { 554 } else { 550 };
-    let reply = crate::smtp::reply::Reply::from_script(code.unwrap_or(default), "5.7.1", text);
+    let reply = crate::proto::reply::Reply::from_script(code.unwrap_or(default), "5.7.1", text);
     Verdict::Reject { code: reply.code, status: reply.status.into_owned(), text: reply.lines.concat() }
 }
 
 fn tempfail(code: u16, text: &str) -> Verdict {
-    let reply = crate::smtp::reply::Reply::from_script(code, "4.7.1", text);
+    let reply = crate::proto::reply::Reply::from_script(code, "4.7.1", text);
     Verdict::Tempfail { code: reply.code, status: reply.status.into_owned(), text: reply.lines.concat() }
 }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::smtp::reply::Reply;
+use crate::proto::reply::Reply;
 
 /// The script stages (docs/scripting.md), in the order a message meets them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -67,7 +67,7 @@ fn leashed<R>(may_block: bool, inline: impl FnOnce(Instant) -> Option<R>) -> Opt
 /// [`run`] for a caller that can await (an SMTP session, on any runtime flavour): the pure hook
 /// inline on the leash first, and where that is not possible or ran out, `threaded` on a
 /// blocking-pool thread while the session's task waits — its thread goes on with the other
-/// sessions. A session thread is a current-thread runtime (see [`crate::smtp::runtime`]),
+/// sessions. A session thread is a current-thread runtime (see `smtp/runtime.rs`),
 /// where `block_in_place` does not exist.
 /// `threaded` makes the call to send away (it owns what it needs), only when one is needed.
 pub async fn run_async<R: Send + 'static, T: FnOnce() -> R + Send + 'static>(

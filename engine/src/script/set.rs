@@ -351,7 +351,11 @@ impl ScriptSet {
                 }
             }
         }
-        crate::prometheus::script_call(stage, &decision);
+        crate::prometheus::script_call(
+            stage.name(),
+            decision.verdict.as_ref().map_or("none", Verdict::name),
+            decision.error.is_some(),
+        );
         Some(decision)
     }
 
@@ -502,7 +506,7 @@ pub fn error_of(file: &str, e: &EvalAltResult) -> ScriptError {
         }
     };
     let message = match message.strip_prefix("Undefined module: ") {
-        Some(name) if crate::plugins::AVAILABLE.contains(&name.trim()) => {
+        Some(name) if crate::config::AVAILABLE_PLUGINS.contains(&name.trim()) => {
             format!("{message} (the {} plugin is not enabled: add it to [plugins] enabled)", name.trim())
         }
         _ => message,

@@ -129,18 +129,7 @@ pub async fn verify_bounded(users: BTreeMap<String, String>, user: String, passw
     Some(rx.await.unwrap_or(false))
 }
 
-/// Checks an `auth_users` value when the config is loaded: it must be an argon2 PHC string (a
-/// password pasted there in clear would otherwise only show up as failed logins).
-pub fn check_hash(hash: &str) -> Result<(), String> {
-    match PasswordHash::new(hash) {
-        Ok(parsed) if !parsed.algorithm.as_str().starts_with("argon2") => {
-            Err(format!("hash algorithm {} is not argon2", parsed.algorithm))
-        }
-        Ok(parsed) if parsed.salt.is_some() && parsed.hash.is_some() && Params::try_from(&parsed).is_ok() => Ok(()),
-        Ok(_) => Err("incomplete argon2 PHC string (parameters, salt or hash missing)".to_string()),
-        Err(_) => Err("not an argon2 PHC string ($argon2id$...)".to_string()),
-    }
-}
+pub use crate::config::check_password_hash as check_hash;
 
 /// Recent AUTH failures per client address.
 #[derive(Default)]

@@ -9,7 +9,7 @@
 //! Security: everything here reads untrusted bytes. Lines are capped (512 octets), messages
 //! capped (`max_message_size`), every wait is timed, and no client input can panic the task.
 
-pub mod address;
+pub use crate::proto::address;
 pub mod auth;
 pub mod credentials;
 pub mod data;
@@ -19,7 +19,7 @@ pub mod listener;
 pub mod mail;
 pub mod rcpt;
 pub mod received;
-pub mod reply;
+pub use crate::proto::reply;
 pub mod runtime;
 pub mod session;
 pub mod starttls;
