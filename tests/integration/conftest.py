@@ -189,3 +189,19 @@ def daemon(tmp_path):
 def built_binary():
     if not BIN.exists():
         pytest.fail(f"{BIN} is missing: run `cargo build` first (test.sh does)")
+
+
+# Tests that need IPv6 skip with this reason where the machine has none (pytest.fail would be
+# wrong there); the terminal summary then names them loudly, so the gap is not overlooked.
+NO_IPV6 = "no IPv6 on this machine"
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = [
+        r for r in terminalreporter.stats.get("skipped", [])
+        if isinstance(r.longrepr, tuple) and NO_IPV6 in str(r.longrepr[2])
+    ]
+    if skipped:
+        terminalreporter.section("NOT RUN: no IPv6 on this machine", sep="!", red=True, bold=True)
+        for r in skipped:
+            terminalreporter.write_line(f"SKIPPED (no IPv6, IPv6 behaviour untested): {r.nodeid}", red=True, bold=True)

@@ -183,6 +183,21 @@ def wait_files(d, rcpt, n, timeout=10.0):
     return d.messages(rcpt)
 
 
+SENTINEL = "sentinel@example.org"
+
+
+def deliver_sentinel(d, rcpt=SENTINEL):
+    """Sends one more message, on a new connection, to `rcpt` (a recipient no test message
+    goes to) and waits for its delivery. The spool hands messages to the deliverer in the
+    order they were accepted, so whatever was accepted before has been delivered by then: an
+    exact count after it proves there is no late extra copy, where `wait_files(d, rcpt, n)`
+    would return on the first n."""
+    with RawClient(d.port) as c:
+        c.ehlo()
+        queue_id(c.send_mail("a@client.test", [rcpt], simple_message(subject="sentinel")))
+    assert len(wait_files(d, rcpt, 1)) == 1
+
+
 def simple_message(subject="test", body="hello", msg_id=None, extra=""):
     msg_id = msg_id or f"<{time.time_ns()}@client.test>"
     text = (

@@ -3,6 +3,7 @@ a real HTTP server on loopback and real commands."""
 
 import http.server
 import json
+import os
 import smtplib
 import subprocess
 import threading
@@ -227,16 +228,46 @@ def test_exec_hang_hits_timeout(daemon):
     assert out.stdout.strip() == ""
 
 
+def hung_commands(root_pid):
+    """Pids of the `sleep 30` processes (the `hang` command) descending from `root_pid`, read
+    from /proc."""
+    parent, argv = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv[int(entry)] = f.read().split(b"\0")[:-1]
+        except OSError:
+            continue  # gone meanwhile
+        # The command name (in parentheses) may hold spaces: the ppid is the 2nd field after it.
+        parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+
+    def descends(pid):
+        while pid in parent and pid > 1:
+            pid = parent[pid]
+            if pid == root_pid:
+                return True
+        return False
+
+    return [pid for pid, args in argv.items() if args == [b"sleep", b"30"] and descends(pid)]
+
+
 def test_exec_hang_holds_only_its_own_session(daemon):
     """A hook blocked in a plugin call waits on a thread of its own: the sessions sharing its
     session thread (one per two cores) are answered meanwhile."""
     d = daemon(scripts={"10-exec.rhai": EXEC_SCRIPT}, extra=EXEC_CONFIG)
     with ThreadPoolExecutor(3) as pool:
         hangs = [pool.submit(send_expect_code, d.port, "hang") for _ in range(2)]
-        time.sleep(0.15)  # both hooks are in `sleep 30` now
+        # Both hooks are in `sleep 30` now: the daemon has started both commands.
+        assert wait_for(lambda: len(hung_commands(d.proc.pid)) == 2, timeout=0.4), hung_commands(d.proc.pid)
         start = time.monotonic()
         assert send_expect_code(d.port, "plain") == 250
         elapsed = time.monotonic() - start
+        # ... and were still held there when the plain session got its 250.
+        assert not any(h.done() for h in hangs)
         assert [h.result(timeout=10) for h in hangs] == [451, 451]
     # The exec timeout is 400 ms: a session held behind a hung hook would take longer.
     assert elapsed < 0.3, elapsed

@@ -2,9 +2,18 @@
 delivered file, `discard`, header-injection attempts, and "a failing stage drops its actions".
 """
 
+import re
+
+from conftest import wait_for
 from smtpclient import SMTP, all_message_files, make_message, parse, transaction, wait_delivered, wait_log
 
 BOB = "bob@example.org"
+SENTINEL = "sentinel@example.org"
+
+
+def delivered_line(d, queue_id):
+    """The deliverer's "message delivered" log line of the message `queue_id`, or None."""
+    return next((l for l in d.log().splitlines() if f"id={queue_id}" in l and "message delivered" in l), None)
 
 
 def send(d, subject="hello", rcpts=(BOB,), extra="", sender="alice@remote.example", body="Hi.\n"):
@@ -150,16 +159,22 @@ def test_forward_keeps_local_copy_redirect_does_not(daemon):
         }
     """})
     assert send(d, subject="fwd")["data"].code == 250
-    assert send(d, subject="redir")["data"].code == 250
+    redir = send(d, subject="redir")["data"]
+    assert redir.code == 250
+    redir_id = re.match(r"2\.0\.0 Ok: queued as ([0-9A-F]{16})$", redir.lines[-1]).group(1)
     files = wait_delivered(d, BOB)
     assert [parse(f)["Subject"] for f in files] == ["fwd"]
     # Both actions are recorded and logged (how they are sent is the outbound sender's job).
     log = wait_log(d, "elsewhere@remote.example")
     assert "copy@remote.example" in log
     assert "elsewhere@remote.example" in log
-    # Give the redirected message time to (not) arrive.
-    wait_log(d, "message delivered", timeout=1)
-    assert [parse(f)["Subject"] for f in all_message_files(d)] == ["fwd"]
+    # The redirected message must not arrive locally. Before looking, prove its processing is
+    # over: the deliverer logged it as done, and a sentinel accepted after it has been delivered.
+    assert wait_for(lambda: delivered_line(d, redir_id)), d.log()
+    assert send(d, subject="sentinel", rcpts=[SENTINEL])["data"].code == 250
+    assert len(wait_delivered(d, SENTINEL)) == 1
+    assert [parse(f)["Subject"] for f in all_message_files(d)] == ["fwd", "sentinel"]
+    assert d.messages(BOB) == files
 
 
 def test_reply_and_vacation_are_recorded_and_mail_delivered(daemon):

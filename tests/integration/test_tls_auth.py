@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, Daemon, free_port, wait_port
+from conftest import BIN, NO_IPV6, Daemon, free_port, wait_port
 from smtp_raw import RawClient, split_trace, wait_files
 
 USER = "submitter"
@@ -1089,7 +1089,7 @@ def test_dual_stack_listener_sees_ipv4_clients_as_ipv4(daemon, tmp_path):
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::", 0))
     except OSError:
-        pytest.skip("no IPv6 on this machine")
+        pytest.skip(NO_IPV6)  # listed in the terminal summary (conftest.py)
     cert = make_cert(tmp_path)
     d = daemon(
         config='[smtp]\nlisten = ["[::]:{port}"]\nhostname = "mx.test.example"\nlocal_domains = ["example.org"]\n'
