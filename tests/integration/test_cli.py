@@ -1,7 +1,7 @@
 """The command line around the receiver: `mailflow check` on good and bad configs, exit codes,
 and `mailflow run` on built-in defaults (no config file: 127.0.0.1:2525, accepts mail).
 
-Issue #2, README "Command line".
+Issue #2, docs/reference/command-line.md.
 """
 
 import re

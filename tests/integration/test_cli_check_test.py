@@ -1,4 +1,4 @@
-"""`mailflow check` and `mailflow test` (README "Command line"): output, exit codes, and that the dry run
+"""`mailflow check` and `mailflow test` (docs/reference/command-line.md): output, exit codes, and that the dry run
 does nothing.
 """
 

@@ -1,4 +1,4 @@
-"""SIGHUP re-reads the config file (README "Command line"): the SMTP policy changes for new connections,
+"""SIGHUP re-reads the config file (docs/reference/command-line.md): the SMTP policy changes for new connections,
 settings that name sockets or folders wait for a restart (logged), a broken file changes nothing.
 
 Real daemon, real clients (smtplib), the config file edited as a user would and SIGHUP sent.

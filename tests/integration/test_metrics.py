@@ -1,4 +1,4 @@
-"""`[metrics] listen` (README "Configuration reference"): Prometheus text at /metrics, counting what each stage did.
+"""`[metrics] listen` (docs/reference/configuration.md): Prometheus text at /metrics, counting what each stage did.
 
 Real daemon, real SMTP client (smtplib), scraped over HTTP with urllib; the text is parsed
 as Prometheus exposition lines and the counts compared with what the test sent.

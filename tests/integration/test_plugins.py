@@ -347,7 +347,7 @@ def test_rate_limit_example_in_the_daemon(daemon):
 
 
 def test_unknown_key_in_a_disabled_plugin_table_is_config_error(tmp_path):
-    """A typo in `[plugins.http]` is an error even before `http` is enabled (README "Configuration reference")."""
+    """A typo in `[plugins.http]` is an error even before `http` is enabled (docs/reference/configuration.md)."""
     (tmp_path / "mailflow.toml").write_text('[plugins]\nenabled = []\n[plugins.http]\nallwo = ["http://x/"]\n')
     out = subprocess.run([str(BIN), "check", "--config", str(tmp_path / "mailflow.toml")], capture_output=True, text=True)
     assert out.returncode == 1

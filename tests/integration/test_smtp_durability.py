@@ -354,32 +354,3 @@ def test_spool_write_failure_is_451_never_250(daemon):
         queue_id(c.send_mail("a@client.test", ["user@example.org"], msg))
     (path,) = wait_files(d, "user@example.org", 1)
     assert body_of(path) == msg
-
-
-def test_segment_left_by_an_earlier_version_in_incoming_is_delivered(daemon):
-    """Spools written before the slot spool kept each segment as a file in incoming/: an
-    upgrade must deliver those, then remove them."""
-    d = daemon()
-    d.stop()
-    incoming = d.root / "data" / "spool" / "incoming"
-    incoming.mkdir(parents=True)
-    msg = simple_message(subject="spooled by the old version", msg_id="<legacy-1@client.test>")
-    record = {
-        "id": "0000000000001001",
-        "envelope": {"sender": "a@client.test", "recipients": ["user@example.org"], "helo": "client.test",
-                     "remote_ip": "127.0.0.1", "tls": False, "auth_user": ""},
-        "actions": [],
-        "deliver_locally": True,
-        "received_at": 1,
-    }
-    (incoming / "0000000000001001").write_bytes(
-        b"MFSEG1\n" + json.dumps(record).encode() + b"\n" + str(len(msg)).encode() + b"\n" + msg)
-    d.start()
-    (path,) = wait_files(d, "user@example.org", 1)
-    # stored bytes already carry their Received header; this record had none
-    assert path.read_bytes() == b"Return-Path: <a@client.test>\r\n" + msg
-    deadline = time.time() + 5
-    while incoming.exists() and any(incoming.iterdir()) and time.time() < deadline:
-        time.sleep(0.02)
-    assert not incoming.exists() or not any(incoming.iterdir()), "legacy segment not removed after delivery"
-    d.stop()

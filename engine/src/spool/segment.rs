@@ -5,12 +5,10 @@
 //! <record as one JSON line>\n<size>\n<size bytes of message>
 //! ...
 //! ```
-//! Since the slot spool ([`super::slots`]) this encoding is the payload of a slot. Segments
-//! written by earlier versions as whole files in `incoming/` are still read on start.
+//! This encoding is the payload of a slot ([`super::slots`]).
 
 use std::fmt;
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::slots::SlotRef;
@@ -33,8 +31,6 @@ pub struct Segment {
 pub enum Origin {
     /// A slot of the slot spool.
     Slot(SlotRef),
-    /// A whole file in `incoming/`, written by an earlier version.
-    File(PathBuf),
 }
 
 impl Segment {
@@ -44,7 +40,6 @@ impl Segment {
     pub fn retire(&self) -> std::io::Result<()> {
         match &self.origin {
             Origin::Slot(slot) => slot.release(),
-            Origin::File(path) => std::fs::remove_file(path),
         }
     }
 }
@@ -53,7 +48,6 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Slot(slot) => write!(f, "{slot}"),
-            Origin::File(path) => write!(f, "{}", path.display()),
         }
     }
 }
@@ -100,14 +94,6 @@ pub fn decode(mut reader: impl BufRead, limit: usize, what: &str) -> Result<Vec<
     Ok(messages)
 }
 
-/// Reads a segment file an earlier version left in `incoming/`.
-pub fn read_legacy(path: &Path) -> Result<Segment, SpoolError> {
-    let file = std::fs::File::open(path)?;
-    let limit = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-    let messages = decode(std::io::BufReader::new(file), limit, &path.display().to_string())?;
-    Ok(Segment { origin: Origin::File(path.to_path_buf()), messages })
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -151,18 +137,5 @@ pub(crate) mod tests {
         assert_eq!(read.len(), 2);
         assert_eq!(read[0].body.as_slice(), b"x\r\n\nbinary\0\xff\r\n");
         assert_eq!(read[1].record.id, "A2");
-    }
-
-    #[test]
-    fn legacy_file_is_read_and_retired_by_removal() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("0001");
-        let mut bytes = Vec::new();
-        encode(&mut bytes, &[message("L1", b"old\r\n")]).unwrap();
-        std::fs::write(&path, bytes).unwrap();
-        let segment = read_legacy(&path).unwrap();
-        assert_eq!(segment.messages[0].record.id, "L1");
-        segment.retire().unwrap();
-        assert!(!path.exists());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::large::{self, Staged};
-use super::segment::{read_legacy, Origin, Segment};
+use super::segment::{Origin, Segment};
 use super::slots::Pool;
 use super::{SpoolError, SpoolRecord, SpooledMessage};
 
@@ -30,13 +30,10 @@ pub struct Spool {
 
 impl Spool {
     /// Opens the slot spool and starts the writer; each durable segment is then sent to
-    /// `deliver`. Returns the handle and the segments a previous run left behind (also those
-    /// an earlier version left as files in `incoming/`), oldest first.
+    /// `deliver`. Returns the handle and the segments a previous run left behind, oldest first.
     pub fn open(dir: &Path, deliver: mpsc::Sender<Segment>) -> Result<(Spool, Vec<Segment>), SpoolError> {
         std::fs::create_dir_all(dir)?;
-        let mut leftovers = legacy_segments(dir)?;
-        let (pool, slots) = Pool::open(dir)?;
-        leftovers.extend(slots);
+        let (pool, mut leftovers) = Pool::open(dir)?;
         // Records name their files by absolute path: after the data folder moved, the files
         // are found where the spool is now.
         for message in leftovers.iter_mut().flat_map(|s| s.messages.iter_mut()) {
@@ -134,33 +131,4 @@ fn run_writer(pool: Arc<Pool>, mut rx: mpsc::Receiver<Request>, deliver: mpsc::S
             }
         }
     }
-}
-
-/// Segments an earlier version wrote as whole files into `incoming/` (its unfinished temp
-/// files in `tmp/` never got a 250 and are dropped). Both folders go once they are empty.
-fn legacy_segments(dir: &Path) -> Result<Vec<Segment>, SpoolError> {
-    let tmp = dir.join("tmp");
-    if tmp.is_dir() {
-        for entry in std::fs::read_dir(&tmp)?.flatten() {
-            let _ = std::fs::remove_file(entry.path());
-        }
-        let _ = std::fs::remove_dir(&tmp);
-    }
-    let incoming = dir.join("incoming");
-    if !incoming.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&incoming)?.flatten().map(|e| e.path()).collect();
-    paths.sort();
-    let mut segments = Vec::new();
-    for path in paths {
-        match read_legacy(&path) {
-            Ok(segment) => segments.push(segment),
-            Err(e) => tracing::error!(path = %path.display(), error = %e, "unreadable spool segment left in place"),
-        }
-    }
-    if segments.is_empty() {
-        let _ = std::fs::remove_dir(&incoming);
-    }
-    Ok(segments)
 }
