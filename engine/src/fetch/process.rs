@@ -2,10 +2,7 @@
 //! the server (a local copy for accounts with `deliver`, outbound mail for `forward`,
 //! `redirect`, `reply`, `vacation`). Server-side actions are the protocol modules' job.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::AccountConfig;
 use crate::deliver::{actions, maildir, Deliverer};
@@ -190,8 +187,6 @@ pub fn local_effects(
     Ok(copies)
 }
 
-static COPIES: AtomicU64 = AtomicU64::new(0);
-
 /// Writes the message into `tmp/` of each target folder (INBOX of `root` when `folders` is
 /// empty), fsynced, and returns (tmp path, final path) pairs: `new/NAME`, or `cur/NAME:2,FLAGS`.
 /// The rename comes later, after the message is in the journal, so a crash in between
@@ -213,39 +208,15 @@ fn stage_copies(
         if dir != root {
             maildir::ensure(&dir, true)?;
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let host = hostname.replace('/', "\\057").replace(':', "\\072");
-        let name = format!(
-            "{}.M{}P{}F{}.{},S={}",
-            now.as_secs(),
-            now.subsec_micros(),
-            std::process::id(),
-            COPIES.fetch_add(1, Ordering::Relaxed),
-            host,
-            raw.len() + tail.map_or(0, |t| t.len as usize)
-        );
-        let tmp = dir.join("tmp").join(&name);
-        let dest = if flags.is_empty() {
-            dir.join("new").join(&name)
-        } else {
-            dir.join("cur").join(format!("{name}:2,{flags}"))
-        };
-        let written = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(raw)?;
-            if let Some(tail) = tail {
-                tail.copy_to(&mut file)?;
+        match maildir::stage_file(&dir, hostname, &[raw], tail, flags) {
+            Ok(pair) => out.push(pair),
+            Err(e) => {
+                for (t, _) in &out {
+                    let _ = std::fs::remove_file(t);
+                }
+                return Err(e);
             }
-            file.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            for (t, _) in &out {
-                let _ = std::fs::remove_file(t);
-            }
-            return Err(e);
         }
-        out.push((tmp, dest));
     }
     Ok(out)
 }

@@ -197,6 +197,39 @@ pub fn write_message(
     Ok(dest)
 }
 
+/// Writes `parts` (then `tail`) into `dir/tmp/` under a new unique name, fsynced, and returns
+/// (the temporary path, the final one: `new/NAME`, or `cur/NAME:2,FLAGS`) without renaming: the
+/// caller moves it into place once it has recorded that it did (a poller's journal), so a crash
+/// in between neither loses nor duplicates the copy. `dir` must exist.
+pub fn stage_file(
+    dir: &Path,
+    hostname: &str,
+    parts: &[&[u8]],
+    tail: Option<&Tail>,
+    flags: &str,
+) -> std::io::Result<(PathBuf, PathBuf)> {
+    let size: usize = parts.iter().map(|p| p.len()).sum::<usize>() + tail.map_or(0, |t| t.len as usize);
+    let name = unique_name(hostname, size);
+    let tmp = dir.join("tmp").join(&name);
+    let dest =
+        if flags.is_empty() { dir.join("new").join(&name) } else { dir.join("cur").join(format!("{name}:2,{flags}")) };
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
+        if let Some(tail) = tail {
+            tail.copy_to(&mut file)?;
+        }
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok((tmp, dest))
+}
+
 /// Maildir info letters for IMAP flags, sorted as the spec wants; keywords have no letter.
 pub fn info_flags<'a>(flags: impl IntoIterator<Item = &'a str>) -> String {
     let mut letters: Vec<char> = flags
