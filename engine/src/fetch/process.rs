@@ -54,7 +54,7 @@ pub fn hook(
         ..Context::default()
     });
     let id = format!("{}/{}/{}", account.name, mailbox, uid);
-    let decision = set.call_from_async(Stage::Fetched, &ctx, Some(view), &id);
+    let decision = set.call_blocking(Stage::Fetched, &ctx, Some(view), &id);
     if failed(&decision) {
         return Err(decision.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "tempfail".into()));
     }

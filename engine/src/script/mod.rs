@@ -20,6 +20,7 @@ pub mod resolver;
 pub mod runner;
 pub mod sandbox;
 pub mod set;
+mod source;
 pub mod watch;
 
 pub use context::{Context, ScriptCtx};

@@ -6,16 +6,16 @@
 //! progress callback; errors, limits and timeouts become a [`ScriptError`] and `on_error`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST};
+use rhai::{Dynamic, Engine, EvalAltResult, Scope, AST};
 
 use super::context::ScriptCtx;
 use super::decision::{Decision, ScriptError, Stage, Verdict};
 use super::invoke::{self, CallStatements};
 use super::native::{self, NativeFn};
+use super::source::{check_stage_functions, error_of, import_position, innermost, script_files, stage_positions};
 use super::{analysis, api, resolver::JailedResolver, runner, sandbox};
 use crate::config::{OnError, ScriptsConfig};
 use crate::message::MessageView;
@@ -218,11 +218,11 @@ impl ScriptSet {
         self.by_stage[stage as usize].iter().any(|&i| test(&self.files[i]))
     }
 
-    /// Runs `stage` from a caller that cannot await (the pollers' hook code, on the main
-    /// runtime or a blocking thread): inline on a leash when every hook of the stage is plain
+    /// Runs `stage` for a caller that cannot await and so blocks its thread until the call is
+    /// over (the pollers' hook code, on a blocking thread): inline on a leash when every hook of the stage is plain
     /// rhai, on a thread of its own otherwise (see [`runner`]); writes the hooks' `log` lines
     /// once the call is over. SMTP sessions use [`Self::call_awaited`].
-    pub fn call_from_async(&self, stage: Stage, ctx: &ScriptCtx, msg: Option<&MessageView>, id: &str) -> Decision {
+    pub fn call_blocking(&self, stage: Stage, ctx: &ScriptCtx, msg: Option<&MessageView>, id: &str) -> Decision {
         let decision = runner::run(
             self.any_file_of(stage, |f| f.may_block),
             |leash| self.call_leashed(stage, ctx, msg, id, Some(leash)),
@@ -232,7 +232,7 @@ impl ScriptSet {
         decision
     }
 
-    /// [`Self::call_from_async`] for a caller that awaits (an SMTP session): a hook that may
+    /// [`Self::call_blocking`] for a caller that awaits (an SMTP session): a hook that may
     /// block, or outran the leash, runs on a blocking-pool thread (see [`runner::run_async`]).
     /// So does a hook that may read the body of a message over [`INLINE_BODY_LIMIT`]: parsing
     /// it is one native call the leash cannot stop, and it would hold every session of the
@@ -370,155 +370,6 @@ impl ScriptSet {
     }
 }
 
-/// The `*.rhai` files directly in `dir`, sorted by file name.
-fn script_files(dir: &Path) -> Result<Vec<PathBuf>, ScriptError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(ScriptError {
-                file: dir.display().to_string(),
-                line: 0,
-                col: 0,
-                message: format!("cannot read scripts folder: {e}"),
-            })
-        }
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "rhai"))
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
-        .collect();
-    files.sort_by_key(|p| p.file_name().map(|n| n.to_os_string()));
-    Ok(files)
-}
-
-/// A stage function with the wrong number of parameters is almost surely a mistake: say so at
-/// compile time rather than silently never calling it.
-fn check_stage_functions(ast: &AST) -> Result<(), (Stage, String)> {
-    for f in ast.iter_functions() {
-        if let Some(stage) = Stage::parse(f.name) {
-            if f.params.len() != stage.arity() {
-                let expected = if stage.arity() == 2 { "(ctx, msg)" } else { "(ctx)" };
-                return Err((
-                    stage,
-                    format!("fn {}() must take {expected}, it takes {} parameter(s)", f.name, f.params.len()),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `LINE`, `COL` (1-based) of each stage function's `fn` keyword in `source`. rhai's function
-/// metadata carries no position, so this is a line scan for `[private] fn NAME(`; good enough
-/// for pointing at the definition in an error.
-fn stage_positions(source: &str) -> HashMap<Stage, (usize, usize)> {
-    let mut found = HashMap::new();
-    for (index, line) in source.lines().enumerate() {
-        let trimmed = line.trim_start();
-        let col = line.len() - trimmed.len() + 1;
-        let definition = trimmed.strip_prefix("private").map(str::trim_start).unwrap_or(trimmed);
-        let Some(rest) = definition.strip_prefix("fn ") else {
-            continue;
-        };
-        let name: String = rest.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-        if let Some(stage) = Stage::parse(&name) {
-            found.entry(stage).or_insert((index + 1, col));
-        }
-    }
-    found
-}
-
-/// `LINE`, `COL` of the `import "PATH"` whose PATH an error `message` names (rhai resolves
-/// static imports at compile time without a position).
-fn import_position(source: &str, message: &str) -> Option<(usize, usize)> {
-    for (index, line) in source.lines().enumerate() {
-        let Some(at) = line.find("import") else {
-            continue;
-        };
-        let rest = &line[at + "import".len()..];
-        let Some(open) = rest.find('"') else {
-            continue;
-        };
-        let quoted = &rest[open + 1..];
-        let Some(close) = quoted.find('"') else {
-            continue;
-        };
-        let path = &quoted[..close];
-        if !path.is_empty() && message.contains(&format!("not found: {path}")) {
-            return Some((index + 1, at + "import".len() + open + 1));
-        }
-    }
-    None
-}
-
-fn innermost(e: &EvalAltResult) -> &EvalAltResult {
-    match e {
-        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => {
-            innermost(inner)
-        }
-        other => other,
-    }
-}
-
-/// `FILE:LINE:COL: message` for an error raised while compiling or running `file`, pointing at
-/// the innermost position (and module file) that rhai reports.
-pub fn error_of(file: &str, e: &EvalAltResult) -> ScriptError {
-    let mut source = file.to_string();
-    let mut pos = e.position();
-    let mut current = e;
-    loop {
-        match current {
-            EvalAltResult::ErrorInFunctionCall(_, src, inner, p) => {
-                if !src.is_empty() {
-                    source = format!("{src}.rhai");
-                }
-                if !p.is_none() {
-                    pos = *p;
-                }
-                current = inner;
-            }
-            EvalAltResult::ErrorInModule(name, inner, p) => {
-                if !name.is_empty() {
-                    source = format!("{name}.rhai");
-                }
-                if !p.is_none() {
-                    pos = *p;
-                }
-                current = inner;
-            }
-            other => {
-                if !other.position().is_none() {
-                    pos = other.position();
-                }
-                break;
-            }
-        }
-    }
-    let message = match current {
-        EvalAltResult::ErrorParsing(kind, _) => kind.to_string(),
-        other => {
-            let text = other.to_string();
-            // rhai appends " (line x, position y)"; the prefix already says where.
-            text.split(" (line ").next().unwrap_or(&text).to_string()
-        }
-    };
-    let message = match message.strip_prefix("Undefined module: ") {
-        Some(name) if crate::config::AVAILABLE_PLUGINS.contains(&name.trim()) => {
-            format!("{message} (the {} plugin is not enabled: add it to [plugins] enabled)", name.trim())
-        }
-        _ => message,
-    };
-    let (line, col) = position(pos);
-    ScriptError { file: source, line, col, message }
-}
-
-fn position(pos: Position) -> (usize, usize) {
-    (pos.line().unwrap_or(0), pos.position().unwrap_or(0))
-}
-
 /// Largest message whose body a hook may parse inline on a session thread (mail-parser takes a
 /// few milliseconds per megabyte).
 pub const INLINE_BODY_LIMIT: usize = 256 * 1024;
@@ -532,6 +383,7 @@ fn log_lines(decision: &Decision, stage: Stage, id: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::sync::Arc;
 
     use super::*;
