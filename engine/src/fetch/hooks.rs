@@ -27,7 +27,7 @@ pub struct Fetched {
     pub view: MessageView,
     pub message_id: String,
     pub decision: Option<Decision>,
-    /// The file of a large message (see `imap_large`): held, never read, so that it is
+    /// The file of a large message (see `imap/large.rs`): held, never read, so that it is
     /// removed only once the message is done with.
     #[allow(dead_code)]
     pub file: Option<std::sync::Arc<crate::spool::large::Staged>>,

@@ -12,7 +12,6 @@
 
 mod hooks;
 pub mod imap;
-mod imap_large;
 pub mod net;
 pub mod pop3;
 pub mod process;

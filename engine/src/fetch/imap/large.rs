@@ -16,8 +16,8 @@ use std::sync::Arc;
 use async_imap::types::Fetch;
 use futures::TryStreamExt;
 
-use super::pop3::MAX_MESSAGE;
-use super::retry::Warned;
+use crate::fetch::pop3::MAX_MESSAGE;
+use crate::fetch::retry::Warned;
 use crate::message::stored::SPILL_AT;
 use crate::message::MessageView;
 use crate::spool::large::{Spill, Spilled, Staged};
@@ -65,12 +65,12 @@ pub fn in_memory(raw: Vec<u8>, flags: Vec<String>) -> Whole {
 /// message left the server meanwhile, or turned out larger than [`MAX_MESSAGE`] (left there,
 /// with a warning).
 pub async fn rest(
-    session: &mut super::imap::ImapSession,
+    session: &mut super::ImapSession,
     uid: u32,
     first: &[u8],
     flags: Vec<String>,
     dir: &Path,
-) -> Result<Option<Whole>, super::imap::ImapError> {
+) -> Result<Option<Whole>, super::ImapError> {
     let mut spill = Spill::new(dir);
     std::io::Write::write_all(&mut spill, first)?;
     loop {
@@ -81,7 +81,7 @@ pub async fn rest(
         }
         let query = format!("(UID BODY.PEEK[]<{offset}.{PIECE}>)");
         let uid_text = uid.to_string();
-        let fetches: Vec<Fetch> = super::imap::timed(super::imap::COMMAND_TIMEOUT, async {
+        let fetches: Vec<Fetch> = super::timed(super::COMMAND_TIMEOUT, async {
             session.uid_fetch(&uid_text, &query).await?.try_collect().await
         })
         .await?;
@@ -90,7 +90,7 @@ pub async fn rest(
         };
         if piece.len() > PIECE {
             // Not the piece asked for: a server that ignores partial fetches.
-            return Err(super::imap::ImapError::Other(format!(
+            return Err(super::ImapError::Other(format!(
                 "message {uid}: the server answered a partial fetch with {} bytes",
                 piece.len()
             )));
