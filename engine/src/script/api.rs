@@ -2,6 +2,10 @@
 //! their getters, the verdict functions and the actions. Full reference with examples:
 //! `docs/scripting.md`.
 //!
+//! Longer than the usual file on purpose: every script function is here with its doc example
+//! (each compiled by `tests/integration/test_docs.py`), so the registration list and what it
+//! registers read as one table.
+//!
 //! Security: every value a script hands back is checked here (header names and values,
 //! addresses, folder names, reply codes) before it becomes an [`Action`] or a [`Verdict`], so a
 //! script cannot inject a header line, a recipient or a reply line.

@@ -186,7 +186,9 @@ impl ScriptSet {
 
     /// The same set with every stage function left to rhai (no [`native`] translation): what
     /// the native tier is compared against, in its tests and in
-    /// `engine/benches/script_instructions.rs` (`MF_NATIVE=0`).
+    /// `engine/benches/script_instructions.rs` (`MF_NATIVE=0`). Not part of the API: public
+    /// only because the bench is another crate.
+    #[doc(hidden)]
     pub fn rhai_only(mut self) -> ScriptSet {
         for file in &mut self.files {
             file.native = Default::default();
