@@ -28,9 +28,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 const DELIVERY_WORKERS: usize = 4;
 /// The delivery threads' nice value. Receiving is the latency-sensitive path (a client waits
 /// for every reply); delivery only has to keep up, and the spool already holds what it has not
-/// done yet. Below the sessions' priority it takes the CPU they leave (at 20 sessions on two
-/// cores: 1.02–1.08× the messages per second in interleaved runs, bench/results/findings.md), and
-/// it is never starved for long: when it falls behind, its full queue holds back the spool
+/// done yet. Below the sessions' priority it takes the CPU they leave (measured in
+/// bench/results/findings.md), and it is never starved for long: when it falls behind, its full queue holds back the spool
 /// writer and so the 250s, which frees the CPU again.
 const DELIVERY_NICE: i32 = 10;
 /// How long the deliverer waits for more spool segments to join a batch: the batch then costs

@@ -41,8 +41,8 @@ impl Reply {
     /// last.
     ///
     /// Straight into the session's output buffer, not a `write!` per line nor a string of its
-    /// own: seven replies a message made the formatting machinery about 5 % of the receiver's
-    /// instructions (callgrind, ninth pass), and their allocations another 2 % (tenth pass).
+    /// own: a message gets seven replies, and the formatting machinery was a visible part of
+    /// the receiver's work (bench/results/findings.md).
     pub fn write_wire(&self, out: &mut Vec<u8>) {
         let code = self.code.min(999);
         let digits = [b'0' + (code / 100) as u8, b'0' + (code / 10 % 10) as u8, b'0' + (code % 10) as u8];

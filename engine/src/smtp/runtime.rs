@@ -3,9 +3,8 @@
 //! Sessions do not run on the daemon's multi-thread runtime but on current-thread runtimes of
 //! their own, one per thread (`smtp-0`, `smtp-1`, ...), each accepting on the same listening
 //! sockets. A session's task then stays on the thread that accepted it: no work stealing, no
-//! waking of a second worker to take over a woken task, no cross-thread queues — what made the
-//! multi-thread runtime's session threads cost twice the floor's event loop
-//! (bench/results/findings.md, eleventh pass: 0.274 → 0.224 ms of server CPU per message).
+//! waking of a second worker to take over a woken task, no cross-thread queues (the
+//! measurements behind this are in bench/results/findings.md).
 //! Everything else (pollers, outbound, the script watcher, signals, metrics) stays on the main
 //! runtime. A hook that may block, or outruns its inline leash, or may parse the body of a
 //! large message, moves to the blocking pool while its session waits
@@ -60,9 +59,8 @@ impl SessionThreads {
 }
 
 /// How many session threads by default: one per two cores, at least one. The sessions share
-/// the machine with the spool writer, the delivery threads and the pollers; on two cores one
-/// session thread served as many messages per second as two, on 16 % less CPU (two threads
-/// both wake for each new connection; findings, eleventh pass).
+/// the machine with the spool writer, the delivery threads and the pollers, and every session
+/// thread wakes for each new connection (bench/results/findings.md).
 pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2))
 }

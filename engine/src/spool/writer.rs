@@ -88,8 +88,8 @@ impl Spool {
 /// The writer runs on its own thread rather than as a task that hands each batch to
 /// `spawn_blocking`: a message then costs one wake-up on the way in (this thread) and one on
 /// the way out (the session), where the task design added three more (writer task, blocking
-/// thread, writer task again). With one client, those wake-ups were most of the time between
-/// the end of DATA and the 250 that was not the flush itself (bench/results/findings.md).
+/// thread, writer task again), which with one client were most of the latency that is not the
+/// flush itself (bench/results/findings.md).
 fn run_writer(pool: Arc<Pool>, mut rx: mpsc::Receiver<Request>, deliver: mpsc::Sender<Segment>) {
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.message.body.len();
