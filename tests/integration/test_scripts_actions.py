@@ -344,7 +344,10 @@ def test_log_and_print_go_to_the_daemon_log(daemon):
         }
     """})
     send(d, subject="logme")
-    log = wait_log(d, "printed logme")
+    # The hook's log lines are written once its call is over, after what it printed, and the
+    # log writer thread writes what has gathered: wait for the last of them.
+    wait_log(d, "printed logme")
+    log = wait_log(d, "mailflow::script: 2.5 ")
     lines = [l for l in log.splitlines() if "filing logme" in l]
     assert len(lines) == 1
     assert "file=10-log.rhai" in lines[0] and "stage=data" in lines[0] and "id=" in lines[0]
