@@ -39,10 +39,6 @@ impl Host for EngineHost {
         sandbox::with(|s| s.deadline.saturating_duration_since(Instant::now()))
     }
 
-    fn message_bytes(&self, value: &Dynamic) -> Option<Arc<Vec<u8>>> {
-        value.clone().try_cast::<MessageView>().map(|m| m.raw().clone())
-    }
-
     fn message_source(&self, value: &Dynamic) -> Option<MessageSource> {
         let view = value.clone().try_cast::<MessageView>()?;
         Some(match view.file_parts() {

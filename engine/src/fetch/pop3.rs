@@ -341,7 +341,7 @@ pub async fn round(
         // `_file` (a large message's file) lives until the message is handled.
         let (view, _file) = match spill.finish()? {
             Spilled::Memory(raw) => (MessageView::new(Arc::new(raw)), None),
-            Spilled::File(file) => (MessageView::from_file(file.tail(), Vec::new())?, Some(file)),
+            Spilled::File(file) => (MessageView::from_file(Arc::new(Vec::new()), file.tail(), Vec::new())?, Some(file)),
         };
         let span = tracing::info_span!("fetched", uidl = %uidl);
         let _enter = span.enter();

@@ -59,6 +59,19 @@ fn unique_name(hostname: &str, size: usize) -> String {
     format!("{}.M{}P{}Q{}.{},S={}", now.as_secs(), now.subsec_micros(), pid, n, host, size)
 }
 
+fn message_size(parts: &[&[u8]], tail: Option<&Tail>) -> usize {
+    parts.iter().map(|p| p.len()).sum::<usize>() + tail.map_or(0, |t| t.len as usize)
+}
+
+/// A new message's paths in `dir`: `tmp/NAME`, and `new/NAME` or (with `flags`)
+/// `cur/NAME:2,FLAGS`; and which of `new`/`cur` that is.
+fn new_paths(dir: &Path, hostname: &str, size: usize, flags: &str) -> (PathBuf, PathBuf, &'static str) {
+    let name = unique_name(hostname, size);
+    let tmp = dir.join("tmp").join(&name);
+    let (target_dir, final_name) = if flags.is_empty() { ("new", name) } else { ("cur", format!("{name}:2,{flags}")) };
+    (tmp, dir.join(target_dir).join(final_name), target_dir)
+}
+
 /// The durability still owed for a batch of deliveries. Until [`SyncBatch::sync`] returns
 /// `Ok`, the batch's messages may vanish in a crash, so nothing may be acknowledged or removed
 /// before it.
@@ -131,8 +144,9 @@ fn syncfs(folder: &Path) -> std::io::Result<()> {
     rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
 }
 
-/// Writes `parts` (concatenated, then `tail` copied from its file) as one message into `dir`, which must exist. With `flags`
-/// (Maildir info letters, e.g. "FS") it goes to `cur/name:2,flags`, else to `new/`. Returns
+/// Writes `parts` (concatenated, then `tail` copied from its file) as one message into `dir`,
+/// which must exist. With `flags` (Maildir info letters, e.g. "FS") it goes to
+/// `cur/name:2,flags`, else to `new/`. Returns
 /// the final path once the file is fsynced and renamed into place; its folder is added to
 /// `pending`, whose [`SyncBatch::sync`] makes the name durable. Blocking.
 pub fn write_message(
@@ -143,12 +157,8 @@ pub fn write_message(
     flags: &str,
     pending: &mut SyncBatch,
 ) -> std::io::Result<PathBuf> {
-    let size: usize = parts.iter().map(|p| p.len()).sum::<usize>() + tail.map_or(0, |t| t.len as usize);
-    let name = unique_name(hostname, size);
-    let tmp = dir.join("tmp").join(&name);
-    let (target_dir, final_name) =
-        if flags.is_empty() { ("new", name.clone()) } else { ("cur", format!("{name}:2,{flags}")) };
-    let dest = dir.join(target_dir).join(final_name);
+    let size = message_size(parts, tail);
+    let (tmp, dest, target_dir) = new_paths(dir, hostname, size, flags);
     let deferred = pending.deferred;
     let result = (|| {
         let mut file = File::create(&tmp)?;
@@ -208,11 +218,7 @@ pub fn stage_file(
     tail: Option<&Tail>,
     flags: &str,
 ) -> std::io::Result<(PathBuf, PathBuf)> {
-    let size: usize = parts.iter().map(|p| p.len()).sum::<usize>() + tail.map_or(0, |t| t.len as usize);
-    let name = unique_name(hostname, size);
-    let tmp = dir.join("tmp").join(&name);
-    let dest =
-        if flags.is_empty() { dir.join("new").join(&name) } else { dir.join("cur").join(format!("{name}:2,{flags}")) };
+    let (tmp, dest, _) = new_paths(dir, hostname, message_size(parts, tail), flags);
     let written = (|| {
         let mut file = File::create(&tmp)?;
         for part in parts {

@@ -157,7 +157,8 @@ impl MessageView {
                 .get_or_init(|| {
                     let held = stored::BUDGET.hold(spilled.prefix.len() + spilled.tail.len as usize);
                     let mut whole = Vec::with_capacity(spilled.prefix.len() + spilled.tail.len as usize);
-                    match spilled.tail.write_with_prefix(&spilled.prefix, &mut whole) {
+                    whole.extend_from_slice(&spilled.prefix);
+                    match spilled.tail.copy_to(&mut whole) {
                         Ok(()) => (Arc::new(whole), Some(held)),
                         Err(e) => {
                             tracing::error!(error = %e, file = %spilled.tail.path.display(), "cannot read the message file");
@@ -181,10 +182,14 @@ impl MessageView {
         self.inner.spilled.as_ref().map(|s| FileParts { prefix: &s.prefix, tail: &s.tail, block_end: s.block_end })
     }
 
-    /// A view of the large message in `tail` (no prefix): its header block read from the file.
-    pub fn from_file(tail: stored::Tail, flags: Vec<String>) -> std::io::Result<MessageView> {
-        let (block_end, head) = stored::header_block(&tail)?;
-        Ok(MessageView::spilled(Arc::new(Vec::new()), Arc::new(head), tail, block_end, flags))
+    /// A view of the large message `prefix ++ tail`: the tail's header block is read from the
+    /// file, nothing more.
+    pub fn from_file(prefix: Arc<Vec<u8>>, tail: stored::Tail, flags: Vec<String>) -> std::io::Result<MessageView> {
+        let (block_end, block) = stored::header_block(&tail)?;
+        let mut head = Vec::with_capacity(prefix.len() + block.len());
+        head.extend_from_slice(&prefix);
+        head.extend_from_slice(&block);
+        Ok(MessageView::spilled(prefix, Arc::new(head), tail, block_end, flags))
     }
 
     /// The message's size in bytes (the server's figure for a header-only view).

@@ -31,16 +31,6 @@ pub struct Tail {
 }
 
 impl Tail {
-    /// The tail's bytes, read into memory.
-    pub fn read_all(&self) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
-        self.reader()?.read_to_end(&mut out)?;
-        if out.len() as u64 != self.len {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message file shorter than recorded"));
-        }
-        Ok(out)
-    }
-
     /// A reader over the tail's bytes.
     pub fn reader(&self) -> std::io::Result<std::io::Take<File>> {
         let mut file = File::open(&self.path)?;
@@ -48,19 +38,9 @@ impl Tail {
         Ok(file.take(self.len))
     }
 
-    /// Appends the tail to `out` (kernel to kernel where the file systems allow it: the bytes
-    /// never pass through this process's memory).
-    pub fn copy_to(&self, out: &mut File) -> std::io::Result<()> {
-        let copied = std::io::copy(&mut self.reader()?, out)?;
-        if copied != self.len {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message file shorter than recorded"));
-        }
-        Ok(())
-    }
-
-    /// Streams `prefix` then the tail into `out`.
-    pub fn write_with_prefix(&self, prefix: &[u8], out: &mut impl Write) -> std::io::Result<()> {
-        out.write_all(prefix)?;
+    /// Appends the tail to `out` (to a `File`, kernel to kernel where the file systems allow
+    /// it: the bytes never pass through this process's memory).
+    pub fn copy_to(&self, out: &mut impl Write) -> std::io::Result<()> {
         let copied = std::io::copy(&mut self.reader()?, out)?;
         if copied != self.len {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message file shorter than recorded"));
@@ -160,15 +140,16 @@ mod tests {
         let path = dir.path().join("m");
         std::fs::write(&path, b"xxSubject: a\r\n\r\nbody\r\n").unwrap();
         let tail = Tail { path: path.clone(), offset: 2, len: 20 };
-        assert_eq!(tail.read_all().unwrap(), b"Subject: a\r\n\r\nbody\r\n");
+        let read = |tail: &Tail| {
+            let mut out = Vec::new();
+            tail.copy_to(&mut out).map(|()| out)
+        };
+        assert_eq!(read(&tail).unwrap(), b"Subject: a\r\n\r\nbody\r\n");
         let (end, head) = header_block(&tail).unwrap();
         assert_eq!((end, head.as_slice()), (Some(14), &b"Subject: a\r\n\r\n"[..]));
-        assert_eq!(tail.skip(14).read_all().unwrap(), b"body\r\n");
-        let mut out = Vec::new();
-        tail.skip(14).write_with_prefix(b"P: 1\r\n", &mut out).unwrap();
-        assert_eq!(out, b"P: 1\r\nbody\r\n");
+        assert_eq!(read(&tail.skip(14)).unwrap(), b"body\r\n");
         let short = Tail { path, offset: 2, len: 100 };
-        assert!(short.read_all().is_err(), "a file shorter than its record is an error");
+        assert!(read(&short).is_err(), "a file shorter than its record is an error");
     }
 
     #[test]

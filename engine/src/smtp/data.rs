@@ -144,14 +144,12 @@ impl Session {
             Staging::None => None,
             Staging::File(staged) => Some(staged),
             Staging::Failed(e) => {
-                tracing::error!(error = %e, "cannot write the message file: message not accepted");
-                return Reply::new(451, "4.3.0", "Local error: message not stored, try again later");
+                return not_stored("cannot write the message file", &e);
             }
         };
         if let Some(file) = &mut staged {
             if let Err(e) = std::io::Write::write_all(file, &outcome.body) {
-                tracing::error!(error = %e, "cannot write the message file: message not accepted");
-                return Reply::new(451, "4.3.0", "Local error: message not stored, try again later");
+                return not_stored("cannot write the message file", &e);
             }
         }
         // The header block: the message itself when small, its start when in a file.
@@ -160,8 +158,7 @@ impl Session {
             Some(file) => match stored::header_block(&file.tail()) {
                 Ok(head) => Some(head),
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read the message file: message not accepted");
-                    return Reply::new(451, "4.3.0", "Local error: message not stored, try again later");
+                    return not_stored("cannot read the message file", &e);
                 }
             },
         };
@@ -187,7 +184,6 @@ impl Session {
         head.extend_from_slice(header.as_bytes());
         head.extend_from_slice(header_part);
         let head = Arc::new(head);
-        held.set(held_size(&head, &outcome.body));
         let tail = staged.as_ref().map(Staged::tail);
         let view = match &tail {
             None => MessageView::new(head.clone()),
@@ -218,8 +214,7 @@ impl Session {
         let (stored, tail) = match apply::edited_message(&view, &actions) {
             Ok(parts) => parts,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the message file: message not accepted");
-                return Reply::new(451, "4.3.0", "Local error: message not stored, try again later");
+                return not_stored("cannot read the message file", &e);
             }
         };
         drop(view);
@@ -230,8 +225,7 @@ impl Session {
                 Err(e) => Err(e),
             };
             if let Err(e) = synced {
-                tracing::error!(error = %e, "cannot sync the message file: message not accepted");
-                return Reply::new(451, "4.3.0", "Local error: message not stored, try again later");
+                return not_stored("cannot sync the message file", &e);
             }
         }
         let recipients = apply::recipient_edits(&tx.recipients, &actions);
@@ -259,18 +253,15 @@ impl Session {
                 tracing::info!(sender = %tx.sender, recipients = %recipients.join(","), size, outcome = "queued", "message accepted");
                 Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
             }
-            Err(e) => {
-                tracing::error!(error = %e, "spool failed: message not accepted");
-                Reply::new(451, "4.3.0", "Local error: message not stored, try again later")
-            }
+            Err(e) => not_stored("spool failed", &e),
         }
     }
 }
 
-/// The memory a small message holds once read: the reader's bytes and the copy with the
-/// `Received:` header in front.
-fn held_size(head: &[u8], body: &[u8]) -> usize {
-    head.len() + body.len()
+/// The 451 for a message that could not be kept, with the reason logged.
+fn not_stored(what: &str, e: &dyn std::fmt::Display) -> Reply {
+    tracing::error!(error = %e, "{what}: message not accepted");
+    Reply::new(451, "4.3.0", "Local error: message not stored, try again later")
 }
 
 impl Session {

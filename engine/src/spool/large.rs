@@ -225,7 +225,7 @@ mod tests {
         kept.sync().unwrap();
         let tail = kept.tail();
         kept.keep();
-        assert_eq!(tail.read_all().unwrap(), b"accepted");
+        assert_eq!(std::fs::read(&tail.path).unwrap(), b"accepted");
         let orphan = Staged::create(dir.path(), "C").unwrap();
         std::mem::forget(orphan); // a crash mid-DATA
         let live: HashSet<PathBuf> = [tail.path.clone()].into();
@@ -248,7 +248,7 @@ mod tests {
         }
         assert_eq!(big.len(), 500_000);
         let Spilled::File(file) = big.finish().unwrap() else { panic!("500 KB stays in memory") };
-        assert_eq!(file.tail().read_all().unwrap(), vec![b'x'; 500_000]);
+        assert_eq!(std::fs::read(file.tail().path).unwrap(), vec![b'x'; 500_000]);
         let path = file.tail().path;
         drop(file);
         assert!(!path.exists(), "removed with its owner");

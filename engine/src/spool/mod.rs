@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::stored::{self, Tail};
+use crate::message::stored::Tail;
 use crate::message::MessageView;
 use crate::script::Action;
 
@@ -77,25 +77,7 @@ impl SpooledMessage {
     pub fn view(&self) -> std::io::Result<MessageView> {
         match &self.record.tail {
             None => Ok(MessageView::new(self.body.clone())),
-            Some(tail) => {
-                let (block_end, block) = stored::header_block(tail)?;
-                let mut head = Vec::with_capacity(self.body.len() + block.len());
-                head.extend_from_slice(&self.body);
-                head.extend_from_slice(&block);
-                Ok(MessageView::spilled(self.body.clone(), Arc::new(head), tail.clone(), block_end, Vec::new()))
-            }
-        }
-    }
-
-    /// The whole message in memory (a large one is read from its file).
-    pub fn whole(&self) -> std::io::Result<Arc<Vec<u8>>> {
-        match &self.record.tail {
-            None => Ok(self.body.clone()),
-            Some(tail) => {
-                let mut out = Vec::with_capacity(self.size());
-                tail.write_with_prefix(&self.body, &mut out)?;
-                Ok(Arc::new(out))
-            }
+            Some(tail) => MessageView::from_file(self.body.clone(), tail.clone(), Vec::new()),
         }
     }
 }

@@ -54,10 +54,6 @@ pub trait Host: Send + Sync {
     /// Time left in the hook call running on this thread; `None` outside a hook call.
     fn hook_time_left(&self) -> Option<Duration>;
 
-    /// The raw bytes of a script's `msg` value; `None` if the value is not a message. A large
-    /// message is read into memory for this: prefer [`Host::message_source`].
-    fn message_bytes(&self, value: &rhai::Dynamic) -> Option<Arc<Vec<u8>>>;
-
     /// A script's `msg` value as a source to stream from (a large message stays in its file);
     /// `None` if the value is not a message.
     fn message_source(&self, value: &rhai::Dynamic) -> Option<MessageSource>;

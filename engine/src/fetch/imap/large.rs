@@ -102,6 +102,8 @@ pub async fn rest(
     }
     Ok(Some(match spill.finish()? {
         Spilled::Memory(raw) => in_memory(raw, flags),
-        Spilled::File(file) => (MessageView::from_file(file.tail(), flags)?, Some(Arc::new(file))),
+        Spilled::File(file) => {
+            (MessageView::from_file(Arc::new(Vec::new()), file.tail(), flags)?, Some(Arc::new(file)))
+        }
     }))
 }
