@@ -19,7 +19,8 @@ use crate::proto::reply::Reply;
 use crate::smtp::auth::{decode_text, plain_credentials, shown};
 use crate::smtp::mail::{address_reply, declared_size};
 use crate::smtp::received::Trace;
-use crate::smtp::session::{syntax_reply, MAX_LINE_LEN};
+use crate::smtp::session::MAX_LINE_LEN;
+use crate::smtp::syntax::syntax_reply;
 
 /// A harness: panics when its input breaks an invariant.
 pub type Harness = fn(&[u8]);

@@ -13,7 +13,7 @@ use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 
 use super::credentials::{verify_bounded, MAX_FAILURES};
 use super::reply::Reply;
-use super::session::{Flow, Session};
+use super::session::{Flow, Session, SessionStream, State};
 
 /// `334` prompts of AUTH LOGIN: "Username:" and "Password:" in base64.
 const PROMPT_USERNAME: &str = "VXNlcm5hbWU6";
@@ -31,7 +31,7 @@ pub(crate) enum Step {
     },
 }
 
-impl Session {
+impl<S: SessionStream> Session<S> {
     /// Whether AUTH may be advertised and used on this connection now.
     pub(super) fn auth_offered(&self) -> bool {
         let smtp = &self.config.smtp;
@@ -137,7 +137,10 @@ impl Session {
     async fn sasl_step(&mut self, prompt: &str) -> Result<String, Step> {
         self.reply(Reply::plain(334, prompt.to_string()));
         let timeout = self.config.smtp.command_timeout;
-        match self.next_line(timeout).await {
+        self.state = State::Sasl;
+        let line = self.next_line(timeout).await;
+        self.state = State::Command;
+        match line {
             Ok(Some(line)) => {
                 let text = String::from_utf8(line).map_err(|_| Step::Malformed)?;
                 let text = text.trim_end_matches(['\r', '\n']).to_string();

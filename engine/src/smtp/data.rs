@@ -8,7 +8,7 @@ use tracing::Instrument;
 use super::data_reader::{DataOutcome, DataReader};
 use super::received::Trace;
 use super::reply::Reply;
-use super::session::{Flow, ReadError, Session};
+use super::session::{Flow, ReadError, Session, SessionStream, State};
 use crate::message::stored::{self, Held, BUDGET, SPILL_AT};
 use crate::message::{headers, MessageView};
 use crate::script::{apply, Action, Stage, Verdict};
@@ -45,7 +45,7 @@ impl Staging {
     }
 }
 
-impl Session {
+impl<S: SessionStream> Session<S> {
     pub(super) async fn handle_data(&mut self) -> std::io::Result<Flow> {
         match &self.tx {
             None => {
@@ -103,17 +103,22 @@ impl Session {
         // the buffer as they come, see `fill`).
         self.inbuf_mut().reserve(16 * 1024);
         let timeout = self.config.smtp.data_timeout;
+        self.state = State::Data;
         loop {
             let buffered = self.inbuf_mut();
             if !buffered.is_empty() {
                 if let Some((outcome, used)) = reader.feed(buffered) {
                     buffered.drain(..used);
+                    self.state = State::Command;
                     return Ok((outcome, staging));
                 }
                 buffered.clear();
             }
             if reader.pending() >= SPILL_AT {
                 staging.take_from(&mut reader, || self.shared.spool.stage(id));
+            }
+            if reader.is_over() || matches!(staging, Staging::Failed(_)) {
+                self.state = State::DrainData;
             }
             held.set(reader.capacity());
             // A message in flight is finished even during shutdown (the grace period bounds it).
@@ -264,7 +269,7 @@ fn not_stored(what: &str, e: &dyn std::fmt::Display) -> Reply {
     Reply::new(451, "4.3.0", "Local error: message not stored, try again later")
 }
 
-impl Session {
+impl<S: SessionStream> Session<S> {
     /// RFC 3848's `with` keyword: SMTP, ESMTP, plus S for TLS and A for AUTH.
     fn received_protocol(&self) -> String {
         if !self.esmtp {

@@ -193,6 +193,11 @@ impl DataReader {
         Ok(())
     }
 
+    /// Whether the message already went over the size limit (the rest is only counted).
+    pub fn is_over(&self) -> bool {
+        self.size > self.max_size
+    }
+
     /// The memory the reader holds.
     pub fn capacity(&self) -> usize {
         self.body.capacity()

@@ -1,10 +1,10 @@
 //! HELO and EHLO: greet, run the `helo` stage, advertise the extensions.
 
 use super::reply::Reply;
-use super::session::{Flow, Session};
+use super::session::{Flow, Session, SessionStream};
 use crate::script::Stage;
 
-impl Session {
+impl<S: SessionStream> Session<S> {
     pub(super) async fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
         // A new greeting resets any transaction (RFC 5321 §4.1.4).
         self.tx = None;

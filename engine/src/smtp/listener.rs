@@ -5,17 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::credentials::FailureLimiter;
 use super::session::Session;
 use super::starttls::HANDSHAKE_TIMEOUT;
-use super::tls::{Stream, TlsInfo};
+use super::tls::TlsInfo;
 use crate::config::Config;
 use crate::script::ScriptHost;
 use crate::spool::{new_id, Spool};
@@ -67,15 +68,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
                 tokio::spawn(
                     async move {
                         tracing::debug!("connected");
-                        let (stream, tls) = if implicit_tls {
-                            match handshake(&shared, stream).await {
-                                Some(pair) => pair,
-                                None => return,
+                        if implicit_tls {
+                            if let Some((stream, tls)) = handshake(&shared, stream).await {
+                                Session::new(stream, shared, peer.ip(), id, Some(tls)).run_tls().await;
                             }
                         } else {
-                            (Stream::Plain(stream), None)
-                        };
-                        Session::new(stream, shared, peer.ip(), id, tls).run().await;
+                            Session::new(stream, shared, peer.ip(), id, None).run().await;
+                        }
                         tracing::debug!("disconnected");
                         drop(permit);
                     }
@@ -100,13 +99,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
 }
 
 /// The TLS handshake of an implicit-TLS connection; `None` when it failed.
-async fn handshake(shared: &Shared, stream: tokio::net::TcpStream) -> Option<(Stream, Option<TlsInfo>)> {
+async fn handshake(shared: &Shared, stream: TcpStream) -> Option<(TlsStream<TcpStream>, TlsInfo)> {
     let config = shared.tls.load_full()?;
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)).await {
         Ok(Ok(tls)) => {
             let info = TlsInfo::of(&tls);
             tracing::debug!(version = %info.version, cipher = %info.cipher, "implicit TLS");
-            Some((Stream::Tls(Box::new(tls)), Some(info)))
+            Some((tls, info))
         }
         Ok(Err(e)) => {
             tracing::info!(error = %e, "TLS handshake failed");

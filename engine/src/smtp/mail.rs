@@ -7,10 +7,10 @@ use smtp_proto::{MailFrom, MAIL_SMTPUTF8};
 
 use super::address::{bracketed, parse_mailbox, AddressError};
 use super::reply::Reply;
-use super::session::{Flow, Session, Transaction};
+use super::session::{Flow, Session, SessionStream, Transaction};
 use crate::script::Stage;
 
-impl Session {
+impl<S: SessionStream> Session<S> {
     pub(super) async fn handle_mail(&mut self, from: MailFrom<String>, raw: &str) -> Flow {
         if self.helo.is_none() {
             self.reply(Reply::new(503, "5.5.1", "Send HELO/EHLO first"));

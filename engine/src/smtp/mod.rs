@@ -23,6 +23,9 @@ pub use crate::proto::reply;
 pub mod runtime;
 pub mod session;
 pub mod starttls;
+pub mod syntax;
 pub mod tls;
+#[cfg(test)]
+mod transcript;
 
 pub use listener::{serve, Shared};

@@ -6,10 +6,10 @@ use smtp_proto::RcptTo;
 use super::address::{bracketed, parse_mailbox};
 use super::mail::address_reply;
 use super::reply::Reply;
-use super::session::{Flow, Session};
+use super::session::{Flow, Session, SessionStream};
 use crate::script::Stage;
 
-impl Session {
+impl<S: SessionStream> Session<S> {
     pub(super) async fn handle_rcpt(&mut self, to: RcptTo<String>, raw: &str) -> Flow {
         let Some(tx) = self.tx.as_ref() else {
             self.reply(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));

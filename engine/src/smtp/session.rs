@@ -1,20 +1,30 @@
 //! One SMTP connection: its state, its input buffer, and the command loop.
 //!
+//! Input: a byte stream of any kind ([`SessionStream`]: TCP, TLS over TCP, or an in-memory
+//! pipe in the transcript tests). Output: replies on the same stream and, for each accepted
+//! message, a spool record. [`State`] says what owns the input at any moment; STARTTLS ends
+//! the plaintext session and [`Session::into_tls`] makes the TLS one, with HELO, transaction
+//! and authentication forgotten (RFC 3207 §4.2).
+//!
 //! Replies are buffered and flushed only when the client has nothing more pipelined (or
 //! before any wait for input), which is what PIPELINING (RFC 2920) asks. Every read is timed
 //! (RFC 5321 §4.5.3.2) and, between commands, also watches the shutdown signal (then 421).
+//!
+//! Security: the input is untrusted. Lines are capped at 512 octets (the rest of a longer
+//! line is dropped), every wait is timed, and parse failures are replies, never panics.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smtp_proto::{Error as ProtoError, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use smtp_proto::Request;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::listener::Shared;
 use super::reply::Reply;
-use super::tls::{Stream, TlsInfo};
+use super::syntax::syntax_reply;
+use super::tls::TlsInfo;
 use crate::config::Config;
 use crate::script::{Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verdict};
 
@@ -26,11 +36,34 @@ const READ_CHUNK: usize = 64 * 1024;
 /// big message soon reads in `READ_CHUNK`s, and a small one never allocates that much).
 const MIN_READ_ROOM: usize = 1024;
 
+/// The streams a session runs on.
+pub trait SessionStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionStream for T {}
+
 /// What the command loop does after a handler.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
     Continue,
     Close,
+    /// `220 Ready to start TLS` went out: the plaintext session ends here, the caller turns
+    /// it into a TLS one with [`Session::into_tls`].
+    StartTls,
+}
+
+/// What owns the connection's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Command lines.
+    Command,
+    /// A line went over 512 octets: input is dropped up to its LF, then the line gets 500.
+    DrainLine,
+    /// After 354: the DATA reader takes the input up to `<CRLF>.<CRLF>`.
+    Data,
+    /// The message went over `max_message_size` (or its file could not be written): the rest
+    /// is read and dropped up to `<CRLF>.<CRLF>`, then refused.
+    DrainData,
+    /// After a 334: the next line is a SASL response, not a command.
+    Sasl,
 }
 
 /// Why reading stopped without a line.
@@ -54,12 +87,11 @@ pub struct Transaction {
 }
 
 /// One connection's state machine.
-pub struct Session {
-    pub(super) stream: Stream,
+pub struct Session<S> {
+    pub(super) stream: S,
     inbuf: Vec<u8>,
     out: Vec<u8>,
-    /// Discarding an overlong line up to its LF.
-    discarding: bool,
+    pub(super) state: State,
     pub(super) shared: Arc<Shared>,
     /// The config this session started with; a reload does not change it mid-session.
     pub(super) config: Arc<Config>,
@@ -81,10 +113,12 @@ pub struct Session {
     pub(super) tls: Option<TlsInfo>,
     /// Set after a successful AUTH; lifts the local-domains rule.
     pub(super) auth_user: Option<String>,
+    /// This session came out of STARTTLS: no second greeting.
+    upgraded: bool,
 }
 
-impl Session {
-    pub fn new(stream: Stream, shared: Arc<Shared>, remote_ip: IpAddr, id: String, tls: Option<TlsInfo>) -> Session {
+impl<S: SessionStream> Session<S> {
+    pub fn new(stream: S, shared: Arc<Shared>, remote_ip: IpAddr, id: String, tls: Option<TlsInfo>) -> Session<S> {
         let scripts = shared.scripts.current();
         let config = shared.config.load_full();
         let shutdown = shared.shutdown.clone();
@@ -92,7 +126,7 @@ impl Session {
             stream,
             inbuf: Vec::with_capacity(4096),
             out: Vec::with_capacity(1024),
-            discarding: false,
+            state: State::Command,
             shared,
             config,
             scripts,
@@ -106,37 +140,55 @@ impl Session {
             refused: false,
             tls,
             auth_user: None,
+            upgraded: false,
         }
     }
 
-    /// Runs the session to its end. I/O errors end it quietly: the client is gone.
+    /// Runs a plaintext session to its end, through STARTTLS if the client asks for it. I/O
+    /// errors end it quietly: the client is gone.
     pub async fn run(mut self) {
-        if let Err(e) = self.serve().await {
+        match self.serve(true).await {
+            Ok(Flow::StartTls) => {
+                if let Some(tls) = self.into_tls().await {
+                    tls.run_tls().await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "session ended with I/O error"),
+        }
+        // A plain TCP stream's FIN goes out when it is dropped, without a `shutdown(2)` and a
+        // timer per connection.
+    }
+
+    /// Runs a session that is already over TLS (implicit TLS, or after STARTTLS) to its end.
+    pub async fn run_tls(mut self) {
+        if let Err(e) = self.serve(!self.upgraded).await {
             tracing::debug!(error = %e, "session ended with I/O error");
         }
-        // Only TLS has something to send at the end (close_notify); a plain TCP stream's FIN
-        // goes out when it is dropped, without a `shutdown(2)` and a timer per connection.
-        if matches!(self.stream, Stream::Tls(_)) {
-            // Timed like every write: close_notify waits for a client that may never read.
-            let _ = tokio::time::timeout(self.config.smtp.command_timeout, self.stream.shutdown()).await;
-        }
+        // TLS has something to send at the end (close_notify), timed like every write: the
+        // client may never read it.
+        let _ = tokio::time::timeout(self.config.smtp.command_timeout, self.stream.shutdown()).await;
     }
 
-    async fn serve(&mut self) -> std::io::Result<()> {
-        let hostname = self.config.smtp.hostname.clone();
-        let decision = self.run_stage(Stage::Connect, self.context(""), None).await;
-        match decision.verdict {
-            Some(Verdict::Tempfail { .. }) => {
-                if let Some(reply) = decision.refusal_at(Stage::Connect) {
-                    self.reply(reply);
+    /// The greeting (after the `connect` stage), then the command loop. Returns how it ended.
+    async fn serve(&mut self, greet: bool) -> std::io::Result<Flow> {
+        if greet {
+            let hostname = self.config.smtp.hostname.clone();
+            let decision = self.run_stage(Stage::Connect, self.context(""), None).await;
+            match decision.verdict {
+                Some(Verdict::Tempfail { .. }) => {
+                    if let Some(reply) = decision.refusal_at(Stage::Connect) {
+                        self.reply(reply);
+                    }
+                    self.flush().await?;
+                    return Ok(Flow::Close);
                 }
-                return self.flush().await;
+                Some(Verdict::Reject { code, status, text }) => {
+                    self.refused = true;
+                    self.reply(Reply::new(code, status, text));
+                }
+                _ => self.reply(Reply::plain(220, format!("{hostname} ESMTP mailflow"))),
             }
-            Some(Verdict::Reject { code, status, text }) => {
-                self.refused = true;
-                self.reply(Reply::new(code, status, text));
-            }
-            _ => self.reply(Reply::plain(220, format!("{hostname} ESMTP mailflow"))),
         }
         loop {
             let line = match self.next_line(self.config.smtp.command_timeout).await {
@@ -145,22 +197,57 @@ impl Session {
                     self.reply(Reply::new(500, "5.5.2", "Line too long (max 512 octets)"));
                     continue;
                 }
-                Err(ReadError::Eof) => return Ok(()),
+                Err(ReadError::Eof) => return Ok(Flow::Close),
                 Err(ReadError::Io(e)) => return Err(e),
                 Err(ReadError::Timeout) => {
                     tracing::info!("command timeout");
+                    let hostname = &self.config.smtp.hostname;
                     self.reply(Reply::new(421, "4.4.2", format!("{hostname} Error: timeout exceeded")));
-                    return self.flush().await;
+                    self.flush().await?;
+                    return Ok(Flow::Close);
                 }
                 Err(ReadError::Shutdown) => {
+                    let hostname = &self.config.smtp.hostname;
                     self.reply(Reply::new(421, "4.3.2", format!("{hostname} Service shutting down")));
-                    return self.flush().await;
+                    self.flush().await?;
+                    return Ok(Flow::Close);
                 }
             };
-            if self.handle_line(&line).await? == Flow::Close {
-                return self.flush().await;
+            match self.handle_line(&line).await? {
+                Flow::Continue => {}
+                Flow::Close => {
+                    self.flush().await?;
+                    return Ok(Flow::Close);
+                }
+                // The 220 was flushed by the handler, before the handshake.
+                Flow::StartTls => return Ok(Flow::StartTls),
             }
         }
+    }
+
+    /// Takes the stream out; the rest waits in [`Detached`] for the stream that replaces it.
+    pub(super) fn split_stream(self) -> (S, Detached) {
+        let Session {
+            stream,
+            inbuf,
+            out,
+            state: _,
+            shared,
+            config,
+            scripts,
+            shutdown,
+            id,
+            remote_ip,
+            remote_text,
+            helo: _,
+            esmtp: _,
+            tx: _,
+            refused,
+            tls: _,
+            auth_user: _,
+            upgraded: _,
+        } = self;
+        (stream, Detached { inbuf, out, shared, config, scripts, shutdown, id, remote_ip, remote_text, refused })
     }
 
     /// Parses and dispatches one command line (with its line end).
@@ -263,20 +350,22 @@ impl Session {
         Ok(())
     }
 
-    /// The next command line. `Ok(None)` for a line over [`MAX_LINE_LEN`] (consumed).
+    /// The next command (or SASL) line. `Ok(None)` for a line over [`MAX_LINE_LEN`]
+    /// (consumed).
     pub(super) async fn next_line(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, ReadError> {
+        let owner = self.state;
         loop {
             if let Some(pos) = memchr::memchr(b'\n', &self.inbuf) {
                 let line: Vec<u8> = self.inbuf.drain(..=pos).collect();
-                if self.discarding || line.len() > MAX_LINE_LEN {
-                    self.discarding = false;
+                if self.state == State::DrainLine || line.len() > MAX_LINE_LEN {
+                    self.state = owner;
                     return Ok(None);
                 }
                 return Ok(Some(line));
             }
             if self.inbuf.len() > MAX_LINE_LEN {
                 self.inbuf.clear();
-                self.discarding = true;
+                self.state = State::DrainLine;
             }
             // The client waits for our replies before sending more: flush before reading.
             self.flush().await.map_err(ReadError::Io)?;
@@ -365,59 +454,44 @@ impl Session {
     }
 }
 
-/// The reply for a line smtp-proto could not parse.
-pub(crate) fn syntax_reply(error: &ProtoError, raw: &str) -> Reply {
-    match error {
-        ProtoError::UnknownCommand => {
-            // Echo the verb only when it looks like one: a stray SASL line (base64 credentials
-            // sent as a command) must not reach the reply or the log.
-            let verb = raw.split_whitespace().next().unwrap_or("");
-            if !verb.is_empty() && verb.len() <= 12 && verb.chars().all(|c| c.is_ascii_alphabetic()) {
-                Reply::new(500, "5.5.2", format!("Syntax error, command unrecognized: {verb}"))
-            } else {
-                Reply::new(500, "5.5.2", "Syntax error, command unrecognized")
-            }
-        }
-        ProtoError::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
-        ProtoError::InvalidRecipientAddress => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
-        ProtoError::SyntaxError { syntax } => Reply::new(501, "5.5.4", format!("Syntax: {syntax}")),
-        ProtoError::InvalidParameter { param } => Reply::new(501, "5.5.4", format!("Invalid parameter {param}")),
-        ProtoError::UnsupportedParameter { param } => {
-            let param: String = param.chars().take(40).filter(|c| !c.is_control()).collect();
-            Reply::new(555, "5.5.4", format!("Unsupported parameter {param}"))
-        }
-        ProtoError::NeedsMoreData { .. } => Reply::new(501, "5.5.2", "Incomplete command"),
-        ProtoError::ResponseTooLong | ProtoError::InvalidResponse { .. } => Reply::new(500, "5.5.2", "Syntax error"),
-    }
+/// A session without its stream, during the STARTTLS handshake. Only what belongs to the
+/// connection is kept; what the client said before the handshake is not.
+pub(super) struct Detached {
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    shared: Arc<Shared>,
+    config: Arc<Config>,
+    scripts: Arc<ScriptSet>,
+    shutdown: watch::Receiver<bool>,
+    id: String,
+    remote_ip: IpAddr,
+    remote_text: String,
+    refused: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reply_for(line: &str) -> Option<Reply> {
-        let raw = line.trim_end_matches(['\r', '\n']);
-        Request::parse(&mut line.as_bytes().iter()).err().map(|e| syntax_reply(&e, raw))
-    }
-
-    #[test]
-    fn command_edge_cases_get_the_contract_codes() {
-        let code = |line: &str| reply_for(line).map(|r| (r.code, r.status));
-        assert_eq!(code("FROB x\r\n"), Some((500, "5.5.2".into())));
-        assert_eq!(code("\r\n"), Some((500, "5.5.2".into())));
-        assert_eq!(code("MAIL FROM:a@b.c\r\n").map(|c| c.0), Some(501));
-        assert_eq!(code("RCPT TO:<a@b.c> <d@e.f>\r\n").map(|c| c.0), Some(501));
-        assert_eq!(code("MAIL FROM:<a@b.c> FROB=1\r\n").map(|c| c.0), Some(555));
-        assert_eq!(code("NOOP\r\n"), None);
-        assert_eq!(code("quit\n"), None);
-    }
-
-    #[test]
-    fn unknown_verb_is_echoed_without_controls_and_short() {
-        let reply = reply_for("\x1b[31mEVIL\x07VERB_THAT_IS_VERY_LONG_INDEED\r\n").unwrap();
-        let wire = reply.to_wire();
-        assert!(wire.starts_with("500 5.5.2 "), "{wire}");
-        assert!(!wire[..wire.len() - 2].chars().any(char::is_control), "{wire:?}");
-        assert!(wire.len() < 80, "{wire}");
+impl Detached {
+    /// The session over `stream`, at its start: no HELO, no transaction, not authenticated.
+    pub(super) fn with_stream<T>(self, stream: T) -> Session<T> {
+        let Detached { inbuf, out, shared, config, scripts, shutdown, id, remote_ip, remote_text, refused } = self;
+        Session {
+            stream,
+            inbuf,
+            out,
+            state: State::Command,
+            shared,
+            config,
+            scripts,
+            shutdown,
+            id,
+            remote_ip,
+            remote_text,
+            helo: None,
+            esmtp: false,
+            tx: None,
+            refused,
+            tls: None,
+            auth_user: None,
+            upgraded: true,
+        }
     }
 }

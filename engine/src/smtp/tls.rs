@@ -1,20 +1,15 @@
-//! TLS for the receiver: the connection stream (plain, or TLS after STARTTLS / on an
-//! implicit-TLS listener) and the server configuration from the PEM files in `[smtp]`.
+//! TLS for the receiver: the server configuration from the PEM files in `[smtp]`, and what a
+//! session learns of its TLS connection.
 //!
 //! TLS 1.2 and 1.3 only, rustls with the ring provider. The configuration is behind an
 //! `ArcSwap` so SIGHUP can load a renewed certificate without dropping sessions.
 
-use std::io;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 /// Why the TLS configuration could not be loaded.
@@ -76,7 +71,7 @@ pub struct TlsInfo {
 }
 
 impl TlsInfo {
-    pub fn of(stream: &TlsStream<TcpStream>) -> TlsInfo {
+    pub fn of<S>(stream: &TlsStream<S>) -> TlsInfo {
         let conn = stream.get_ref().1;
         let version = match conn.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
@@ -86,49 +81,5 @@ impl TlsInfo {
         };
         let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
         TlsInfo { version, cipher }
-    }
-}
-
-/// A client connection, before or after its TLS handshake.
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Only during the STARTTLS handshake, while the TCP stream is lent to rustls.
-    Detached,
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Detached => Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected))),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Detached => Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected))),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Detached => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Detached => Poll::Ready(Ok(())),
-        }
     }
 }
