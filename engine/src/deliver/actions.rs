@@ -4,6 +4,7 @@
 
 use super::Deliverer;
 use crate::message::stored::Tail;
+use crate::message::MessageView;
 use crate::outbound::autoreply::{self, Suppressed};
 use crate::outbound::EntryKind;
 use crate::script::Action;
@@ -18,17 +19,53 @@ pub struct Outcome {
     pub redirect_suppressed: bool,
 }
 
-/// `me` names the recipient auto-replies answer for (a poller's account address); `None`
-/// means the first local recipient of the envelope.
-pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&str>) -> Outcome {
+/// What the actions of one message act on, wherever the message came from: the spool (SMTP)
+/// or a poller, which has no spool record.
+pub struct Outgoing<'a> {
+    /// What queue entry ids derive from: a spool id, or `account:uid` for a poller.
+    pub id: &'a str,
+    pub sender: &'a str,
+    /// The envelope's recipients: those in other domains are relayed.
+    pub recipients: &'a [String],
+    pub actions: &'a [Action],
+    /// The message; for a large one, the part before `tail`.
+    pub body: &'a [u8],
+    /// A large message's file: copied into the queue, never read into memory.
+    pub tail: Option<&'a Tail>,
+}
+
+/// [`carry_out`] for a spooled message.
+pub fn carry_out_spooled(deliverer: &Deliverer, message: &SpooledMessage) -> Outcome {
+    let view = match message.view() {
+        Ok(view) => view,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the message file; will retry");
+            return Outcome { queued_ok: false, queued: 0, redirect_suppressed: false };
+        }
+    };
     let record = &message.record;
-    let envelope = &record.envelope;
+    let outgoing = Outgoing {
+        id: &record.id,
+        sender: &record.envelope.sender,
+        recipients: &record.envelope.recipients,
+        actions: &record.actions,
+        body: &message.body,
+        tail: record.tail.as_ref(),
+    };
+    carry_out(deliverer, &outgoing, &view, None)
+}
+
+/// Queues what `message` asks for: relaying to other domains, forwards, redirects, replies,
+/// vacation notices. `view` is the message as scripts saw it; `me` names the recipient
+/// auto-replies answer for (a poller's account address); `None` means the first local
+/// recipient of the envelope.
+pub fn carry_out(deliverer: &Deliverer, message: &Outgoing<'_>, view: &MessageView, me: Option<&str>) -> Outcome {
     let target = &deliverer.target;
     let mut outcome = Outcome { queued_ok: true, queued: 0, redirect_suppressed: false };
     let mut queue =
         |kind: EntryKind, sender: &str, rcpts: &[String], parts: &[&[u8]], tail: Option<&Tail>| match deliverer
             .outbound
-            .enqueue_parts(kind, sender, rcpts, parts, tail, &record.id)
+            .enqueue_parts(kind, sender, rcpts, parts, tail, message.id)
         {
             Ok(_) => outcome.queued += 1,
             Err(e) => {
@@ -36,33 +73,25 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                 outcome.queued_ok = false;
             }
         };
-    // A large message is copied from its file into the queue, never read into memory.
-    let tail = record.tail.as_ref();
+    let tail = message.tail;
+    let sender = message.sender;
 
-    let foreign: Vec<String> = envelope.recipients.iter().filter(|r| !target.is_local(r)).cloned().collect();
+    let foreign: Vec<String> = message.recipients.iter().filter(|r| !target.is_local(r)).cloned().collect();
     if !foreign.is_empty() {
-        queue(EntryKind::Relay, &envelope.sender, &foreign, &[&message.body], tail);
+        queue(EntryKind::Relay, sender, &foreign, &[message.body], tail);
     }
 
-    let view = match message.view() {
-        Ok(view) => view,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the message file; will retry");
-            outcome.queued_ok = false;
-            return outcome;
-        }
-    };
     let loop_marker = target.hostname.to_ascii_lowercase();
     // Parsing the header block costs more than the rest of delivery: only when a forward asks.
     let looped = std::cell::OnceCell::new();
     let looped =
         || *looped.get_or_init(|| view.headers("X-Loop").iter().any(|v| v.trim().eq_ignore_ascii_case(&loop_marker)));
     let first_local =
-        me.map(str::to_string).or_else(|| envelope.recipients.iter().find(|r| target.is_local(r)).cloned());
+        me.map(str::to_string).or_else(|| message.recipients.iter().find(|r| target.is_local(r)).cloned());
     let own = &deliverer.own;
     let mut redirect_suppressed = false;
 
-    for action in &record.actions {
+    for action in message.actions {
         match action {
             Action::Forward { addr } | Action::Redirect { addr } => {
                 let kind =
@@ -73,19 +102,17 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                     continue;
                 }
                 let x_loop = format!("X-Loop: {}\r\n", target.hostname);
-                let sender = deliverer.forward_sender.clone().unwrap_or_else(|| envelope.sender.clone());
-                queue(kind, &sender, std::slice::from_ref(addr), &[x_loop.as_bytes(), &message.body], tail);
+                let sender = deliverer.forward_sender.as_deref().unwrap_or(sender);
+                queue(kind, sender, std::slice::from_ref(addr), &[x_loop.as_bytes(), message.body], tail);
             }
             Action::Reply(spec) => {
                 let Some(rcpt) = first_local.as_deref() else { continue };
-                match autoreply::check_reply(&view, &envelope.sender, own) {
+                match autoreply::check_reply(view, sender, own) {
                     Err(reason) => log_suppressed("reply", &reason),
                     Ok(()) => {
                         let from = autoreply::reply_from(spec, rcpt);
-                        match autoreply::build(&view, &from, &envelope.sender, spec.subject.as_deref(), &spec.body) {
-                            Ok(bytes) => {
-                                queue(EntryKind::Reply, "", std::slice::from_ref(&envelope.sender), &[&bytes], None)
-                            }
+                        match autoreply::build(view, &from, sender, spec.subject.as_deref(), &spec.body) {
+                            Ok(bytes) => queue(EntryKind::Reply, "", &[sender.to_string()], &[&bytes], None),
                             Err(e) => tracing::error!(error = %e, "cannot build the reply"),
                         }
                     }
@@ -93,16 +120,14 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
             }
             Action::Vacation(spec) => {
                 let Some(rcpt) = first_local.as_deref() else { continue };
-                let checked = autoreply::check_vacation(&view, &envelope.sender, rcpt, spec, own).and_then(|()| {
-                    match autoreply::vacation_due(&deliverer.store, rcpt, &envelope.sender, spec.days) {
+                let checked = autoreply::check_vacation(view, sender, rcpt, spec, own).and_then(|()| {
+                    match autoreply::vacation_due(&deliverer.store, rcpt, sender, spec.days) {
                         Ok(true) => Ok(()),
-                        Ok(false) => {
-                            Err(Suppressed::AlreadyAnswered { sender: envelope.sender.clone(), days: spec.days })
-                        }
+                        Ok(false) => Err(Suppressed::AlreadyAnswered { sender: sender.to_string(), days: spec.days }),
                         Err(e) => {
                             // Without the memory we cannot promise "once per period": stay quiet.
                             tracing::error!(error = %e, "vacation memory unavailable; no notice sent");
-                            Err(Suppressed::AlreadyAnswered { sender: envelope.sender.clone(), days: spec.days })
+                            Err(Suppressed::AlreadyAnswered { sender: sender.to_string(), days: spec.days })
                         }
                     }
                 });
@@ -110,10 +135,8 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                     Err(reason) => log_suppressed("vacation", &reason),
                     Ok(()) => {
                         let from = spec.from.clone().unwrap_or_else(|| rcpt.to_string());
-                        match autoreply::build(&view, &from, &envelope.sender, spec.subject.as_deref(), &spec.body) {
-                            Ok(bytes) => {
-                                queue(EntryKind::Vacation, "", std::slice::from_ref(&envelope.sender), &[&bytes], None)
-                            }
+                        match autoreply::build(view, &from, sender, spec.subject.as_deref(), &spec.body) {
+                            Ok(bytes) => queue(EntryKind::Vacation, "", &[sender.to_string()], &[&bytes], None),
                             Err(e) => tracing::error!(error = %e, "cannot build the vacation notice"),
                         }
                     }

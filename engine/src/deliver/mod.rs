@@ -216,7 +216,7 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mu
     let folders = apply::folders(&record.actions);
     let flags = maildir::info_flags(apply::flags(&record.actions));
     let mut all_ok = true;
-    let outcome = actions::carry_out(deliverer, message, None);
+    let outcome = actions::carry_out_spooled(deliverer, message);
     if !outcome.queued_ok {
         all_ok = false;
     }

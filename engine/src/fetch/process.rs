@@ -9,7 +9,6 @@ use crate::deliver::{actions, maildir, Deliverer};
 use crate::message::stored::Tail;
 use crate::message::MessageView;
 use crate::script::{apply, Action, Context, Decision, ScriptCtx, ScriptSet, Stage, Verdict};
-use crate::spool::{Envelope, SpoolRecord, SpooledMessage};
 
 /// A message the hook and its local effects are done with.
 pub struct Handled {
@@ -165,18 +164,17 @@ pub fn local_effects(
     let outbound: Vec<Action> = decision.actions.iter().filter(|a| a.is_outbound()).cloned().collect();
     if !outbound.is_empty() {
         let me = account_address(account, view);
-        let message = SpooledMessage {
-            record: SpoolRecord {
-                id: format!("{}:{}", account.name, uid),
-                envelope: Envelope { sender: envelope_sender(view), ..Envelope::default() },
-                actions: outbound,
-                deliver_locally: false,
-                received_at: crate::spool::unix_now(),
-                tail,
-            },
-            body,
+        let id = format!("{}:{}", account.name, uid);
+        let sender = envelope_sender(view);
+        let message = actions::Outgoing {
+            id: &id,
+            sender: &sender,
+            recipients: &[],
+            actions: &outbound,
+            body: &body,
+            tail: tail.as_ref(),
         };
-        let outcome = actions::carry_out(deliverer, &message, me.as_deref());
+        let outcome = actions::carry_out(deliverer, &message, view, me.as_deref());
         if !outcome.queued_ok {
             for (tmp, _) in &copies {
                 let _ = std::fs::remove_file(tmp);
