@@ -16,6 +16,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # unprivileged user mfmail, on free loopback ports; the system instance is not used).
 [ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
 [ -x /usr/lib/dovecot/pop3 ] || need_apt+=(dovecot-pop3d)
+# valgrind: bench/check-hooks counts the script instructions per message (the hook budget).
+command -v valgrind >/dev/null || need_apt+=(valgrind)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing: ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -44,5 +46,7 @@ echo "== cargo build"
 cargo build --locked --bins
 echo "== cargo test"
 cargo test --locked --workspace -q
+echo "== hook benchmarks (short mode)"
+bash bench/check-hooks
 echo "== integration tests"
 python3 -m pytest -q -p no:cacheprovider tests/integration "$@"
