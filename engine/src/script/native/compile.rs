@@ -207,7 +207,9 @@ impl Translator {
             R::StringConstant(s, _) => value(Expr::Str(s.clone()), Ty::Str),
             R::IntegerConstant(i, _) => value(Expr::Int(*i), Ty::Int),
             R::BoolConstant(b, _) => value(Expr::Bool(*b), Ty::Bool),
-            R::DynamicConstant(d, _) => constant(d).map_or_else(|| refuse(pos, "a constant of another type"), Ok),
+            R::DynamicConstant(d, _) => {
+                constant(d).map_or_else(|| refuse(pos, format!("a constant of type {}", d.type_name())), Ok)
+            }
             R::Array(items, _) => {
                 // rhai counts an operation per item.
                 self.nodes += items.len();
