@@ -30,6 +30,16 @@ impl Rng {
     fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
+
+    /// One of `items`, the last (the bad one) once in twenty times.
+    fn arg<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        let last = items.len() - 1;
+        if self.chance(5) {
+            items[last]
+        } else {
+            items[self.below(last)]
+        }
+    }
 }
 
 /// Values that meet the test contexts and messages, so tests go both ways.
@@ -49,13 +59,37 @@ const STRINGS: &[&str] = &[
     r#""imap""#,
     r#""\\Seen""#,
     r#""x""#,
+    r#""work""#,
+    r#""INBOX""#,
+    r#""42""#,
+    r#""boss@example.org""#,
+    r#""hello""#,
 ];
+/// Prefixes, suffixes and middles of the test values, for `contains`, `starts_with`, `ends_with`.
+const NEEDLES: &[&str] = &[
+    r#""192.0.2.""#,
+    r#""@Example.NET""#,
+    r#""Alice""#,
+    r#"".org""#,
+    r#""bob@""#,
+    r#""example""#,
+    r#""mx.""#,
+    r#""Your""#,
+    r#""INVOICE""#,
+    r#""ΐ""#,
+    r#""ΟΣ""#,
+    r#""Ö""#,
+    r#""""#,
+];
+/// Arguments: the last one of each list is refused by the API (a script error), and is picked
+/// rarely, so that most functions run to their end.
 const HEADERS: &[&str] =
     &[r#""Subject""#, r#""X-Spam-Flag""#, r#""received""#, r#""List-Id""#, r#""X-Missing""#, r#""Bad Name""#];
 const ADDRESSES: &[&str] = &[r#""archive@example.org""#, r#""carol@example.org""#, r#""not an address""#];
 const FOLDERS: &[&str] = &[r#""Junk""#, r#""Lists/Rust""#, r#""../escape""#];
 const FLAGS: &[&str] = &[r#""\\Flagged""#, r#""$Label1""#, r#""bad(flag""#];
-const CODES: &[&str] = &["550", "553", "451", "452", "250", "599"];
+const REJECT_CODES: &[&str] = &["550", "553", "599", "450"];
+const TEMPFAIL_CODES: &[&str] = &["451", "452", "421", "250"];
 const CTX_STR: &[&str] = &["remote_ip", "helo", "auth_user", "sender", "rcpt", "account", "protocol", "mailbox", "uid"];
 const MSG_STR: &[&str] = &["subject", "from", "date", "message_id"];
 
@@ -69,6 +103,7 @@ enum Ty {
 /// Writes one stage function's body.
 struct Gen<'r> {
     rng: &'r mut Rng,
+    stage: Stage,
     /// The stage takes `msg`.
     msg: bool,
     /// Variables in scope: name, type (`None`: a literal list).
@@ -139,34 +174,43 @@ impl Gen<'_> {
         }
     }
 
+    /// Whether an action or verdict only valid at some stages may be used here (and, once in
+    /// twenty times, where it is an error).
+    fn at(&mut self, stages: &[Stage]) -> bool {
+        stages.contains(&self.stage) || self.rng.chance(5)
+    }
+
     fn verdict(&mut self) -> String {
         match self.rng.below(8) {
             0 => "accept()".into(),
             1 => "reject()".into(),
             2 => format!("reject({})", self.expr(Ty::Str, 1)),
-            3 => format!("reject({}, {})", self.rng.pick(CODES), self.expr(Ty::Str, 1)),
+            3 => format!("reject({}, {})", self.rng.arg(REJECT_CODES), self.expr(Ty::Str, 1)),
             4 => "tempfail()".into(),
             5 => format!("tempfail({})", self.expr(Ty::Str, 1)),
-            6 => format!("tempfail({}, {})", self.rng.pick(CODES), self.expr(Ty::Str, 1)),
-            _ => "discard()".into(),
+            6 => format!("tempfail({}, {})", self.rng.arg(TEMPFAIL_CODES), self.expr(Ty::Str, 1)),
+            _ if self.at(&[Stage::Data, Stage::Fetched]) => "discard()".into(),
+            _ => "accept()".into(),
         }
     }
 
     fn action(&mut self) -> String {
-        let ctx_actions = ["add_rcpt", "remove_rcpt"];
-        match self.rng.below(if self.msg { 12 } else { 3 }) {
-            0 => format!("log({})", self.expr(Ty::Str, 2)),
-            1 => format!("ctx.{}({})", ctx_actions[self.rng.below(2)], self.rng.pick(ADDRESSES)),
-            2 => format!("ctx.remove_rcpt({})", self.expr(Ty::Str, 1)),
-            3 => format!("msg.add_header({}, {})", self.rng.pick(HEADERS), self.expr(Ty::Str, 1)),
-            4 => format!("msg.set_header({}, {})", self.rng.pick(HEADERS), self.expr(Ty::Str, 1)),
-            5 => format!("msg.remove_header({})", self.rng.pick(HEADERS)),
-            6 => format!("msg.set_subject({})", self.expr(Ty::Str, 1)),
-            7 => format!("msg.file_into({})", self.rng.pick(FOLDERS)),
-            8 => format!("msg.{}({})", ["forward", "redirect"][self.rng.below(2)], self.rng.pick(ADDRESSES)),
-            9 => format!("msg.flag({})", self.rng.pick(FLAGS)),
-            10 => "msg.mark_seen()".into(),
-            _ => "msg.delete()".into(),
+        let envelope = [Stage::RcptTo, Stage::Data];
+        match self.rng.below(if self.msg { 13 } else { 4 }) {
+            0 | 1 => format!("log({})", self.expr(Ty::Str, 2)),
+            2 if self.at(&envelope) => format!("ctx.add_rcpt({})", self.rng.arg(ADDRESSES)),
+            3 if self.at(&envelope) => format!("ctx.remove_rcpt({})", self.expr(Ty::Str, 1)),
+            2 | 3 => format!("log({})", self.expr(Ty::Str, 1)),
+            4 => format!("msg.add_header({}, {})", self.rng.arg(HEADERS), self.expr(Ty::Str, 1)),
+            5 => format!("msg.set_header({}, {})", self.rng.arg(HEADERS), self.expr(Ty::Str, 1)),
+            6 => format!("msg.remove_header({})", self.rng.arg(HEADERS)),
+            7 => format!("msg.set_subject({})", self.expr(Ty::Str, 1)),
+            8 => format!("msg.file_into({})", self.rng.arg(FOLDERS)),
+            9 => format!("msg.{}({})", ["forward", "redirect"][self.rng.below(2)], self.rng.arg(ADDRESSES)),
+            10 => format!("msg.flag({})", self.rng.arg(FLAGS)),
+            11 => "msg.mark_seen()".into(),
+            _ if self.at(&[Stage::Fetched]) => "msg.delete()".into(),
+            _ => "msg.mark_seen()".into(),
         }
     }
 
@@ -217,9 +261,10 @@ impl Gen<'_> {
     }
 
     fn string(&mut self, leaf: bool, depth: usize) -> String {
-        match self.rng.below(if leaf { 3 } else { 7 }) {
+        let choice = if leaf { [0, 1, 2, 7][self.rng.below(4)] } else { self.rng.below(8) };
+        match choice {
             0 => self.rng.pick(STRINGS).into(),
-            1 => format!("ctx.{}", self.rng.pick(CTX_STR)),
+            1 | 7 => format!("ctx.{}", self.rng.pick(CTX_STR)),
             2 if self.msg => format!("msg.{}", self.rng.pick(MSG_STR)),
             2 => self.rng.pick(STRINGS).into(),
             3 if self.msg => format!("msg.header({})", self.rng.pick(HEADERS)),
@@ -255,7 +300,13 @@ impl Gen<'_> {
             1 => format!("{} != {}", self.term(Ty::Str, d), self.term(Ty::Str, d)),
             2 => {
                 let method = ["contains", "starts_with", "ends_with"][self.rng.below(3)];
-                format!("{}.{method}({})", self.term(Ty::Str, d), self.term(Ty::Str, d))
+                let haystack = match self.rng.below(3) {
+                    0 => format!("ctx.{}", self.rng.pick(CTX_STR)),
+                    1 if self.msg => format!("msg.{}", self.rng.pick(MSG_STR)),
+                    _ => self.term(Ty::Str, d),
+                };
+                let needle = if self.rng.chance(70) { self.rng.pick(NEEDLES).into() } else { self.term(Ty::Str, d) };
+                format!("{haystack}.{method}({needle})")
             }
             3 => format!("{}.is_empty{}", self.term(Ty::Str, d), ["()", ""][self.rng.below(2)]),
             4 => {
@@ -280,7 +331,7 @@ fn file(rng: &mut Rng) -> String {
     let mut out = String::new();
     for stage in Stage::ALL {
         let msg = stage.arity() == 2;
-        let body = Gen { rng: &mut *rng, msg, vars: Vec::new(), lets: 0, lines: Vec::new() }.body();
+        let body = Gen { rng: &mut *rng, stage, msg, vars: Vec::new(), lets: 0, lines: Vec::new() }.body();
         let params = if msg { "ctx, msg" } else { "ctx" };
         out.push_str(&format!("fn {}({params}) {{\n{body}\n}}\n", stage.name()));
     }
@@ -370,7 +421,9 @@ fn functions_just_outside_the_subset_are_refused_with_their_reason() {
     for (construct, reason) in OUTSIDE {
         for _ in 0..5 {
             // A generated subset body with the construct on a line of its own among it.
-            let body = Gen { rng: &mut rng, msg: false, vars: Vec::new(), lets: 0, lines: Vec::new() }.body();
+            let mut gen =
+                Gen { rng: &mut rng, stage: Stage::Connect, msg: false, vars: Vec::new(), lets: 0, lines: Vec::new() };
+            let body = gen.body();
             let mut lines: Vec<&str> = body.lines().collect();
             // Between top-level statements, before any `return` (the optimizer drops dead code,
             // and the branches of an `if` on a constant).
