@@ -309,9 +309,14 @@ impl Gen<'_> {
                 format!("{haystack}.{method}({needle})")
             }
             3 => format!("{}.is_empty{}", self.term(Ty::Str, d), ["()", ""][self.rng.below(2)]),
-            4 => {
+            4 if self.rng.chance(50) => {
                 let op = ["<", "<=", ">", ">=", "==", "!="][self.rng.below(6)];
                 format!("{} {op} {}", self.term(Ty::Int, d), self.term(Ty::Int, d))
+            }
+            4 => {
+                // A length against a small number: counts characters, not bytes.
+                let op = ["<", "<=", ">", ">=", "==", "!="][self.rng.below(6)];
+                format!("{}.len() {op} {}", self.term(Ty::Str, d), self.rng.below(14))
             }
             5 => format!("!({})", self.term(Ty::Bool, d)),
             6 => format!("({} && {})", self.term(Ty::Bool, d), self.term(Ty::Bool, d)),
