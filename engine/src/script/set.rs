@@ -14,7 +14,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, Scope, AST};
 use super::context::ScriptCtx;
 use super::decision::{Decision, ScriptError, Stage, Verdict};
 use super::invoke::{self, CallStatements};
-use super::native::{self, NativeFn};
+use super::native::{self, NativeFn, Refusal};
 use super::source::{check_stage_functions, error_of, import_position, innermost, script_files, stage_positions};
 use super::{analysis, api, resolver::JailedResolver, runner, sandbox};
 use crate::config::{OnError, ScriptsConfig};
@@ -42,9 +42,9 @@ pub struct ScriptFile {
     may_block: bool,
     /// Whether its hooks may read the message body (see [`analysis`](super::analysis)).
     reads_body: bool,
-    /// Its stage functions translated to run without rhai, where they can be (see
+    /// Its stage functions translated to run without rhai, or why they cannot be (see
     /// [`native`](super::native)), by `Stage as usize`.
-    native: [Option<NativeFn>; Stage::ALL.len()],
+    native: [Result<NativeFn, Refusal>; Stage::ALL.len()],
 }
 
 /// Every file of the folder, compiled, plus the engine and limits that run them.
@@ -191,14 +191,28 @@ impl ScriptSet {
     #[doc(hidden)]
     pub fn rhai_only(mut self) -> ScriptSet {
         for file in &mut self.files {
-            file.native = Default::default();
+            file.native = Stage::ALL.map(|_| Err(Refusal { line: 0, what: "native tier turned off".into() }));
         }
         self
     }
 
     /// How many stage functions of the set run natively.
     pub fn native_count(&self) -> usize {
-        self.files.iter().map(|f| f.native.iter().flatten().count()).sum()
+        self.files.iter().map(|f| f.native.iter().filter(|n| n.is_ok()).count()).sum()
+    }
+
+    /// Every stage function of every file, in file and stage order: the file, the stage, the
+    /// line of its `fn`, and why it stays in rhai (`None`: it runs natively). What `mailflow
+    /// check --explain` prints.
+    pub fn explain(&self) -> Vec<(&str, Stage, usize, Option<&Refusal>)> {
+        let mut out = Vec::new();
+        for (index, file) in self.files.iter().enumerate() {
+            for stage in Stage::ALL.into_iter().filter(|s| self.by_stage[*s as usize].contains(&index)) {
+                let line = file.stage_positions.get(&stage).map_or(0, |p| p.0);
+                out.push((&*file.name, stage, line, file.native[stage as usize].as_ref().err()));
+            }
+        }
+        out
     }
 
     pub fn file_names(&self) -> Vec<&str> {
@@ -298,7 +312,7 @@ impl ScriptSet {
             });
             let result = match (stage.arity(), msg) {
                 (2, None) => Err("internal: stage needs a message".into()),
-                _ => match file.native[stage as usize].as_ref().and_then(|f| f.run(ctx, msg)) {
+                _ => match file.native[stage as usize].as_ref().ok().and_then(|f| f.run(ctx, msg)) {
                     Some(value) => Ok(value),
                     None => {
                         // Not translated, or it failed: rhai runs it (and reports the error).
