@@ -38,6 +38,10 @@ impl SendError {
         SendError { permanent: true, message: message.into() }
     }
 
+    pub(super) fn from_route(e: &mx::RouteError) -> SendError {
+        SendError { permanent: e.is_permanent(), message: e.to_string() }
+    }
+
     pub(super) fn from_smtp(e: lettre::transport::smtp::Error) -> SendError {
         SendError { permanent: e.is_permanent(), message: e.to_string() }
     }
@@ -107,7 +111,7 @@ impl Transport {
             Transport::Mx(mx_transport_state) => {
                 let MxTransport { resolver, port, pool, starttls } = mx_transport_state.as_ref();
                 let domain = rcpt.rsplit_once('@').map_or(rcpt, |(_, d)| d);
-                let records = resolver.records(domain).await.map_err(|e| SendError::transient(e.to_string()))?;
+                let records = resolver.records(domain).await.map_err(|e| SendError::from_route(&e))?;
                 let hosts = mx::plan(domain, records).map_err(|e| SendError::permanent(e.to_string()))?;
                 let mut last = SendError::transient(format!("no usable MX host for {domain}"));
                 for host in hosts {
