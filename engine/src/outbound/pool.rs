@@ -143,8 +143,9 @@ impl Pool {
         };
         // A failed TLS set-up is never permanent: the message waits for the peer to be fixed
         // rather than bouncing on a certificate or a missing STARTTLS.
+        let label = if matches!(starttls, StartTls::Implicit) { "TLS" } else { "STARTTLS" };
         let tls_failed =
-            |e: lettre::transport::smtp::Error| (SendError::transient(format!("{target}: TLS: {e}")), true);
+            |e: lettre::transport::smtp::Error| (SendError::transient(format!("{target}: {label}: {e}")), true);
         // A pin replaces the CA and name checks; opportunistic TLS towards MX hosts has neither.
         let verify = !matches!(starttls, StartTls::Opportunistic { verify: false }) && d.cert_sha256.is_none();
         let tls_parameters = || {
