@@ -160,6 +160,9 @@ pub struct OutboundConfig {
     pub relay_user: String,
     pub relay_password: String,
     pub starttls: StartTlsPolicy,
+    /// Pins the relay's certificate: hex SHA-256 of its DER form (colons allowed). When set,
+    /// that certificate is accepted whoever signed it (a self-signed one too) and no other.
+    pub relay_cert_sha256: String,
     #[serde(with = "serde_duration_list")]
     pub retry: Vec<Duration>,
     #[serde(with = "serde_duration")]
@@ -183,6 +186,7 @@ impl Default for OutboundConfig {
             relay_user: String::new(),
             relay_password: String::new(),
             starttls: StartTlsPolicy::Opportunistic,
+            relay_cert_sha256: String::new(),
             retry: vec![minutes(1), minutes(5), minutes(15), minutes(60), minutes(240)],
             max_age: Duration::from_secs(5 * 86_400),
             forward_sender: "original".to_string(),
