@@ -25,6 +25,8 @@ command -v valgrind >/dev/null || need_apt+=(valgrind)
 # instances on loopback, like Dovecot's); popauth (mailutils-pop3d) makes their APOP database.
 [ -x /usr/sbin/imap4d ] || need_apt+=(mailutils-imap4d)
 { [ -x /usr/sbin/pop3d ] && [ -x /usr/bin/popauth ]; } || need_apt+=(mailutils-pop3d)
+# systemd-analyze: `verify` checks the unit in contrib/ (the package is not started here).
+systemd-analyze --version >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing: ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive

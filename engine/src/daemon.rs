@@ -2,7 +2,9 @@
 //!
 //! Start: compile scripts (a broken set refuses to start), open the spool and resume what a
 //! previous run left, start the deliverer, the script watcher and the listeners. SIGHUP
-//! reloads the scripts and the config (what can change while running). Stop: no new connections, sessions get `shutdown_grace` to finish
+//! reloads the scripts and the config (what can change while running). Under systemd it
+//! reports READY once the listeners are bound, RELOADING/READY around a SIGHUP, STOPPING at
+//! the end ([`crate::service`]). Stop: no new connections, sessions get `shutdown_grace` to finish
 //! (idle ones are told 421 at once), the spool writer and the deliverer drain, exit 0.
 
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use crate::deliver::{self, Deliverer, DeliveryTarget};
 use crate::fetch::{self, AccountTasks, FetchDeps};
 use crate::outbound::{Outbound, Settings as OutboundSettings, Transport};
 use crate::script::{watch as script_watch, ScriptHost};
+use crate::service::{self, Readiness};
 use crate::smtp::{self, runtime::SessionThreads, Shared};
 use crate::spool::Spool;
 
@@ -31,6 +34,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let loaded_source = loaded.source.clone();
     let config = Arc::new(loaded.config);
     crate::message::stored::BUDGET.set_cap(config.smtp.max_inflight_memory);
+    service::check_file_limit(&config);
     if let Some(addr) = crate::prometheus::start(&config.metrics.listen).await? {
         tracing::info!(addr = %addr, "metrics listening at /metrics");
     }
@@ -130,6 +134,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         scripts = %config.scripts.dir.display(),
         "mailflow running"
     );
+    service::notify(Readiness::Ready);
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -138,6 +143,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading config, scripts and TLS certificate");
+                service::notify(Readiness::Reloading);
                 let running = reload_config(&loaded_source, &shared).await;
                 let (host, limits) = (scripts.clone(), running.scripts.clone());
                 let _ = tokio::task::spawn_blocking(move || host.reload_with(&limits)).await;
@@ -146,6 +152,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                     Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays"),
                 }
                 reload_accounts(&running.accounts, &fetch_deps, &mut pollers, running.smtp.shutdown_grace).await;
+                service::notify(Readiness::Ready);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -153,6 +160,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     }
 
     tracing::info!("shutting down: no new connections");
+    service::notify(Readiness::Stopping);
     let config = shared.config.load_full();
     for (_, tasks) in std::mem::take(&mut pollers) {
         tasks.stop(config.smtp.shutdown_grace).await;

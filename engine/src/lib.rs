@@ -31,6 +31,7 @@ pub mod plugins;
 pub mod prometheus;
 pub mod proto;
 pub mod script;
+pub mod service;
 pub mod smtp;
 pub mod spool;
 pub mod state;

@@ -2,48 +2,65 @@
 
 use clap::Parser;
 use mailflow::cli::{Cli, Command};
+use mailflow::config::log::{LogConfig, LogFormat};
 use mailflow::config::LoadedConfig;
-use mailflow::logline::{LineFields, LineFormat, LogSink};
+use mailflow::logline::{JsonLayer, LineFields, LineFormat, LogSink};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
-    let sink = init_logging(matches!(command, Command::Run));
     let config = cli.config.as_deref();
+    // The daemon sets up its logging from its config file; the other commands log as usual.
+    let logged = |run: &dyn Fn() -> i32| {
+        init_logging(&LogConfig::default(), false);
+        run()
+    };
     let code = match command {
         Command::Run => run(config),
-        Command::Check { explain } => mailflow::cli::check::run(config, explain),
-        Command::Test(args) => mailflow::cli::test::run(config, &args),
-        Command::Queue { action } => mailflow::cli::queue::run(config, &action),
-        Command::HashPassword => hash_password(),
+        Command::Check { explain } => logged(&|| mailflow::cli::check::run(config, explain)),
+        Command::Test(args) => logged(&|| mailflow::cli::test::run(config, &args)),
+        Command::Queue { action } => logged(&|| mailflow::cli::queue::run(config, &action)),
+        Command::HashPassword => logged(&hash_password),
     };
-    if let Some(sink) = sink {
-        sink.flush();
-    }
     std::process::exit(code);
 }
 
-/// Logs go to stderr; `RUST_LOG` filters (default `info`). A terminal gets colours; a file or
-/// the journal gets the same lines without them, written by [`mailflow::logline`] — for the
-/// daemon through a writer thread (`Some`: flush it before exiting).
-fn init_logging(daemon: bool) -> Option<LogSink> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs go to stderr, filtered by `RUST_LOG` or else `[log] level` and `filters`. With `[log]
+/// format = "json"`, one JSON object per line ([`JsonLayer`]). Text: a terminal gets colours;
+/// a file or the journal gets the same lines without them, written by [`mailflow::logline`].
+/// The daemon's lines go through a writer thread (`Some`: flush it before exiting).
+fn init_logging(log: &LogConfig, daemon: bool) -> Option<LogSink> {
+    // An empty RUST_LOG counts as unset, so `RUST_LOG= mailflow run` uses the config.
+    let from_env =
+        std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()).and_then(|v| EnvFilter::try_new(v).ok());
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(log.directives()));
+    let sink = daemon.then(|| {
+        let sink = LogSink::stderr();
+        sink.install();
+        sink
+    });
+    if log.format == LogFormat::Json {
+        let registry = tracing_subscriber::registry().with(filter);
+        match &sink {
+            Some(sink) => registry.with(JsonLayer::new(sink.clone())).init(),
+            None => registry.with(JsonLayer::new(std::io::stderr)).init(),
+        }
+        return sink;
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         builder.with_ansi(true).with_writer(std::io::stderr).init();
-        return None;
+        return sink;
     }
     let builder = builder.with_ansi(false).event_format(LineFormat::default()).fmt_fields(LineFields);
-    if daemon {
-        let sink = LogSink::stderr();
-        sink.install();
-        builder.with_writer(sink.clone()).init();
-        Some(sink)
-    } else {
-        builder.with_writer(std::io::stderr).init();
-        None
+    match &sink {
+        Some(sink) => builder.with_writer(sink.clone()).init(),
+        None => builder.with_writer(std::io::stderr).init(),
     }
+    sink
 }
 
 fn run(config: Option<&std::path::Path>) -> i32 {
@@ -54,20 +71,29 @@ fn run(config: Option<&std::path::Path>) -> i32 {
             return 1;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
+    let sink = init_logging(&loaded.config.log, true);
+    let json = loaded.config.log.format == LogFormat::Json;
+    let code = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => match runtime.block_on(mailflow::daemon::run(loaded)) {
+            Ok(()) => 0,
+            Err(e) => {
+                if json {
+                    tracing::error!("{e:#}");
+                } else {
+                    eprintln!("mailflow: {e:#}");
+                }
+                1
+            }
+        },
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
-            return 1;
-        }
-    };
-    match runtime.block_on(mailflow::daemon::run(loaded)) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("mailflow: {e:#}");
             1
         }
+    };
+    if let Some(sink) = sink {
+        sink.flush();
     }
+    code
 }
 
 /// `mailflow hash-password`: one line on stdin → an argon2id PHC string for `auth_users`.

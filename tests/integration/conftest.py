@@ -205,3 +205,12 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("NOT RUN: no IPv6 on this machine", sep="!", red=True, bold=True)
         for r in skipped:
             terminalreporter.write_line(f"SKIPPED (no IPv6, IPv6 behaviour untested): {r.nodeid}", red=True, bold=True)
+    # Other tests that could not run here skip with a reason starting "NOT RUN:".
+    not_run = [
+        r for r in terminalreporter.stats.get("skipped", [])
+        if isinstance(r.longrepr, tuple) and "NOT RUN:" in str(r.longrepr[2])
+    ]
+    if not_run:
+        terminalreporter.section("NOT RUN", sep="!", red=True, bold=True)
+        for r in not_run:
+            terminalreporter.write_line(f"SKIPPED {r.nodeid}: {r.longrepr[2]}", red=True, bold=True)

@@ -156,6 +156,9 @@ fn validate(config: &Config) -> Result<(), String> {
     if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(format!("[metrics] listen {listen:?} is not an address:port"));
     }
+    if let Some(module) = config.log.bad_filter() {
+        return Err(format!("[log] filters: {module:?} is not a module name"));
+    }
     if config.scripts.timeout_ms == 0 {
         return Err("[scripts] timeout_ms must be > 0".into());
     }

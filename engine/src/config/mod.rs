@@ -7,6 +7,7 @@
 
 pub mod duration;
 mod load;
+pub mod log;
 pub mod relay;
 pub mod reload;
 
@@ -33,6 +34,7 @@ pub struct Config {
     pub state: StateConfig,
     pub plugins: PluginsConfig,
     pub metrics: MetricsConfig,
+    pub log: log::LogConfig,
 }
 
 /// `[smtp]`: the receiver.

@@ -8,14 +8,17 @@
 //! A terminal still gets the stock, coloured format (see `main.rs`); so do records that come
 //! through the `log` crate, whose metadata the stock format knows how to restore.
 //!
-//! The writer thread that takes the lines to stderr is [`sink`].
+//! The writer thread that takes the lines to stderr is [`sink`]; `[log] format = "json"`
+//! writes the same events as JSON objects instead ([`json`]).
 //!
 //! ```text
 //! 2026-11-29T14:40:02.610463Z  INFO session{id=6616B44B8937E000 remote=127.0.0.1:58654}:message{id=6616B44B89BA8004}: mailflow::smtp::data: message accepted sender=a@example.org size=4377 outcome="queued"
 //! ```
 
+mod json;
 mod sink;
 
+pub use json::JsonLayer;
 pub use sink::{write_pending, LogSink, SinkWriter};
 
 use std::cell::RefCell;
