@@ -100,21 +100,21 @@ fn run(config: Option<&std::path::Path>) -> i32 {
 fn hash_password() -> i32 {
     let mut line = String::new();
     if let Err(e) = std::io::stdin().read_line(&mut line) {
-        eprintln!("cannot read the password: {e}");
+        mailflow::errln!("cannot read the password: {e}");
         return 1;
     }
     let password = line.trim_end_matches(['\r', '\n']);
     if password.is_empty() {
-        eprintln!("empty password");
+        mailflow::errln!("empty password");
         return 1;
     }
     match mailflow::smtp::credentials::hash_password(password) {
         Ok(hash) => {
-            println!("{hash}");
+            mailflow::outln!("{hash}");
             0
         }
         Err(e) => {
-            eprintln!("cannot hash: {e}");
+            mailflow::errln!("cannot hash: {e}");
             1
         }
     }

@@ -4,13 +4,14 @@
 
 use crate::config::LoadedConfig;
 use crate::script::ScriptSet;
+use crate::{errln, out, outln};
 
 /// Returns the process exit code.
 pub fn run(config: Option<&std::path::Path>, explain: bool) -> i32 {
     let loaded = match LoadedConfig::load(config) {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             return 1;
         }
     };
@@ -20,21 +21,21 @@ pub fn run(config: Option<&std::path::Path>, explain: bool) -> i32 {
     {
         Ok(extend) => extend,
         Err(e) => {
-            eprintln!("{}: {e}", loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+            errln!("{}: {e}", loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
             return 1;
         }
     };
     // The certificate and key must load, as `mailflow run` needs them to start.
     if let (Some(cert), Some(key)) = (&loaded.config.smtp.tls_cert, &loaded.config.smtp.tls_key) {
         if let Err(e) = crate::smtp::tls::load_config(cert, key) {
-            eprintln!("{}: {e}", loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+            errln!("{}: {e}", loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
             return 1;
         }
     }
     match ScriptSet::compile(&loaded.config.scripts, extend.as_deref()) {
         Ok(set) => {
             let names = set.file_names();
-            println!(
+            outln!(
                 "ok: config {}, {} script(s) in {}{}",
                 loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
                 names.len(),
@@ -42,7 +43,7 @@ pub fn run(config: Option<&std::path::Path>, explain: bool) -> i32 {
                 if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) }
             );
             if explain {
-                print!("{}", explanation(&set));
+                out!("{}", explanation(&set));
             }
             0
         }
@@ -51,7 +52,7 @@ pub fn run(config: Option<&std::path::Path>, explain: bool) -> i32 {
             for e in errors {
                 let path = dir.join(&e.file);
                 let shown = if path.exists() { path.display().to_string() } else { e.file.clone() };
-                eprintln!("{shown}:{}:{}: {}", e.line, e.col, e.message);
+                errln!("{shown}:{}:{}: {}", e.line, e.col, e.message);
             }
             1
         }

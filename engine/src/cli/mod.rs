@@ -1,6 +1,9 @@
-//! The `mailflow` command line (docs/reference/command-line.md). Exit codes: 0 ok, 1 script or config error, 2 usage.
+//! The `mailflow` command line (docs/reference/command-line.md). Exit codes: 0 ok, 1 script or
+//! config error, 2 usage. Output goes through [`output`]: a reader that goes away ends a
+//! command quietly.
 
 pub mod check;
+pub mod output;
 pub mod queue;
 pub mod test;
 
@@ -43,8 +46,12 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum QueueAction {
-    /// List queued messages.
-    List,
+    /// List queued messages: a table, or with `--json` an array of objects.
+    List {
+        /// Print a JSON array (one object per entry) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Retry a queued message now.
     Retry { id: String },
     /// Delete a queued message.

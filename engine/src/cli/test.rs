@@ -9,6 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::config::LoadedConfig;
+use crate::errln;
 use crate::message::{headers, MessageView};
 use crate::script::{apply, Action, Context, Decision, ScriptCtx, ScriptSet, Stage};
 
@@ -95,7 +96,7 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
     let loaded = match LoadedConfig::load(config) {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             return 1;
         }
     };
@@ -106,7 +107,7 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
     {
         Ok(extend) => extend,
         Err(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             return 1;
         }
     };
@@ -114,7 +115,7 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
         Ok(set) => set,
         Err(errors) => {
             for e in errors {
-                eprintln!("{e}");
+                errln!("{e}");
             }
             return 1;
         }
@@ -122,7 +123,7 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
     let raw = match std::fs::read(&args.message) {
         Ok(raw) => raw,
         Err(e) => {
-            eprintln!("{}: cannot read: {e}", args.message.display());
+            errln!("{}: cannot read: {e}", args.message.display());
             return 1;
         }
     };
@@ -191,7 +192,7 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => emit(&format!("{text}\n")),
             Err(e) => {
-                eprintln!("cannot print JSON: {e}");
+                errln!("cannot print JSON: {e}");
                 return 1;
             }
         }
@@ -296,8 +297,7 @@ fn print_text(report: &Report) {
     emit(&out);
 }
 
-/// Prints to stdout, ignoring a reader that went away.
+/// Prints to stdout; a reader that went away ends the command quietly.
 fn emit(text: &str) {
-    use std::io::Write as _;
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    crate::cli::output::write_out(format_args!("{text}"));
 }
