@@ -4,6 +4,7 @@ panicking with "failed printing to stdout: Broken pipe"."""
 
 import json
 import os
+import re
 import subprocess
 import textwrap
 import time
@@ -150,3 +151,36 @@ def test_a_closed_stderr_does_not_turn_an_error_into_a_panic(world):
                           stdout=subprocess.DEVNULL, stderr=write_end, timeout=60)
     os.close(write_end)
     assert proc.returncode == 1, "1 is the config-error status; a panic exits 101"
+
+
+def test_queue_flush_shows_progress_on_a_terminal_only(world):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    config = world / "mailflow.toml"
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    proc = subprocess.Popen([str(BIN), "queue", "flush", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's last writer is gone
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(master)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert out.decode() == f"{ENTRIES} queued message(s) will be retried now\n"
+    text = screen.decode(errors="replace")
+    assert "retrying [" in text and re.search(rf"\d+/{ENTRIES} \(", text), text[-500:]
+    # Not a terminal: no progress, only the summary.
+    r = mailflow("queue", "flush", "--config", config)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout == f"{ENTRIES} queued message(s) will be retried now\n"

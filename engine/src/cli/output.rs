@@ -1,6 +1,6 @@
 //! What commands print: results to stdout, problems to stderr, tables aligned to their content.
 //!
-//! Input: the text a command produces. Output: stdout/stderr. A reader that goes away
+//! Input: the text a command produces. Output: stdout/stderr, and progress bars on a terminal. A reader that goes away
 //! (`mailflow queue list | head -3`) ends the command quietly with status 0 instead of the
 //! standard library's panic ("failed printing to stdout: Broken pipe"); a closed stderr is
 //! ignored. Limits: a table is built in memory (its rows come from memory already).
@@ -111,6 +111,21 @@ impl Table {
     pub fn print(&self) {
         write_out(format_args!("{}", self.render(terminal_width())));
     }
+}
+
+/// A progress bar on stderr for `len` steps of `what`, drawn only when stderr is a terminal
+/// (a script or a log file sees nothing). The caller prints the summary line when done.
+pub fn progress(len: u64, what: &'static str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta} left)") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what);
+    bar.tick();
+    bar
 }
 
 /// The width of the terminal on stdout; `None` when stdout is not a terminal.

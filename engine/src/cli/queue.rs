@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::output::Table;
+use crate::cli::output::{progress, Table};
 use crate::cli::QueueAction;
 use crate::config::LoadedConfig;
 use crate::outbound::entry::{self, EntryKind, QueueEntry, RcptState};
@@ -124,13 +124,17 @@ pub fn run(config: Option<&Path>, action: &QueueAction) -> i32 {
         QueueAction::Flush => {
             let entries = entry::list(&dir);
             let mut failed = 0;
+            // Each entry is written durably: thousands take a while.
+            let progress = progress(entries.len() as u64, "retrying");
             for mut e in entries.iter().cloned() {
                 e.next_try = 0;
                 if let Err(err) = entry::save(&dir, &e) {
-                    errln!("{}: {err}", e.id);
+                    progress.suspend(|| errln!("{}: {err}", e.id));
                     failed += 1;
                 }
+                progress.inc(1);
             }
+            progress.finish_and_clear();
             outln!("{} queued message(s) will be retried now", entries.len() - failed);
             i32::from(failed > 0)
         }
