@@ -64,14 +64,28 @@ fn init_logging(log: &LogConfig, daemon: bool) -> Option<LogSink> {
 }
 
 fn run(config: Option<&std::path::Path>) -> i32 {
-    let loaded = match LoadedConfig::load(config) {
-        Ok(loaded) => loaded,
+    // `[log]` says how to log: read the file once quietly for it, then again with logging set
+    // up, so that the config's own warnings come out in the chosen format.
+    let quiet =
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || LoadedConfig::load(config));
+    let log = match quiet {
+        Ok(loaded) => loaded.config.log,
         Err(e) => {
             eprintln!("{e}");
             return 1;
         }
     };
-    let sink = init_logging(&loaded.config.log, true);
+    let sink = init_logging(&log, true);
+    let loaded = match LoadedConfig::load(config) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
+            if let Some(sink) = sink {
+                sink.flush();
+            }
+            return 1;
+        }
+    };
     let json = loaded.config.log.format == LogFormat::Json;
     let code = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => match runtime.block_on(mailflow::daemon::run(loaded)) {

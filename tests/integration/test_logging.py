@@ -110,3 +110,22 @@ def test_a_bad_log_setting_is_a_config_error(daemon):
     d.config_path.write_text(d.config_path.read_text().replace('format = "xml"', '[log.filters]\n"a b" = "debug"'))
     run = subprocess.run([str(BIN), "check", "--config", str(d.config_path)], capture_output=True, text=True)
     assert run.returncode == 1 and "[log] filters" in run.stderr, run.stderr
+
+
+def test_the_configs_own_warnings_come_out_in_the_chosen_format(daemon):
+    d = daemon(config="""
+[smtp]
+listen = ["127.0.0.1:{port}"]
+local_domains = ["example.org"]
+
+[delivery]
+maildir = "data/mail/shared"
+
+[log]
+format = "json"
+""", start=False)
+    d.start(env={"RUST_LOG": ""})
+    assert d.stop() == 0
+    warnings = [l for l in json_lines(d) if "every recipient shares one Maildir" in l["message"]]
+    assert len(warnings) == 1 and warnings[0]["level"] == "WARN", d.log()
+    assert warnings[0]["maildir"].endswith("data/mail/shared")
