@@ -19,6 +19,12 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # unprivileged user mfmail, on free loopback ports; the system instance is not used).
 [ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
 [ -x /usr/lib/dovecot/pop3 ] || need_apt+=(dovecot-pop3d)
+# Spam scanners for the rspamd/spamd plugin tests (private instances on loopback): rspamd,
+# Redis for its Bayes statistics, SpamAssassin's spamd with its rules.
+[ -x /usr/bin/rspamd ] && [ -f /etc/rspamd/rspamd.conf ] || need_apt+=(rspamd)
+[ -x /usr/bin/redis-server ] || need_apt+=(redis-server)
+[ -x /usr/sbin/spamd ] || need_apt+=(spamd)
+[ -f /usr/share/spamassassin/20_body_tests.cf ] && perl -MMail::SpamAssassin -e1 2>/dev/null || need_apt+=(spamassassin)
 # valgrind: bench/check-hooks counts the script instructions per message (the hook budget).
 command -v valgrind >/dev/null || need_apt+=(valgrind)
 # GNU Mailutils imap4d/pop3d: the second IMAP/POP3 servers of the poller tests (private

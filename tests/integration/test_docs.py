@@ -58,7 +58,7 @@ def check_compiles(tmp_path, block):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     config = tmp_path / "mailflow.toml"
-    plugins = sorted(set(re.findall(r"\b(kv|http|exec)::", block)))
+    plugins = sorted(set(re.findall(r"\b(kv|http|exec|rspamd|spamd)::", block)))
     config.write_text(
         '[smtp]\nlocal_domains = ["example.org"]\n'
         + (f"[plugins]\nenabled = {plugins!r}\n".replace("'", '"') if plugins else "")

@@ -281,7 +281,7 @@ impl Default for StateConfig {
 
 /// The plugins compiled into this binary: the names `[plugins] enabled` may list (each has a
 /// table of its own below).
-pub const AVAILABLE_PLUGINS: [&str; 3] = ["kv", "http", "exec"];
+pub const AVAILABLE_PLUGINS: [&str; 5] = ["kv", "http", "exec", "rspamd", "spamd"];
 
 /// `[plugins]`: which compiled-in plugins scripts may use, and each one's own table.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -291,6 +291,8 @@ pub struct PluginsConfig {
     pub kv: Option<toml::Table>,
     pub http: Option<toml::Table>,
     pub exec: Option<toml::Table>,
+    pub rspamd: Option<toml::Table>,
+    pub spamd: Option<toml::Table>,
 }
 
 /// `[metrics]`: Prometheus text exposition.
