@@ -108,8 +108,16 @@ pub fn build(table: &toml::Table, ctx: &PluginContext) -> Result<Box<dyn Plugin>
     if config.timeout_ms == 0 {
         return Err(PluginError::config("rspamd", "timeout_ms must be above 0"));
     }
-    // rspamd never redirects; a 3xx is an error, not a hop elsewhere with the message.
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    // rspamd never redirects; a 3xx is an error, not a hop elsewhere with the message. Every
+    // session may scan at once: keep that many connections to the scanner open (ureq keeps
+    // three per host by default, and a new connection per message costs rspamd a handshake).
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_idle_connections(256)
+        .max_idle_connections_per_host(256)
+        .build()
+        .into();
     Ok(Box::new(Rspamd {
         inner: Arc::new(Inner {
             check_url: endpoint("url", &config.url, "checkv2")?,
