@@ -149,8 +149,10 @@ impl<S: SessionStream> Session<S> {
     pub async fn run(mut self) {
         match self.serve(true).await {
             Ok(Flow::StartTls) => {
-                if let Some(tls) = self.into_tls().await {
-                    tls.run_tls().await;
+                // Boxed: the TLS session's future is several times a plaintext one's, and
+                // every connection's task would otherwise be sized (and copied) for it.
+                if let Some(tls) = Box::pin(self.into_tls()).await {
+                    Box::pin(tls.run_tls()).await;
                 }
             }
             Ok(_) => {}
@@ -277,9 +279,11 @@ impl<S: SessionStream> Session<S> {
             Request::Helo { host } => self.handle_helo(host, false).await,
             Request::Mail { from } => self.handle_mail(from, &raw).await,
             Request::Rcpt { to } => self.handle_rcpt(to, &raw).await,
-            Request::Data => self.handle_data().await?,
+            Request::Data => Box::pin(self.handle_data()).await?,
             Request::StartTls => self.handle_starttls().await?,
-            Request::Auth { mechanism, initial_response } => self.handle_auth(mechanism, initial_response).await?,
+            Request::Auth { mechanism, initial_response } => {
+                Box::pin(self.handle_auth(mechanism, initial_response)).await?
+            }
             Request::Rset => {
                 self.tx = None;
                 self.reply(Reply::new(250, "2.0.0", "Reset OK"));
