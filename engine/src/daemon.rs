@@ -63,10 +63,17 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         concurrency: config.outbound.concurrency,
     };
     let queue_dir = config.queue_dir();
-    let (outbound, scheduler) = Outbound::start(&queue_dir, transport, settings)
+    let (signer, key_errors) = crate::outbound::Signer::from_config(&config);
+    for error in &key_errors {
+        // Not fatal: mail for that domain goes out unsigned (each message logs it again).
+        tracing::error!(error = %error, "DKIM key not loaded");
+    }
+    let signer = (!signer.is_empty()).then(|| Arc::new(signer));
+    let srs = crate::config::signing::load_srs(&config).map_err(anyhow::Error::msg)?.map(Arc::new);
+    let (outbound, scheduler) = Outbound::start(&queue_dir, transport, settings, signer)
         .with_context(|| format!("opening the outbound queue in {}", queue_dir.display()))?;
 
-    let delivery = Deliverer::from_config(&config, outbound, store.clone());
+    let delivery = Deliverer::from_config(&config, outbound, store.clone()).with_srs(srs.clone());
     let fetch_deps = FetchDeps {
         scripts: scripts.clone(),
         store: store.clone(),

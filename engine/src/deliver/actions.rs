@@ -5,7 +5,7 @@
 use super::Deliverer;
 use crate::message::stored::Tail;
 use crate::outbound::autoreply::{self, Suppressed};
-use crate::outbound::EntryKind;
+use crate::outbound::{EntryKind, Seal};
 use crate::script::Action;
 use crate::spool::SpooledMessage;
 
@@ -25,11 +25,15 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
     let envelope = &record.envelope;
     let target = &deliverer.target;
     let mut outcome = Outcome { queued_ok: true, queued: 0, redirect_suppressed: false };
-    let mut queue =
-        |kind: EntryKind, sender: &str, rcpts: &[String], parts: &[&[u8]], tail: Option<&Tail>| match deliverer
-            .outbound
-            .enqueue_parts(kind, sender, rcpts, parts, tail, &record.id)
-        {
+    let mut queue = |kind: EntryKind,
+                     sender: &str,
+                     rcpts: &[String],
+                     parts: &[&[u8]],
+                     tail: Option<&Tail>,
+                     seal: Seal| match deliverer
+        .outbound
+        .enqueue_parts(kind, sender, rcpts, parts, tail, &record.id, seal)
+    {
             Ok(_) => outcome.queued += 1,
             Err(e) => {
                 tracing::error!(error = %e, kind = ?kind, "cannot queue outbound mail; will retry");
@@ -41,7 +45,10 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
 
     let foreign: Vec<String> = envelope.recipients.iter().filter(|r| !target.is_local(r)).cloned().collect();
     if !foreign.is_empty() {
-        queue(EntryKind::Relay, &envelope.sender, &foreign, &[&message.body], tail);
+        // Signed only for an authenticated client: mail from the internet that a script sends
+        // on (or a bounce routed back through SRS) is not ours to vouch for.
+        let seal = if envelope.auth_user.is_empty() { Seal::None } else { Seal::Dkim };
+        queue(EntryKind::Relay, &envelope.sender, &foreign, &[&message.body], tail, seal);
     }
 
     let view = match message.view() {
@@ -73,8 +80,9 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                     continue;
                 }
                 let x_loop = format!("X-Loop: {}\r\n", target.hostname);
-                let sender = deliverer.forward_sender.clone().unwrap_or_else(|| envelope.sender.clone());
-                queue(kind, &sender, std::slice::from_ref(addr), &[x_loop.as_bytes(), &message.body], tail);
+                let sender = deliverer.forward_sender_for(&envelope.sender);
+                let seal = Seal::Arc { remote_ip: envelope.remote_ip.parse().ok() };
+                queue(kind, &sender, std::slice::from_ref(addr), &[x_loop.as_bytes(), &message.body], tail, seal);
             }
             Action::Reply(spec) => {
                 let Some(rcpt) = first_local.as_deref() else { continue };
@@ -84,7 +92,7 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                         let from = autoreply::reply_from(spec, rcpt);
                         match autoreply::build(&view, &from, &envelope.sender, spec.subject.as_deref(), &spec.body) {
                             Ok(bytes) => {
-                                queue(EntryKind::Reply, "", std::slice::from_ref(&envelope.sender), &[&bytes], None)
+                                queue(EntryKind::Reply, "", std::slice::from_ref(&envelope.sender), &[&bytes], None, Seal::Dkim)
                             }
                             Err(e) => tracing::error!(error = %e, "cannot build the reply"),
                         }
@@ -112,7 +120,7 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                         let from = spec.from.clone().unwrap_or_else(|| rcpt.to_string());
                         match autoreply::build(&view, &from, &envelope.sender, spec.subject.as_deref(), &spec.body) {
                             Ok(bytes) => {
-                                queue(EntryKind::Vacation, "", std::slice::from_ref(&envelope.sender), &[&bytes], None)
+                                queue(EntryKind::Vacation, "", std::slice::from_ref(&envelope.sender), &[&bytes], None, Seal::Dkim)
                             }
                             Err(e) => tracing::error!(error = %e, "cannot build the vacation notice"),
                         }

@@ -224,15 +224,9 @@ impl Queued {
 
 fn map_message(path: &std::path::Path) -> std::io::Result<Arc<Queued>> {
     let file = std::fs::File::open(path)?;
-    if file.metadata()?.len() == 0 {
+    let Some(map) = super::mapped::map_file(&file)? else {
         return Ok(Arc::new(Queued::Copied(Vec::new())));
-    }
-    // SAFETY: the one `unsafe` of the daemon. A mapping is undefined behaviour only if the
-    // file changes under it; queue files are written once (temp file, fsync, rename), never
-    // changed in place, and removed only by unlinking (the mapping keeps the data). A disk
-    // error while a page is read, or someone else truncating the file, raises SIGBUS.
-    #[allow(unsafe_code)]
-    let map = unsafe { memmap2::Mmap::map(&file)? };
+    };
     if normalize::is_crlf(&map) {
         Ok(Arc::new(Queued::Mapped(map)))
     } else {
