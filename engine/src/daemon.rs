@@ -111,22 +111,23 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         connections: connections.clone(),
         tls: arc_swap::ArcSwapOption::new(tls),
         auth_failures: Default::default(),
+        srs,
     });
     let session_threads =
         SessionThreads::start(smtp::runtime::default_count()).context("cannot start the SMTP session threads")?;
     let mut listeners = Vec::new();
-    let plain = config.smtp.listen.iter().map(|a| (a, false));
-    for (addr, implicit_tls) in plain.chain(config.smtp.tls_listen.iter().map(|a| (a, true))) {
+    for spec in config.smtp.all_listeners() {
+        let addr = spec.address;
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let kind = if implicit_tls { "SMTP (implicit TLS) listening" } else { "SMTP listening" };
-        tracing::info!(addr = %listener.local_addr().unwrap_or(*addr), "{kind}");
+        let tls = if spec.tls == crate::config::ListenerTls::Implicit { " (implicit TLS)" } else { "" };
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), role = spec.role.name(), "SMTP{tls} listening");
         let listener = listener.into_std().with_context(|| format!("listening on {addr}"))?;
         for handle in session_threads.handles() {
-            let (listener, shared) =
-                (listener.try_clone().with_context(|| format!("listening on {addr}"))?, shared.clone());
+            let (listener, shared, spec) =
+                (listener.try_clone().with_context(|| format!("listening on {addr}"))?, shared.clone(), spec);
             listeners.push(handle.spawn(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => smtp::serve(listener, shared, implicit_tls).await,
+                    Ok(listener) => smtp::serve(listener, shared, spec).await,
                     Err(e) => tracing::error!(error = %e, "cannot accept on a session thread"),
                 }
             }));

@@ -40,7 +40,7 @@ pub enum ListenerTls {
 }
 
 /// `[[smtp.listeners]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub address: SocketAddr,

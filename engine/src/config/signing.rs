@@ -150,6 +150,19 @@ pub fn load_srs(config: &super::Config) -> Result<Option<crate::proto::srs::Srs>
     Ok(crate::proto::srs::Srs::new(&srs.effective_domain(&config.smtp), &secrets, days))
 }
 
+/// What `mailflow check` can tell about `[srs]` without creating anything: a `secret_file`
+/// must be readable and not empty.
+pub fn check_srs(config: &super::Config) -> Result<(), String> {
+    match config.srs.as_ref().and_then(|srs| srs.secret_file.as_ref()) {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => Ok(()),
+            Ok(_) => Err(format!("[srs] secret_file {}: empty", path.display())),
+            Err(e) => Err(format!("[srs] secret_file {}: {e}", path.display())),
+        },
+        None => Ok(()),
+    }
+}
+
 /// A random 32-character secret, written to a temp name with mode 0600 and renamed.
 fn create_secret(path: &std::path::Path) -> std::io::Result<()> {
     use rand::distr::{Alphanumeric, SampleString};

@@ -97,6 +97,7 @@ fn register_ctx(engine: &mut Engine) {
     engine.register_get("helo", ctx_helo);
     engine.register_get("tls", ctx_tls);
     engine.register_get("auth_user", ctx_auth_user);
+    engine.register_get("listener", ctx_listener);
     engine.register_get("sender", ctx_sender);
     engine.register_get("rcpt", ctx_rcpt);
     engine.register_get("recipients", ctx_recipients);
@@ -145,6 +146,16 @@ fn ctx_tls(c: &mut ScriptCtx) -> bool {
 /// ```
 fn ctx_auth_user(c: &mut ScriptCtx) -> ImmutableString {
     c.0.auth_user.as_str().into()
+}
+
+/// `ctx.listener`: the role of the listener the client connected to, `"mx"` (mail from the
+/// internet) or `"submission"` (our own users, after AUTH); `""` for fetched mail.
+///
+/// ```rhai
+/// fn data(ctx, msg) { if ctx.listener == "submission" { msg.add_header("X-Submitted-By", ctx.auth_user); } }
+/// ```
+fn ctx_listener(c: &mut ScriptCtx) -> ImmutableString {
+    c.0.listener.as_str().into()
 }
 
 /// `ctx.sender`: the envelope sender (MAIL FROM), "" for the null sender (bounces).

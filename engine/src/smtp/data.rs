@@ -198,6 +198,9 @@ impl Session {
         drop(outcome);
         held.set(head.len());
 
+        if let Some(reply) = self.from_policy(&view) {
+            return reply;
+        }
         let mut context = self.context("");
         context.sender = tx.sender.clone();
         context.recipients = tx.recipients.clone();

@@ -16,7 +16,7 @@ use super::credentials::FailureLimiter;
 use super::session::Session;
 use super::starttls::HANDSHAKE_TIMEOUT;
 use super::tls::{Stream, TlsInfo};
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig, ListenerTls};
 use crate::script::ScriptHost;
 use crate::spool::{new_id, Spool};
 
@@ -35,11 +35,14 @@ pub struct Shared {
     pub tls: ArcSwapOption<rustls::ServerConfig>,
     /// Recent AUTH failures per client address.
     pub auth_failures: FailureLimiter,
+    /// `[srs]`: bounces to SRS addresses are verified at RCPT and sent back.
+    pub srs: Option<Arc<crate::proto::srs::Srs>>,
 }
 
-/// Accepts on `listener` until shutdown. With `implicit_tls` every connection starts with a
-/// TLS handshake (RFC 8314, port 465).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: bool) {
+/// Accepts on `listener` until shutdown. With implicit TLS every connection starts with a
+/// TLS handshake (RFC 8314, port 465); `spec.role` decides the session's policy.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, spec: ListenerConfig) {
+    let implicit_tls = spec.tls == ListenerTls::Implicit;
     let mut shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -75,7 +78,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
                         } else {
                             (Stream::Plain(stream), None)
                         };
-                        Session::new(stream, shared, peer.ip(), id, tls).run().await;
+                        Session::new(stream, shared, peer.ip(), id, tls).with_listener(&spec).run().await;
                         tracing::debug!("disconnected");
                         drop(permit);
                     }

@@ -81,6 +81,8 @@ pub struct Session {
     pub(super) tls: Option<TlsInfo>,
     /// Set after a successful AUTH; lifts the local-domains rule.
     pub(super) auth_user: Option<String>,
+    /// The listener's role and TLS mode (see `policy.rs`).
+    pub(super) listener: crate::config::ListenerConfig,
 }
 
 impl Session {
@@ -106,7 +108,18 @@ impl Session {
             refused: false,
             tls,
             auth_user: None,
+            listener: crate::config::ListenerConfig {
+                address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                role: crate::config::ListenerRole::Mx,
+                tls: crate::config::ListenerTls::Starttls,
+            },
         }
+    }
+
+    /// The session of a connection to `listener` (its role decides the policy).
+    pub fn with_listener(mut self, listener: &crate::config::ListenerConfig) -> Session {
+        self.listener = *listener;
+        self
     }
 
     /// Runs the session to its end. I/O errors end it quietly: the client is gone.
@@ -327,6 +340,7 @@ impl Session {
             helo: self.helo.clone().unwrap_or_default(),
             tls: self.tls.is_some(),
             auth_user: self.auth_user.clone().unwrap_or_default(),
+            listener: self.listener.role.name().to_string(),
             sender,
             rcpt: rcpt.to_string(),
             recipients,

@@ -188,5 +188,3 @@ fn from_domain(message: &[u8]) -> Option<String> {
     address.rsplit_once('@').map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
 }
 
-#[cfg(test)]
-mod tests;

@@ -31,6 +31,7 @@ fn contexts() -> Vec<ScriptCtx> {
         helo: "localhost".into(),
         tls: true,
         auth_user: "bob".into(),
+        listener: "mx".into(),
         sender: String::new(),
         rcpt: "postmaster@example.org".into(),
         recipients: vec!["postmaster@example.org".into()],
