@@ -55,12 +55,14 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
 
     let transport =
         Arc::new(Transport::from_config(&config.outbound, &config.smtp.hostname).map_err(anyhow::Error::msg)?);
+    let srs = crate::config::signing::load_srs(&config).map_err(anyhow::Error::msg)?.map(Arc::new);
     let settings = OutboundSettings {
         retry: config.outbound.retry.clone(),
         max_age: config.outbound.max_age,
         hostname: config.smtp.hostname.clone(),
         local: DeliveryTarget::from_config(&config),
         concurrency: config.outbound.concurrency,
+        srs: srs.clone(),
     };
     let queue_dir = config.queue_dir();
     let (signer, key_errors) = crate::outbound::Signer::from_config(&config);
@@ -69,7 +71,6 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         tracing::error!(error = %error, "DKIM key not loaded");
     }
     let signer = (!signer.is_empty()).then(|| Arc::new(signer));
-    let srs = crate::config::signing::load_srs(&config).map_err(anyhow::Error::msg)?.map(Arc::new);
     let (outbound, scheduler) = Outbound::start(&queue_dir, transport, settings, signer)
         .with_context(|| format!("opening the outbound queue in {}", queue_dir.display()))?;
 

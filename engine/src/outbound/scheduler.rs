@@ -24,6 +24,8 @@ pub struct Settings {
     pub local: DeliveryTarget,
     /// Entries sent at the same time (`[outbound] concurrency`).
     pub concurrency: usize,
+    /// `[srs]`: a bounce of a forward goes to the original sender, not to our SRS address.
+    pub srs: Option<Arc<crate::proto::srs::Srs>>,
 }
 
 pub(super) async fn run(
@@ -188,7 +190,17 @@ async fn bounce(outbound: &Outbound, settings: &Settings, entry: &QueueEntry, or
             return true;
         }
     };
-    let (outbound, sender, origin) = (outbound.clone(), entry.sender.clone(), entry.id.clone());
+    let sender = match &settings.srs {
+        Some(srs) if srs.is_srs(&entry.sender) => match srs.reverse(&entry.sender, crate::spool::unix_now()) {
+            Ok(original) => original,
+            Err(e) => {
+                tracing::warn!(sender = %entry.sender, error = %e, "no bounce: the SRS sender does not reverse");
+                return true;
+            }
+        },
+        _ => entry.sender.clone(),
+    };
+    let (outbound, origin) = (outbound.clone(), entry.id.clone());
     // A small file write; do it off the runtime like every queue write.
     let queued =
         tokio::task::spawn_blocking(move || outbound.enqueue(EntryKind::Bounce, "", &[sender], &report, &origin)).await;

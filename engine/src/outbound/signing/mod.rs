@@ -3,8 +3,8 @@
 //!
 //! Input: a queued message's bytes (the file mapped, never copied). Output: header lines to put
 //! in front of it. A message is DKIM-signed by the identity whose domain is its From domain or
-//! a parent of it (relaxed DMARC alignment); forwards are ARC-sealed with the identity of our
-//! own domain. Limits: a key that failed to load signs nothing; each message that needed it
+//! a parent of it (relaxed DMARC alignment); forwards are ARC-sealed with the RSA identity of
+//! our own domain (RFC 8617 allows rsa-sha256 only). Limits: a key that failed to load signs nothing; each message that needed it
 //! logs an error and goes out unsigned (never dropped).
 //!
 //! Security: the message is untrusted; it only decides which of our keys signs it (by its
@@ -67,7 +67,7 @@ struct Identity {
     sealer: Option<arc::KeyedSealer>,
 }
 
-/// Every signing identity, loaded once at start.
+/// Every signing identity, loaded once at start. Only RSA identities can seal (ARC).
 pub struct Signer {
     identities: Vec<Identity>,
     /// The identity that seals forwards: the one of the SRS domain or the host name, else
@@ -90,7 +90,8 @@ impl Signer {
                     Ok((signer, second)) => Identity {
                         domain: dkim.domain.to_ascii_lowercase(),
                         signer: Ok(signer),
-                        sealer: Some(arc::sealer(dkim, second)),
+                        // RFC 8617 defines rsa-sha256 only: receivers reject ed25519 ARC sets.
+                        sealer: matches!(second, DkimKey::Rsa(_)).then(|| arc::sealer(dkim, second)),
                     },
                     Err(e) => {
                         let message = e.to_string();
@@ -102,9 +103,11 @@ impl Signer {
             .collect();
         let srs_domain = config.srs.as_ref().map(|s| s.effective_domain(&config.smtp)).unwrap_or_default();
         let hostname = config.smtp.hostname.to_ascii_lowercase();
+        let sealing = |i: &usize| identities[*i].sealer.is_some();
         let arc = best_match(&identities, &srs_domain)
-            .or_else(|| best_match(&identities, &hostname))
-            .or_else(|| (!identities.is_empty()).then_some(0));
+            .filter(sealing)
+            .or_else(|| best_match(&identities, &hostname).filter(sealing))
+            .or_else(|| identities.iter().position(|id| id.sealer.is_some()));
         (Signer { identities, arc, authserv_id: config.smtp.hostname.clone() }, errors)
     }
 
