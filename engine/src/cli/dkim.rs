@@ -40,13 +40,18 @@ pub fn keygen(args: &KeygenArgs) -> i32 {
     let path = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("dkim/{domain}.{}.key", args.selector)));
     let result = keys::generate(algorithm).and_then(|pem| {
         keys::write_new(&path, &pem).map_err(|e| keys::KeyError::Generate(format!("{}: {e}", path.display())))?;
-        let config = DkimConfig { domain: domain.clone(), selector: args.selector.clone(), key: path.clone(), algorithm };
+        let config =
+            DkimConfig { domain: domain.clone(), selector: args.selector.clone(), key: path.clone(), algorithm };
         keys::load(&config)
     });
     match result {
         Ok(key) => {
             let value = keys::txt_value(algorithm, &key.public_record_value());
-            eprintln!("wrote {} ({}); publish this record, then add to mailflow.toml:", path.display(), algorithm.name());
+            eprintln!(
+                "wrote {} ({}); publish this record, then add to mailflow.toml:",
+                path.display(),
+                algorithm.name()
+            );
             eprintln!(
                 "  [[dkim]]\n  domain = \"{domain}\"\n  selector = \"{}\"\n  key = \"{}\"\n  algorithm = \"{}\"",
                 args.selector,

@@ -139,11 +139,17 @@ pub(super) fn validate(smtp: &super::SmtpConfig) -> Result<(), String> {
             return Err(format!("[smtp] listener address \"{}\" is used twice", listener.address));
         }
         if listener.tls == ListenerTls::Implicit && smtp.tls_cert.is_none() {
-            return Err(format!("[smtp] listener \"{}\" uses implicit TLS: set tls_cert and tls_key", listener.address));
+            return Err(format!(
+                "[smtp] listener \"{}\" uses implicit TLS: set tls_cert and tls_key",
+                listener.address
+            ));
         }
         if listener.role == ListenerRole::Submission {
             if smtp.auth_users.is_empty() {
-                return Err(format!("[smtp] listener \"{}\" is for submission but auth_users is empty", listener.address));
+                return Err(format!(
+                    "[smtp] listener \"{}\" is for submission but auth_users is empty",
+                    listener.address
+                ));
             }
             if listener.tls == ListenerTls::Starttls && smtp.tls_cert.is_none() && !smtp.allow_plain_auth {
                 return Err(format!(

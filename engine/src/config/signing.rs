@@ -83,7 +83,10 @@ pub(super) fn validate(config: &super::Config) -> Result<(), String> {
             return Err(format!("[[dkim]] domain {:?} is not a domain name", dkim.domain));
         }
         let selector_ok = !dkim.selector.is_empty()
-            && dkim.selector.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            && dkim
+                .selector
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         if !selector_ok {
             return Err(format!("[[dkim]] selector {:?} is not a DNS label", dkim.selector));
         }

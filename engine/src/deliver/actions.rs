@@ -25,19 +25,14 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
     let envelope = &record.envelope;
     let target = &deliverer.target;
     let mut outcome = Outcome { queued_ok: true, queued: 0, redirect_suppressed: false };
-    let mut queue = |kind: EntryKind,
-                     sender: &str,
-                     rcpts: &[String],
-                     parts: &[&[u8]],
-                     tail: Option<&Tail>,
-                     seal: Seal| match deliverer
-        .outbound
-        .enqueue_parts(kind, sender, rcpts, parts, tail, &record.id, seal)
-    {
-            Ok(_) => outcome.queued += 1,
-            Err(e) => {
-                tracing::error!(error = %e, kind = ?kind, "cannot queue outbound mail; will retry");
-                outcome.queued_ok = false;
+    let mut queue =
+        |kind: EntryKind, sender: &str, rcpts: &[String], parts: &[&[u8]], tail: Option<&Tail>, seal: Seal| {
+            match deliverer.outbound.enqueue_parts(kind, sender, rcpts, parts, tail, &record.id, seal) {
+                Ok(_) => outcome.queued += 1,
+                Err(e) => {
+                    tracing::error!(error = %e, kind = ?kind, "cannot queue outbound mail; will retry");
+                    outcome.queued_ok = false;
+                }
             }
         };
     // A large message is copied from its file into the queue, never read into memory.
@@ -91,9 +86,14 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                     Ok(()) => {
                         let from = autoreply::reply_from(spec, rcpt);
                         match autoreply::build(&view, &from, &envelope.sender, spec.subject.as_deref(), &spec.body) {
-                            Ok(bytes) => {
-                                queue(EntryKind::Reply, "", std::slice::from_ref(&envelope.sender), &[&bytes], None, Seal::Dkim)
-                            }
+                            Ok(bytes) => queue(
+                                EntryKind::Reply,
+                                "",
+                                std::slice::from_ref(&envelope.sender),
+                                &[&bytes],
+                                None,
+                                Seal::Dkim,
+                            ),
                             Err(e) => tracing::error!(error = %e, "cannot build the reply"),
                         }
                     }
@@ -119,9 +119,14 @@ pub fn carry_out(deliverer: &Deliverer, message: &SpooledMessage, me: Option<&st
                     Ok(()) => {
                         let from = spec.from.clone().unwrap_or_else(|| rcpt.to_string());
                         match autoreply::build(&view, &from, &envelope.sender, spec.subject.as_deref(), &spec.body) {
-                            Ok(bytes) => {
-                                queue(EntryKind::Vacation, "", std::slice::from_ref(&envelope.sender), &[&bytes], None, Seal::Dkim)
-                            }
+                            Ok(bytes) => queue(
+                                EntryKind::Vacation,
+                                "",
+                                std::slice::from_ref(&envelope.sender),
+                                &[&bytes],
+                                None,
+                                Seal::Dkim,
+                            ),
                             Err(e) => tracing::error!(error = %e, "cannot build the vacation notice"),
                         }
                     }

@@ -90,7 +90,8 @@ impl Srs {
     /// Whether `addr` is in our SRS domain and looks like SRS (before it is verified).
     pub fn is_srs(&self, addr: &str) -> bool {
         addr.rsplit_once('@').is_some_and(|(user, host)| {
-            host.eq_ignore_ascii_case(&self.domain) && (tagged(user, "SRS0").is_some() || tagged(user, "SRS1").is_some())
+            host.eq_ignore_ascii_case(&self.domain)
+                && (tagged(user, "SRS0").is_some() || tagged(user, "SRS1").is_some())
         })
     }
 

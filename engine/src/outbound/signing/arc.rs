@@ -62,7 +62,12 @@ impl Verdict {
 }
 
 /// The three ARC header lines for `message`, or `None` (logged) when it cannot be sealed.
-pub(super) fn seal(sealer: &KeyedSealer, message: &[u8], authserv_id: &str, remote_ip: Option<IpAddr>) -> Option<String> {
+pub(super) fn seal(
+    sealer: &KeyedSealer,
+    message: &[u8],
+    authserv_id: &str,
+    remote_ip: Option<IpAddr>,
+) -> Option<String> {
     let Some(parsed) = AuthenticatedMessage::parse(message) else {
         tracing::warn!("ARC: message does not parse; forwarded without a seal");
         return None;
@@ -90,7 +95,9 @@ pub(super) fn seal(sealer: &KeyedSealer, message: &[u8], authserv_id: &str, remo
                 let signature = parsed
                     .dkim_headers
                     .iter()
-                    .find(|h| h.header.d.eq_ignore_ascii_case(d) && (s.is_empty() || h.header.s.eq_ignore_ascii_case(s)))
+                    .find(|h| {
+                        h.header.d.eq_ignore_ascii_case(d) && (s.is_empty() || h.header.s.eq_ignore_ascii_case(s))
+                    })
                     .map(|h| &h.header);
                 let output = match dkim_result(&verdict.result) {
                     Some(output) => output,

@@ -46,9 +46,9 @@ pub fn load(config: &DkimConfig) -> Result<DkimKey, KeyError> {
                 .map_err(|e| parse_error(format!("not an ed25519 PKCS#8 key ({e})")))
         }
         (DkimAlgorithm::Ed25519Sha256, _) => Err(parse_error("ed25519 keys must be PKCS#8 (BEGIN PRIVATE KEY)".into())),
-        (DkimAlgorithm::RsaSha256, der) => {
-            RsaKey::<Sha256>::from_key_der(der).map(DkimKey::Rsa).map_err(|e| parse_error(format!("not an RSA key ({e})")))
-        }
+        (DkimAlgorithm::RsaSha256, der) => RsaKey::<Sha256>::from_key_der(der)
+            .map(DkimKey::Rsa)
+            .map_err(|e| parse_error(format!("not an RSA key ({e})"))),
     }
 }
 
@@ -77,11 +77,8 @@ pub fn txt_value(algorithm: DkimAlgorithm, p: &str) -> String {
 /// The zone-file line to publish: `selector._domainkey.domain. IN TXT "…"`, the value split
 /// into quoted strings of at most 255 characters (a TXT string's limit).
 pub fn dns_record(domain: &str, selector: &str, value: &str) -> String {
-    let chunks: Vec<String> = value
-        .as_bytes()
-        .chunks(255)
-        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
-        .collect();
+    let chunks: Vec<String> =
+        value.as_bytes().chunks(255).map(|c| format!("\"{}\"", String::from_utf8_lossy(c))).collect();
     format!("{selector}._domainkey.{domain}. IN TXT ( {} )", chunks.join(" "))
 }
 
@@ -118,7 +115,8 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// DER of the rsaEncryption AlgorithmIdentifier: SEQUENCE { OID 1.2.840.113549.1.1.1, NULL }.
-const RSA_ALGORITHM: &[u8] = &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00];
+const RSA_ALGORITHM: &[u8] =
+    &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00];
 
 /// PKCS#1 RSAPrivateKey → PKCS#8 PrivateKeyInfo (version 0, the algorithm, the key).
 fn rsa_pkcs8(pkcs1: &[u8]) -> Vec<u8> {

@@ -190,4 +190,3 @@ fn from_domain(message: &[u8]) -> Option<String> {
     let address = parsed.from()?.first()?.address()?.to_string();
     address.rsplit_once('@').map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
 }
-
