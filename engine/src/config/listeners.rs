@@ -133,6 +133,9 @@ pub(super) fn validate(smtp: &super::SmtpConfig) -> Result<(), String> {
     if all.is_empty() {
         return Err("[smtp] listen, tls_listen and listeners are all empty: nothing to listen on".into());
     }
+    if !smtp.tls_listen.is_empty() && smtp.tls_cert.is_none() {
+        return Err("[smtp] tls_listen needs tls_cert and tls_key".into());
+    }
     let mut seen = std::collections::BTreeSet::new();
     for listener in &all {
         if !seen.insert(listener.address) {

@@ -89,7 +89,7 @@ impl Deliverer {
 
     fn is_our_address(&self, sender: &str, srs: &crate::proto::srs::Srs) -> bool {
         let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
-        domain.eq_ignore_ascii_case(srs.domain()) && !srs.is_srs(sender) || self.target.is_local(sender)
+        domain.eq_ignore_ascii_case(srs.domain()) || self.target.is_local(sender)
     }
 }
 

@@ -198,7 +198,7 @@ impl Session {
         drop(outcome);
         held.set(head.len());
 
-        if let Some(reply) = self.from_policy(&view) {
+        if let Some(reply) = self.header_from_policy(&view) {
             return reply;
         }
         let mut context = self.context("");

@@ -58,7 +58,7 @@ impl Session {
 
     /// The refusal at end of DATA of a message whose From addresses the authenticated user may
     /// not use, if any.
-    pub(super) fn from_policy(&self, view: &MessageView) -> Option<Reply> {
+    pub(super) fn header_from_policy(&self, view: &MessageView) -> Option<Reply> {
         let user = self.auth_user.as_deref()?;
         let entry = self.config.smtp.auth_users.get(user)?;
         if entry.addresses().is_empty() {
