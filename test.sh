@@ -55,6 +55,12 @@ if ! python3 -c "import dnslib" 2>/dev/null; then
     pip_install dnslib
 fi
 
+# dkimpy (+ PyNaCl for ed25519): the independent DKIM/ARC verifier of mailflow's signatures.
+if ! python3 -c "import dkim, nacl" 2>/dev/null; then
+    echo "== installing dkimpy"
+    pip_install dkimpy pynacl
+fi
+
 echo "== cargo build"
 cargo build --locked --bins
 echo "== cargo test"

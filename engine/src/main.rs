@@ -1,7 +1,7 @@
 //! The `mailflow` binary: parses the command line, sets up logging, runs the command.
 
 use clap::Parser;
-use mailflow::cli::{Cli, Command};
+use mailflow::cli::{Cli, Command, DkimAction};
 use mailflow::config::LoadedConfig;
 use mailflow::logline::{LineFields, LineFormat, LogSink};
 use tracing_subscriber::EnvFilter;
@@ -17,6 +17,7 @@ fn main() {
         Command::Test(args) => mailflow::cli::test::run(config, &args),
         Command::Queue { action } => mailflow::cli::queue::run(config, &action),
         Command::HashPassword => hash_password(),
+        Command::Dkim { action: DkimAction::Keygen(args) } => mailflow::cli::dkim::keygen(&args),
     };
     if let Some(sink) = sink {
         sink.flush();

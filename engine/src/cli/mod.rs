@@ -1,6 +1,7 @@
 //! The `mailflow` command line (docs/reference/command-line.md). Exit codes: 0 ok, 1 script or config error, 2 usage.
 
 pub mod check;
+pub mod dkim;
 pub mod queue;
 pub mod test;
 
@@ -39,6 +40,17 @@ pub enum Command {
     },
     /// Read a password on stdin, print a hash for `auth_users`.
     HashPassword,
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DkimAction {
+    /// Write a new private key (mode 0600) and print the DNS TXT record to publish.
+    Keygen(dkim::KeygenArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -98,9 +98,8 @@ pub fn check_password_hash(hash: &str) -> Result<(), String> {
 /// Checks that cannot be expressed as types.
 fn validate(config: &Config) -> Result<(), String> {
     let smtp = &config.smtp;
-    if smtp.listen.is_empty() && smtp.tls_listen.is_empty() {
-        return Err("[smtp] listen and tls_listen are both empty: nothing to listen on".into());
-    }
+    super::listeners::validate(smtp)?;
+    super::signing::validate(config)?;
     if smtp.hostname.trim().is_empty() {
         return Err("[smtp] hostname is empty".into());
     }
@@ -130,8 +129,8 @@ fn validate(config: &Config) -> Result<(), String> {
     if smtp.tls_cert.is_some() != smtp.tls_key.is_some() {
         return Err("[smtp] tls_cert and tls_key must be set together".into());
     }
-    for (user, hash) in &smtp.auth_users {
-        check_password_hash(hash)
+    for (user, entry) in &smtp.auth_users {
+        check_password_hash(entry.hash())
             .map_err(|e| format!("[smtp] auth_users {user:?}: {e}; make one with `mailflow hash-password`"))?;
     }
     if !smtp.tls_listen.is_empty() && smtp.tls_cert.is_none() {
@@ -222,6 +221,12 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     if let Some(p) = config.smtp.tls_key.as_mut() {
         abs(p);
+    }
+    for dkim in &mut config.dkim {
+        abs(&mut dkim.key);
+    }
+    if let Some(path) = config.srs.as_mut().and_then(|srs| srs.secret_file.as_mut()) {
+        abs(path);
     }
     let maildir = PathBuf::from(&config.delivery.maildir);
     if maildir.is_relative() {

@@ -6,11 +6,15 @@
 //! so the rest of the daemon only ever sees absolute paths.
 
 pub mod duration;
+pub mod listeners;
 mod load;
 pub mod relay;
 pub mod reload;
+pub mod signing;
 
+pub use listeners::{AuthUser, ListenerConfig, ListenerRole, ListenerTls};
 pub use load::{check_password_hash, load_str, ConfigError, LoadedConfig};
+pub use signing::{DkimAlgorithm, DkimConfig, SrsConfig};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +37,10 @@ pub struct Config {
     pub state: StateConfig,
     pub plugins: PluginsConfig,
     pub metrics: MetricsConfig,
+    /// `[[dkim]]`: signing identities for what mailflow sends.
+    pub dkim: Vec<DkimConfig>,
+    /// `[srs]`: present means forwards are sent with SRS envelope senders.
+    pub srs: Option<SrsConfig>,
 }
 
 /// `[smtp]`: the receiver.
@@ -43,6 +51,8 @@ pub struct SmtpConfig {
     pub listen: Vec<SocketAddr>,
     /// Implicit-TLS listeners (RFC 8314), e.g. port 465.
     pub tls_listen: Vec<SocketAddr>,
+    /// Listeners with a role (`mx` or `submission`) and a TLS mode, besides the two above.
+    pub listeners: Vec<ListenerConfig>,
     /// Name in the greeting and in `Received:` headers.
     pub hostname: String,
     /// Mail for these domains is delivered locally; unauthenticated clients may only name
@@ -59,7 +69,7 @@ pub struct SmtpConfig {
     pub max_received_headers: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    pub auth_users: BTreeMap<String, String>,
+    pub auth_users: BTreeMap<String, AuthUser>,
     pub allow_plain_auth: bool,
     /// Waiting for a command (RFC 5321 §4.5.3.2: at least 5 minutes).
     #[serde(with = "serde_duration")]
@@ -82,6 +92,7 @@ impl Default for SmtpConfig {
         SmtpConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
             tls_listen: Vec::new(),
+            listeners: Vec::new(),
             hostname,
             local_domains,
             max_message_size: 26_214_400,

@@ -1,5 +1,5 @@
 //! The SMTP vocabulary every stage shares: reply codes and texts ([`reply`]) and mail
-//! addresses as RFC 5321 writes them ([`address`]).
+//! addresses as RFC 5321 writes them ([`address`]), and SRS addresses ([`srs`]).
 //!
 //! Input: bytes and text from clients and scripts. Output: typed replies and addresses. A
 //! leaf: it imports nothing from the rest of the daemon, so the receiver, the scripts and the
@@ -10,3 +10,4 @@
 
 pub mod address;
 pub mod reply;
+pub mod srs;

@@ -124,6 +124,7 @@ pub static ENTRIES: &[Entry] = &[
     e(Ctx, P, "helo", Imp::CtxStr(api::ctx_helo)),
     e(Ctx, P, "tls", Imp::CtxBool(api::ctx_tls)),
     e(Ctx, P, "auth_user", Imp::CtxStr(api::ctx_auth_user)),
+    e(Ctx, P, "listener", Imp::CtxStr(api::ctx_listener)),
     e(Ctx, P, "sender", Imp::CtxStr(api::ctx_sender)),
     e(Ctx, P, "rcpt", Imp::CtxStr(api::ctx_rcpt)),
     e(Ctx, P, "recipients", Imp::CtxList(api::ctx_recipients)),

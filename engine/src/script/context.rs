@@ -12,6 +12,8 @@ pub struct Context {
     pub helo: String,
     pub tls: bool,
     pub auth_user: String,
+    /// The role of the SMTP listener: "mx" or "submission" ("" for pollers).
+    pub listener: String,
     /// Envelope MAIL FROM, "" for the null sender.
     pub sender: String,
     /// The recipient being checked (`rcpt_to`).

@@ -203,6 +203,9 @@ impl<S: SessionStream> Session<S> {
         drop(outcome);
         held.set(head.len());
 
+        if let Some(reply) = self.header_from_policy(&view) {
+            return reply;
+        }
         let mut context = self.context("");
         context.sender = tx.sender.clone();
         context.recipients = tx.recipients.clone();

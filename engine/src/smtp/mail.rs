@@ -47,6 +47,10 @@ impl<S: SessionStream> Session<S> {
                 }
             }
         };
+        if let Some(reply) = self.mail_policy(&sender) {
+            self.reply(reply);
+            return Flow::Continue;
+        }
         self.tx = Some(Transaction { sender, utf8, ..Transaction::default() });
         let decision = self.run_stage(Stage::MailFrom, self.context(""), None).await;
         if let Some(reply) = decision.refusal() {

@@ -115,6 +115,8 @@ pub struct Session<S> {
     pub(super) auth_user: Option<String>,
     /// This session came out of STARTTLS: no second greeting.
     upgraded: bool,
+    /// The listener's role and TLS mode (see `policy.rs`).
+    pub(super) listener: crate::config::ListenerConfig,
 }
 
 impl<S: SessionStream> Session<S> {
@@ -141,7 +143,18 @@ impl<S: SessionStream> Session<S> {
             tls,
             auth_user: None,
             upgraded: false,
+            listener: crate::config::ListenerConfig {
+                address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                role: crate::config::ListenerRole::Mx,
+                tls: crate::config::ListenerTls::Starttls,
+            },
         }
+    }
+
+    /// The session of a connection to `listener` (its role decides the policy).
+    pub fn with_listener(mut self, listener: &crate::config::ListenerConfig) -> Session<S> {
+        self.listener = *listener;
+        self
     }
 
     /// Runs a plaintext session to its end, through STARTTLS if the client asks for it. I/O
@@ -248,8 +261,11 @@ impl<S: SessionStream> Session<S> {
             tls: _,
             auth_user: _,
             upgraded: _,
+            listener,
         } = self;
-        (stream, Detached { inbuf, out, shared, config, scripts, shutdown, id, remote_ip, remote_text, refused })
+        let detached =
+            Detached { inbuf, out, shared, config, scripts, shutdown, id, remote_ip, remote_text, refused, listener };
+        (stream, detached)
     }
 
     /// Parses and dispatches one command line (with its line end).
@@ -420,6 +436,7 @@ impl<S: SessionStream> Session<S> {
             helo: self.helo.clone().unwrap_or_default(),
             tls: self.tls.is_some(),
             auth_user: self.auth_user.clone().unwrap_or_default(),
+            listener: self.listener.role.name().to_string(),
             sender,
             rcpt: rcpt.to_string(),
             recipients,
@@ -471,12 +488,14 @@ pub(super) struct Detached {
     remote_ip: IpAddr,
     remote_text: String,
     refused: bool,
+    listener: crate::config::ListenerConfig,
 }
 
 impl Detached {
     /// The session over `stream`, at its start: no HELO, no transaction, not authenticated.
     pub(super) fn with_stream<T>(self, stream: T) -> Session<T> {
-        let Detached { inbuf, out, shared, config, scripts, shutdown, id, remote_ip, remote_text, refused } = self;
+        let Detached { inbuf, out, shared, config, scripts, shutdown, id, remote_ip, remote_text, refused, listener } =
+            self;
         Session {
             stream,
             inbuf,
@@ -496,6 +515,7 @@ impl Detached {
             tls: None,
             auth_user: None,
             upgraded: true,
+            listener,
         }
     }
 }

@@ -32,6 +32,7 @@ pub(super) fn contexts() -> Vec<ScriptCtx> {
         helo: "localhost".into(),
         tls: true,
         auth_user: "bob".into(),
+        listener: "mx".into(),
         sender: String::new(),
         rcpt: "postmaster@example.org".into(),
         recipients: vec!["postmaster@example.org".into()],

@@ -88,6 +88,7 @@ impl Harness {
             shutdown: shutdown_rx,
             tls: ArcSwapOption::new(tls),
             auth_failures: Default::default(),
+            srs: None,
         });
         Harness { _dir: dir, shared, accepted, shutdown, cert }
     }
