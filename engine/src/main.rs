@@ -17,6 +17,9 @@ fn main() {
         Command::Test(args) => mailflow::cli::test::run(config, &args),
         Command::Queue { action } => mailflow::cli::queue::run(config, &action),
         Command::HashPassword => hash_password(),
+        Command::Oauth2 { action: mailflow::cli::Oauth2Action::Authorize { account } } => {
+            mailflow::cli::oauth2::run(config, &account)
+        }
     };
     if let Some(sink) = sink {
         sink.flush();

@@ -1,6 +1,7 @@
 //! The `mailflow` command line (docs/reference/command-line.md). Exit codes: 0 ok, 1 script or config error, 2 usage.
 
 pub mod check;
+pub mod oauth2;
 pub mod queue;
 pub mod test;
 
@@ -35,6 +36,21 @@ pub enum Command {
     },
     /// Read a password on stdin, print a hash for `auth_users`.
     HashPassword,
+    /// OAuth2 for `[[accounts]]` with an `[accounts.oauth2]` table.
+    Oauth2 {
+        #[command(subcommand)]
+        action: Oauth2Action,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Oauth2Action {
+    /// Ask for the user's consent (device code or browser) and store the refresh token.
+    Authorize {
+        /// The `[[accounts]]` name.
+        #[arg(long, value_name = "NAME")]
+        account: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

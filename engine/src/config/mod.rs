@@ -7,10 +7,12 @@
 
 pub mod duration;
 mod load;
+pub mod oauth2;
 pub mod relay;
 pub mod reload;
 
 pub use load::{check_password_hash, load_str, ConfigError, LoadedConfig};
+pub use oauth2::{AuthMethod, OAuth2Config, Provider};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -214,6 +216,8 @@ pub enum StartTlsPolicy {
 pub struct AccountConfig {
     pub name: String,
     pub protocol: AccountProtocol,
+    /// Required unless `provider` fills it.
+    #[serde(default)]
     pub host: String,
     pub port: Option<u16>,
     #[serde(default = "default_account_tls")]
@@ -235,6 +239,26 @@ pub struct AccountConfig {
     pub delete_after_fetch: bool,
     #[serde(default)]
     pub deliver: String,
+    /// How to log in; unset: `password`, or what `provider` and `[accounts.oauth2]` imply.
+    #[serde(default)]
+    pub auth: Option<AuthMethod>,
+    /// A mail service whose host, port, TLS, auth method and folder names are filled in.
+    #[serde(default)]
+    pub provider: Option<Provider>,
+    /// The built-in OAuth2 refresh-token flow (`mailflow oauth2 authorize`).
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
+    /// Folder names scripts use → the server's names (`provider` fills the special folders:
+    /// Gmail's `Junk` is `[Gmail]/Spam`).
+    #[serde(default)]
+    pub folders: BTreeMap<String, String>,
+}
+
+impl AccountConfig {
+    /// The login method, after `provider` and `[accounts.oauth2]` were taken into account.
+    pub fn auth_method(&self) -> AuthMethod {
+        self.auth.unwrap_or_default()
+    }
 }
 
 fn default_account_tls() -> AccountTls {

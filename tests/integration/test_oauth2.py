@@ -1,0 +1,178 @@
+"""OAuth2 logins (XOAUTH2, OAUTHBEARER) of the pollers against a real Dovecot.
+
+Dovecot's `oauth2` passdb asks a small local authorization server (oauth2_server.py) whether a
+token is active, so a login succeeds only with an access token that server issued and that has
+not expired or been revoked. mailflow gets its tokens from `mailflow oauth2 authorize` (the
+device-code flow, the test approving the code as the user would) and refreshes them itself, or
+from a `password_command`.
+"""
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, wait_for
+from dovecot import dovecot  # noqa: F401  (fixture)
+from oauth2_server import OAuth2Server
+from test_pollers import LOG_SCRIPT, ids, message, processed, wait_processed
+
+
+@pytest.fixture
+def oauth():
+    servers = []
+
+    def factory(**kw):
+        s = OAuth2Server(**kw)
+        servers.append(s)
+        return s
+
+    yield factory
+    for s in servers:
+        s.close()
+
+
+def oauth_table(server):
+    return (
+        "[accounts.oauth2]\n"
+        f'token_url = "{server.url}/token"\n'
+        f'device_url = "{server.url}/device"\n'
+        f'client_id = "{server.client_id}"\n'
+        'client_secret_command = "echo s3cret"\n'
+        'scope = "mail offline_access"\n\n'
+    )
+
+
+def oauth_account(dv, server, protocol="imap", auth="xoauth2", **keys):
+    """An account with the built-in refresh flow (no password)."""
+    text = dv.account(protocol=protocol, auth=auth, **keys)
+    text = re.sub(r'^password = .*\n', "", text, flags=re.M)
+    return text.rstrip("\n") + "\n" + oauth_table(server)
+
+
+def authorize(d, server, timeout=30):
+    """Runs `mailflow oauth2 authorize --account dv`, approving the code it prints."""
+    proc = subprocess.Popen(
+        [str(BIN), "oauth2", "authorize", "--account", "dv", "--config", str(d.config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.search(r"open (\S+) and enter the code (\S+)", line)
+            if m:
+                assert m.group(1) == f"{server.url}/activate"
+                server.approve(m.group(2))
+                break
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(lines) + out
+    assert proc.returncode == 0, text + err
+    assert "is authorized" in text, text
+    return text
+
+
+def start_oauth(daemon, dovecot, oauth, protocol="imap", auth="xoauth2", lifetime=3600, **keys):
+    server = oauth(lifetime=lifetime)
+    dv = dovecot(oauth2_url=f"{server.url}/introspect")
+    d = daemon(scripts={"10-log.rhai": LOG_SCRIPT}, extra=oauth_account(dv, server, protocol, auth, **keys), start=False)
+    assert "stored in" in authorize(d, server)
+    d.start()
+    return server, dv, d
+
+
+def test_imap_xoauth2_with_an_authorized_account(daemon, dovecot, oauth):
+    server, dv, d = start_oauth(daemon, dovecot, oauth)
+    dv.seed([message(1)])
+    wait_processed(d, ids(1))
+    # The refresh flow ran (authorize stored only the refresh token's first access token,
+    # so at most one refresh) and Dovecot checked the token with the introspection endpoint.
+    assert server.count("/introspect") >= 1
+    assert server.count("/device") == 1
+    assert "login refused" not in d.log()
+
+
+def test_pop3_oauthbearer_with_an_authorized_account(daemon, dovecot, oauth):
+    server, dv, d = start_oauth(daemon, dovecot, oauth, protocol="pop3", auth="oauthbearer")
+    dv.seed([message(1), message(2)])
+    wait_processed(d, ids(1, 2))
+    assert server.count("/introspect") >= 1
+    assert "login refused" not in d.log()
+
+
+def test_access_tokens_are_refreshed_before_they_expire(daemon, dovecot, oauth):
+    # 4 s tokens, a POP3 round every second: mailflow must refresh on its own, never logging in
+    # with an expired token.
+    server, dv, d = start_oauth(daemon, dovecot, oauth, protocol="pop3", lifetime=4)
+    for n in range(1, 5):
+        dv.seed([message(n)])
+        wait_processed(d, ids(n))
+        time.sleep(2)
+    assert server.count("/token", "refresh_token") >= 2
+    assert "login refused" not in d.log(), d.log()[-2000:]
+
+
+def test_a_refused_access_token_is_refreshed_and_the_login_retried(daemon, dovecot, oauth):
+    server, dv, d = start_oauth(daemon, dovecot, oauth)
+    dv.seed([message(1)])
+    wait_processed(d, ids(1))
+    refreshes = server.count("/token", "refresh_token")
+    # The server stops accepting the token mailflow holds (it still thinks it valid for an
+    # hour); cut the IMAP session so it logs in again.
+    server.expire_access_tokens()
+    dv.restart()
+    dv.seed([message(2)])
+    wait_processed(d, ids(2), timeout=30)
+    assert "IMAP login refused; retrying with a refreshed token" in d.log()
+    assert server.count("/token", "refresh_token") == refreshes + 1
+
+
+def test_a_revoked_refresh_token_stops_the_account_until_authorized_again(daemon, dovecot, oauth):
+    server, dv, d = start_oauth(daemon, dovecot, oauth, protocol="pop3")
+    dv.seed([message(1)])
+    wait_processed(d, ids(1))
+    server.revoke()
+    wait_for(lambda: "account stopped until it is authorized again" in d.log(), timeout=15)
+    log = d.log()
+    assert "the refresh token was refused (invalid_grant" in log, log[-2000:]
+    assert "mailflow oauth2 authorize --account dv" in log
+    # Stopped: no more logins, no more token requests (not a hot reconnect loop).
+    time.sleep(0.5)
+    before = (server.count("/token"), server.count("/introspect"))
+    dv.seed([message(2)])
+    time.sleep(4)
+    assert (server.count("/token"), server.count("/introspect")) == before
+    assert "2@test.example" not in processed(d)
+    # Authorizing again while the daemon runs resumes the account.
+    assert "handed to the running daemon" in authorize(d, server)
+    wait_processed(d, ids(2), timeout=20)
+    assert "new OAuth2 authorization found; resuming" in d.log()
+
+
+def test_password_command_gives_the_access_token(daemon, dovecot, oauth, tmp_path):
+    server = oauth()
+    dv = dovecot(oauth2_url=f"{server.url}/introspect")
+    access, _ = server.issue(with_refresh=False)
+    token_file = tmp_path / "token"
+    token_file.write_text(access + "\n")
+    account = dv.account(auth="xoauth2", password="x").replace('password = "x"', f'password_command = "cat {token_file}"')
+    d = daemon(scripts={"10-log.rhai": LOG_SCRIPT}, extra=account)
+    dv.seed([message(1)])
+    wait_processed(d, ids(1))
+    assert server.count("/introspect") >= 1
+    assert server.count("/token") == 0
+
+
+def test_a_wrong_token_is_a_login_failure_not_a_crash(daemon, dovecot, oauth):
+    server = oauth()
+    dv = dovecot(oauth2_url=f"{server.url}/introspect")
+    account = dv.account(protocol="pop3", auth="oauthbearer", password="not-a-token")
+    d = daemon(scripts={"10-log.rhai": LOG_SCRIPT}, extra=account)
+    wait_for(lambda: "login refused: AUTH OAUTHBEARER" in d.log(), timeout=15)
+    assert d.proc.poll() is None
