@@ -13,9 +13,10 @@ import time
 
 import pytest
 
-from conftest import BIN, wait_for
+from conftest import BIN, REPO, wait_for
 from dovecot import dovecot  # noqa: F401  (fixture)
 from oauth2_server import OAuth2Server
+from smtpclient import mailflow
 from test_pollers import LOG_SCRIPT, ids, message, processed, wait_processed
 
 
@@ -176,3 +177,17 @@ def test_a_wrong_token_is_a_login_failure_not_a_crash(daemon, dovecot, oauth):
     d = daemon(scripts={"10-log.rhai": LOG_SCRIPT}, extra=account)
     wait_for(lambda: "login refused: AUTH OAUTHBEARER" in d.log(), timeout=15)
     assert d.proc.poll() is None
+
+
+def test_the_provider_examples_of_the_accounts_doc_are_valid(tmp_path):
+    """Every configuration of docs/accounts.md passes `mailflow check` (the Gmail, Microsoft 365
+    and Fastmail presets among them)."""
+    text = (REPO / "docs" / "accounts.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert sum("provider = " in b for b in blocks) >= 4
+    (tmp_path / "scripts").mkdir()
+    for i, block in enumerate(blocks):
+        config = tmp_path / f"m{i}.toml"
+        config.write_text(block)
+        r = mailflow("check", "--config", config)
+        assert r.returncode == 0, block + r.stdout + r.stderr
