@@ -16,6 +16,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # unprivileged user mfmail, on free loopback ports; the system instance is not used).
 [ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
 [ -x /usr/lib/dovecot/pop3 ] || need_apt+=(dovecot-pop3d)
+# Its submission service: the relay that accepts AUTH XOAUTH2 in the OAuth2 tests.
+[ -x /usr/lib/dovecot/submission ] || need_apt+=(dovecot-submissiond)
 # valgrind: bench/check-hooks counts the script instructions per message (the hook budget).
 command -v valgrind >/dev/null || need_apt+=(valgrind)
 if [ ${#need_apt[@]} -gt 0 ]; then

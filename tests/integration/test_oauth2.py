@@ -17,6 +17,7 @@ from conftest import BIN, REPO, wait_for
 from dovecot import dovecot  # noqa: F401  (fixture)
 from oauth2_server import OAuth2Server
 from smtpclient import mailflow
+from test_outbound import Sink
 from test_pollers import LOG_SCRIPT, ids, message, processed, wait_processed
 
 
@@ -96,6 +97,7 @@ def test_imap_xoauth2_with_an_authorized_account(daemon, dovecot, oauth):
     # so at most one refresh) and Dovecot checked the token with the introspection endpoint.
     assert server.count("/introspect") >= 1
     assert server.count("/device") == 1
+    assert "imap-login: Info: Login: user=<me>, method=XOAUTH2" in dv.log_path.read_text()
     assert "login refused" not in d.log()
 
 
@@ -104,6 +106,7 @@ def test_pop3_oauthbearer_with_an_authorized_account(daemon, dovecot, oauth):
     dv.seed([message(1), message(2)])
     wait_processed(d, ids(1, 2))
     assert server.count("/introspect") >= 1
+    assert "pop3-login: Info: Login: user=<me>, method=OAUTHBEARER" in dv.log_path.read_text()
     assert "login refused" not in d.log()
 
 
@@ -191,3 +194,46 @@ def test_the_provider_examples_of_the_accounts_doc_are_valid(tmp_path):
         config.write_text(block)
         r = mailflow("check", "--config", config)
         assert r.returncode == 0, block + r.stdout + r.stderr
+
+
+FORWARD_FETCHED = """
+fn fetched(ctx, msg) {
+    log("processed [" + msg.message_id + "]");
+    msg.forward("bob@far.example");
+}
+"""
+
+
+def test_the_relay_logs_in_with_the_accounts_token(daemon, dovecot, oauth):
+    """`[outbound] relay_account`: forwards go through Dovecot's submission service, which
+    accepts them only after AUTH XOAUTH2 with a token the local server issued."""
+    server = oauth()
+    sink = Sink()
+    try:
+        dv = dovecot(oauth2_url=f"{server.url}/introspect", submission_relay=sink.port)
+        relay = (
+            "[outbound]\n"
+            f'relay = "smtp://127.0.0.1:{dv.submission_port}"\n'
+            'starttls = "never"\n'
+            'retry = ["1s"]\n'
+            'relay_account = "dv"\n\n'
+        )
+        d = daemon(scripts={"10-fwd.rhai": FORWARD_FETCHED}, extra=relay + oauth_account(dv, server), start=False)
+        authorize(d, server)
+        d.start()
+        dv.seed([message(1, sender="me@example.org")])
+        wait_processed(d, ids(1))
+        (got,) = sink.wait(1, timeout=20)
+        assert got["rcpts"] == ["<bob@far.example>"]
+        assert got["msg"]["Message-ID"] == "<1@test.example>"
+        # Both logins (IMAP and submission) were checked against the token server.
+        assert server.count("/introspect") >= 2
+        assert re.search(r"submission-login: Info: Login: user=<me>, method=XOAUTH2", dv.log_path.read_text()), dv.errors()
+        # A refused token: the forward waits (not bounced), then goes with a refreshed token.
+        server.expire_access_tokens()
+        dv.seed([message(2, sender="me@example.org")])
+        dv.restart()
+        wait_processed(d, ids(2), timeout=30)
+        assert len(sink.wait(2, timeout=30)) == 2
+    finally:
+        sink.close()

@@ -142,6 +142,7 @@ fn validate(config: &Config) -> Result<(), String> {
     if outbound.mode == super::OutboundMode::Relay {
         super::relay::parse_relay(outbound)?;
     }
+    super::oauth2::validate_relay_account(config)?;
     if !outbound.dns_server.is_empty() && outbound.dns_server.parse::<std::net::SocketAddr>().is_err() {
         return Err(format!("[outbound] dns_server {:?}: use ip:port", outbound.dns_server));
     }

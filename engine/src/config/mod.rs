@@ -161,6 +161,9 @@ pub struct OutboundConfig {
     pub relay: String,
     pub relay_user: String,
     pub relay_password: String,
+    /// Log in to the relay with `AUTH XOAUTH2` and the OAuth2 token of this `[[accounts]]`
+    /// entry (its user name unless `relay_user` is set).
+    pub relay_account: String,
     pub starttls: StartTlsPolicy,
     #[serde(with = "serde_duration_list")]
     pub retry: Vec<Duration>,
@@ -184,6 +187,7 @@ impl Default for OutboundConfig {
             relay: "smtp://127.0.0.1:2526".to_string(),
             relay_user: String::new(),
             relay_password: String::new(),
+            relay_account: String::new(),
             starttls: StartTlsPolicy::Opportunistic,
             retry: vec![minutes(1), minutes(5), minutes(15), minutes(60), minutes(240)],
             max_age: Duration::from_secs(5 * 86_400),

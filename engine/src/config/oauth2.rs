@@ -243,5 +243,27 @@ pub fn validate_account(account: &AccountConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// `[outbound] relay_account`: an account that logs in with OAuth2, on an `smtp://` relay
+/// without other credentials.
+pub fn validate_relay_account(config: &super::Config) -> Result<(), String> {
+    let outbound = &config.outbound;
+    let name = outbound.relay_account.as_str();
+    if name.is_empty() {
+        return Ok(());
+    }
+    let Some(account) = config.accounts.iter().find(|a| a.name == name) else {
+        return Err(format!("[outbound] relay_account {name:?}: no [[accounts]] has that name"));
+    };
+    if !account.auth_method().is_oauth() {
+        return Err(format!("[outbound] relay_account {name:?}: that account does not log in with OAuth2 (auth)"));
+    }
+    if !outbound.relay.starts_with("smtp://") || outbound.relay.contains('@') || !outbound.relay_password.is_empty() {
+        return Err(format!(
+            "[outbound] relay_account {name:?}: needs an smtp:// relay (STARTTLS, e.g. port 587) without a password"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! OAuth2 for mailbox logins (docs/accounts.md "OAuth2"): SASL XOAUTH2 and OAUTHBEARER
 //! messages ([`sasl`]), access tokens from the built-in refresh flow ([`source`]), their
 //! storage ([`store`]), token-endpoint calls ([`endpoint`]) and `mailflow oauth2 authorize`
-//! ([`authorize`]: device code or loopback redirect).
+//! ([`authorize`]: device code or loopback redirect), and the relay's XOAUTH2 login ([`relay`]).
 //!
 //! A leaf under the pollers and the outbound relay, which both log in with it; it uses only
 //! the config and the state store.
@@ -11,6 +11,7 @@
 
 pub mod authorize;
 pub mod endpoint;
+pub mod relay;
 pub mod sasl;
 pub mod source;
 pub mod store;

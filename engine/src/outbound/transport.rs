@@ -126,6 +126,7 @@ impl Transport {
                             tls_name: host.clone(),
                             starttls: *starttls,
                             credentials: None,
+                            oauth2: None,
                         };
                         match pool.send(&destination, &envelope, message).await {
                             Ok(()) => return Ok(()),
@@ -152,6 +153,17 @@ fn wire_body(message: &[u8]) -> &[u8] {
     message.strip_suffix(b"\r\n").unwrap_or(message)
 }
 
+impl Transport {
+    /// Makes the `smtp://` relay log in with XOAUTH2 (`[outbound] relay_account`; the config
+    /// check allows it only there).
+    pub fn with_relay_login(mut self, login: Option<std::sync::Arc<crate::oauth2::relay::RelayLogin>>) -> Transport {
+        if let (Transport::Relay(relay), Some(login)) = (&mut self, login) {
+            relay.1.oauth2 = Some(login);
+        }
+        self
+    }
+}
+
 fn relay(config: &OutboundConfig, hostname: &str) -> Result<Transport, String> {
     let RelayUrl { implicit_tls, host, port, credentials } = parse_relay(config)?;
     let credentials = credentials.map(|(user, password)| Credentials::new(user, password));
@@ -161,7 +173,7 @@ fn relay(config: &OutboundConfig, hostname: &str) -> Result<Transport, String> {
             StartTlsPolicy::Opportunistic => StartTls::Opportunistic { verify: true },
             StartTlsPolicy::Required => StartTls::Required,
         };
-        let destination = Destination { host: host.clone(), port, tls_name: host, starttls, credentials };
+        let destination = Destination { host: host.clone(), port, tls_name: host, starttls, credentials, oauth2: None };
         return Ok(Transport::Relay(Box::new((Pool::new(hostname), destination))));
     }
     let params = TlsParameters::new_rustls(host.clone()).map_err(|e| format!("[outbound] relay TLS: {e}"))?;

@@ -53,7 +53,7 @@ fn login_settings_must_agree() {
     let password_auth = account(&format!(
         "{base}auth = \"password\"\n[accounts.oauth2]\ntoken_url = \"https://t\"\nclient_id = \"c\"\n"
     ));
-    assert!(password_auth.unwrap_err().contains("auth = \\\"xoauth2\\\""));
+    assert!(password_auth.unwrap_err().contains(r#"auth = "xoauth2""#));
     let no_url = account(&format!("{base}[accounts.oauth2]\nclient_id = \"c\"\n"));
     assert!(no_url.unwrap_err().contains("needs token_url and client_id"));
     let implied = account(&format!("{base}[accounts.oauth2]\ntoken_url = \"https://t\"\nclient_id = \"c\"\n")).unwrap();
@@ -63,4 +63,20 @@ fn login_settings_must_agree() {
     let icloud_pop = account("protocol = \"pop3\"\nprovider = \"icloud\"\npassword = \"p\"\n").unwrap_err();
     assert!(icloud_pop.contains("no Pop3 server"), "{icloud_pop}");
     assert!(account(&format!("{base}auth = \"kerberos\"\npassword = \"p\"\n")).is_err());
+}
+
+#[test]
+fn the_relay_account_must_log_in_with_oauth2_over_smtp() {
+    let account =
+        "[[accounts]]\nname = \"g\"\nprotocol = \"imap\"\nprovider = \"gmail\"\nusername = \"me@gmail.com\"\n";
+    let oauth = "[accounts.oauth2]\nclient_id = \"c\"\n";
+    let check = |outbound: &str, rest: &str| load_str(&format!("[outbound]\n{outbound}\n{account}{rest}"), "m.toml");
+    let relay = "relay = \"smtp://smtp.gmail.com:587\"\nstarttls = \"required\"\nrelay_account = \"g\"";
+    assert!(check(relay, oauth).is_ok());
+    let password = check(relay, "password = \"app\"\n").unwrap_err().to_string();
+    assert!(password.contains("does not log in with OAuth2"), "{password}");
+    let unknown = check(&relay.replace("= \"g\"", "= \"x\""), oauth).unwrap_err().to_string();
+    assert!(unknown.contains("no [[accounts]] has that name"), "{unknown}");
+    let smtps = check(&relay.replace("smtp://", "smtps://"), oauth).unwrap_err().to_string();
+    assert!(smtps.contains("needs an smtp:// relay"), "{smtps}");
 }
