@@ -1,12 +1,14 @@
 """A small OAuth2 authorization server for the OAuth2 tests, on a loopback port in a thread.
 
-It issues tokens (RFC 6749 refresh_token grant, RFC 8628 device authorization and
-device_code grant) and answers Dovecot's token introspection (RFC 7662, `POST token=…`), so a
+It issues tokens (RFC 6749 refresh_token and authorization_code grants with PKCE, RFC 8628
+device authorization and device_code grant) and answers Dovecot's token introspection (RFC 7662, `POST token=…`), so a
 private Dovecot with the `oauth2` passdb accepts exactly the access tokens issued here and not
 yet expired or revoked. The test plays the user with `approve(user_code)` and the operator with
 `expire_access_tokens()` and `revoke()`. Every request is recorded in `calls` (path, grant).
 """
 
+import base64
+import hashlib
 import json
 import secrets
 import threading
@@ -24,6 +26,7 @@ class OAuth2Server:
         self.access = {}  # token -> expiry (unix time)
         self.refresh = set()
         self.devices = {}  # device_code -> {"user_code", "approved"}
+        self.codes = {}  # authorization code -> (PKCE challenge, redirect_uri)
         self.calls = []  # (path, grant_type or "")
         server = self
 
@@ -66,6 +69,13 @@ class OAuth2Server:
                     device["approved"] = True
                     return
         raise AssertionError(f"no device code for {user_code}")
+
+    def consent(self, challenge, redirect_uri):
+        """The user consented in the browser (authorization-code flow): a code for the redirect."""
+        with self.lock:
+            code = "ac-" + secrets.token_urlsafe(16)
+            self.codes[code] = (challenge, redirect_uri)
+            return code
 
     def expire_access_tokens(self):
         """Every access token issued so far stops working (expired early, or revoked alone)."""
@@ -135,5 +145,12 @@ class OAuth2Server:
                 if not device["approved"]:
                     return 400, {"error": "authorization_pending"}
                 del self.devices[form["device_code"]]
+                return self._tokens()
+            if grant == "authorization_code":
+                challenge, redirect_uri = self.codes.pop(form.get("code"), (None, None))
+                verifier = form.get("code_verifier", "").encode()
+                computed = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=").decode()
+                if challenge is None or computed != challenge or form.get("redirect_uri") != redirect_uri:
+                    return 400, {"error": "invalid_grant"}
                 return self._tokens()
             return 400, {"error": "unsupported_grant_type"}

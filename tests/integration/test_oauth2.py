@@ -10,6 +10,8 @@ from a `password_command`.
 import re
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -237,3 +239,50 @@ def test_the_relay_logs_in_with_the_accounts_token(daemon, dovecot, oauth):
         assert len(sink.wait(2, timeout=30)) == 2
     finally:
         sink.close()
+
+
+def test_authorize_by_loopback_redirect_with_pkce(daemon, dovecot, oauth):
+    """Without a device_url (Google), `authorize` prints a browser URL and waits on 127.0.0.1
+    for the redirect; the test plays the browser and the user's consent."""
+    server = oauth()
+    dv = dovecot(oauth2_url=f"{server.url}/introspect")
+    account = oauth_account(dv, server).replace(
+        f'device_url = "{server.url}/device"', f'auth_url = "{server.url}/authorize"'
+    )
+    d = daemon(scripts={"10-log.rhai": LOG_SCRIPT}, extra=account, start=False)
+    proc = subprocess.Popen(
+        [str(BIN), "oauth2", "authorize", "--account", "dv", "--config", str(d.config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = None
+        for line in proc.stdout:
+            if line.startswith(f"{server.url}/authorize?"):
+                url = line.strip()
+                break
+        assert url, proc.stderr.read()
+        q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+        assert q["response_type"] == "code" and q["code_challenge_method"] == "S256"
+        assert q["client_id"] == server.client_id and q["scope"] == "mail offline_access"
+        redirect = q["redirect_uri"]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", redirect)
+        # A request without the right state is not the redirect.
+        try:
+            urllib.request.urlopen(f"{redirect}?code=x&state=wrong", timeout=5)
+            raise AssertionError("a wrong state was accepted")
+        except urllib.error.HTTPError as e:
+            assert e.code == 404
+        code = server.consent(q["code_challenge"], redirect)
+        page = urllib.request.urlopen(f"{redirect}?code={code}&state={q['state']}", timeout=5).read()
+        assert b"authorized" in page
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out + err
+    assert "is authorized" in out
+    d.start()
+    dv.seed([message(1)])
+    wait_processed(d, ids(1))

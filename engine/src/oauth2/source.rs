@@ -27,6 +27,10 @@ pub enum TokenError {
     NotAuthorized(String),
     #[error("account {account:?}: the refresh token was refused ({reason}); it was revoked or expired: run `mailflow oauth2 authorize --account {account}`")]
     Revoked { account: String, reason: String },
+    /// The endpoint refused the client itself (`invalid_client`, `unauthorized_client`…): the
+    /// `[accounts.oauth2]` settings are wrong.
+    #[error("account {account:?}: the token endpoint refused the request ({reason}): check client_id, client_secret and token_url in [accounts.oauth2]")]
+    ClientRefused { account: String, reason: String },
     #[error("account {account:?}: getting an access token failed: {reason}")]
     Unavailable { account: String, reason: String },
 }
@@ -121,9 +125,8 @@ impl TokenSource {
                 Err(TokenError::Revoked { account: self.account.clone(), reason })
             }
             Err(e @ EndpointError::Refused { .. }) => {
-                // invalid_client, unauthorized_client…: the configuration is wrong; a person
-                // must fix it too, but the refresh token itself may still be good.
-                Err(TokenError::Revoked { account: self.account.clone(), reason: e.to_string() })
+                // A person must fix the configuration, but the refresh token may still be good.
+                Err(TokenError::ClientRefused { account: self.account.clone(), reason: e.to_string() })
             }
             Err(e) => Err(TokenError::Unavailable { account: self.account.clone(), reason: e.to_string() }),
         }
