@@ -286,3 +286,16 @@ def test_authorize_by_loopback_redirect_with_pkce(daemon, dovecot, oauth):
     d.start()
     dv.seed([message(1)])
     wait_processed(d, ids(1))
+
+
+def test_folders_map_a_scripts_folder_name_to_the_servers(daemon, dovecot):
+    """`folders` (what `provider` fills: Gmail's Junk is `[Gmail]/Spam`): `file_into("Junk")`
+    moves to the server's folder of that role."""
+    dv = dovecot()
+    dv.seed([message(1)])
+    script = 'fn fetched(ctx, msg) { log("processed [" + msg.message_id + "]"); msg.file_into("Junk"); }'
+    account = dv.account().rstrip("\n") + '\nfolders = { Junk = "Lists/Spam" }\n\n'
+    d = daemon(scripts={"10-junk.rhai": script}, extra=account)
+    wait_processed(d, ids(1))
+    wait_for(lambda: "<1@test.example>" in dv.mailbox("Lists/Spam"), timeout=10)
+    assert dv.mailbox("Junk") == {}
