@@ -8,6 +8,9 @@ cd "$(dirname "$0")"
 
 need_apt=()
 command -v swaks >/dev/null || need_apt+=(swaks)
+# swaks's TLS (--tls, --tls-on-connect) needs Net::SSLeay and IO::Socket::SSL, which are only
+# Recommends of the swaks package: install them by name, check that Perl can load them.
+perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null || need_apt+=(libnet-ssleay-perl libio-socket-ssl-perl)
 command -v openssl >/dev/null || need_apt+=(openssl)
 # Postfix's smtp-sink: the independent SMTP server the outbound tests relay to. Installed
 # without configuring (or starting) a Postfix mail system.
@@ -18,8 +21,18 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 [ -x /usr/lib/dovecot/pop3 ] || need_apt+=(dovecot-pop3d)
 # Its submission service: the relay that accepts AUTH XOAUTH2 in the OAuth2 tests.
 [ -x /usr/lib/dovecot/submission ] || need_apt+=(dovecot-submissiond)
+# Spam scanners for the rspamd/spamd plugin tests (private instances on loopback): rspamd,
+# Redis for its Bayes statistics, SpamAssassin's spamd with its rules.
+[ -x /usr/bin/rspamd ] && [ -f /etc/rspamd/rspamd.conf ] || need_apt+=(rspamd)
+[ -x /usr/bin/redis-server ] || need_apt+=(redis-server)
+[ -x /usr/sbin/spamd ] || need_apt+=(spamd)
+[ -f /usr/share/spamassassin/20_body_tests.cf ] && perl -MMail::SpamAssassin -e1 2>/dev/null || need_apt+=(spamassassin)
 # valgrind: bench/check-hooks counts the script instructions per message (the hook budget).
 command -v valgrind >/dev/null || need_apt+=(valgrind)
+# GNU Mailutils imap4d/pop3d: the second IMAP/POP3 servers of the poller tests (private
+# instances on loopback, like Dovecot's); popauth (mailutils-pop3d) makes their APOP database.
+[ -x /usr/sbin/imap4d ] || need_apt+=(mailutils-imap4d)
+{ [ -x /usr/sbin/pop3d ] && [ -x /usr/bin/popauth ]; } || need_apt+=(mailutils-pop3d)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing: ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -13,7 +13,7 @@ fn main() {
     let config = cli.config.as_deref();
     let code = match command {
         Command::Run => run(config),
-        Command::Check => mailflow::cli::check::run(config),
+        Command::Check { explain } => mailflow::cli::check::run(config, explain),
         Command::Test(args) => mailflow::cli::test::run(config, &args),
         Command::Queue { action } => mailflow::cli::queue::run(config, &action),
         Command::HashPassword => hash_password(),

@@ -104,6 +104,50 @@ def test_check_reports_module_errors_in_the_module(project, tmp_path):
     assert re.match(re.escape(str(tmp_path / "scripts" / "lib" / "m.rhai")) + r":3:\d+: ", r.stderr), r.stderr
 
 
+def test_check_explain_says_which_functions_run_natively_and_why_not(project, tmp_path):
+    cfg = project({
+        "10-gate.rhai": (
+            "fn connect(ctx) {\n"
+            '    if ctx.remote_ip.starts_with("192.0.2.") { return reject(); }\n'
+            "}\n"
+            "\n"
+            "fn data(ctx, msg) {\n"
+            '    for h in msg.headers("Received") {\n'
+            "        log(h);\n"
+            "    }\n"
+            "}\n"
+        ),
+        "20-seen.rhai": 'fn rcpt_to(ctx) {\n    log("rcpt");\n    if kv::get(ctx.rcpt) == () { return; }\n}\n',
+        "30-top.rhai": "let limit = 3;\nfn helo(ctx) { if ctx.helo == \"\" { reject() } }\n",
+    })
+    cfg.write_text(cfg.read_text() + '\n[plugins]\nenabled = ["kv"]\n')
+    plain = mailflow("check", "--config", cfg)
+    assert plain.returncode == 0, plain.stderr
+    assert "native" not in plain.stdout
+    r = mailflow("check", "--explain", "--config", cfg)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == plain.stdout.rstrip()
+    assert lines[1:] == [
+        "10-gate.rhai:1: fn connect: native",
+        "10-gate.rhai:5: fn data: rhai: line 6: `for` loop",
+        "20-seen.rhai:1: fn rcpt_to: rhai: line 3: call to plugin or module function kv::get",
+        "30-top.rhai:2: fn helo: rhai: line 1: top-level statements in the file (they run before every call)",
+    ]
+
+
+def test_check_explain_names_the_max_operations_bound(project, tmp_path):
+    cfg = project({"10-gate.rhai": 'fn connect(ctx) {\n    if ctx.remote_ip == "192.0.2.7" { return reject(); }\n}\n'})
+    r = mailflow("check", "--explain", "--config", cfg)
+    assert r.stdout.splitlines()[1:] == ["10-gate.rhai:1: fn connect: native"], r.stdout
+    cfg.write_text(cfg.read_text() + "max_operations = 10\n")
+    r = mailflow("check", "--explain", "--config", cfg)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.splitlines()[1]
+    assert re.fullmatch(r"10-gate\.rhai:1: fn connect: rhai: max_operations bound: up to \d+ operations, "
+                        r"max_operations is 10", line), line
+
+
 def test_check_config_errors(tmp_path):
     cfg = tmp_path / "mailflow.toml"
     cfg.write_text("[scripts]\ntimeout_msec = 5\n")

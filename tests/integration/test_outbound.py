@@ -257,9 +257,11 @@ def unstuff(wire):
 
 
 class DNS:
-    """Answers from `zone`: {(name, type): [rdata]}; other names are NXDOMAIN."""
+    """Answers from `zone`: {(name, type): [rdata]}; names in `failing` get that response code
+    ("SERVFAIL", "REFUSED"); other names are NXDOMAIN."""
 
-    def __init__(self, zone):
+    def __init__(self, zone, failing=None):
+        failing = failing or {}
         try:
             from dnslib import QTYPE, RCODE, RR
             from dnslib.server import BaseResolver, DNSServer
@@ -271,6 +273,9 @@ class DNS:
                 reply = request.reply()
                 qname = str(request.q.qname).lower()
                 qtype = QTYPE[request.q.qtype]
+                if qname in failing:
+                    reply.header.rcode = getattr(RCODE, failing[qname])
+                    return reply
                 if not any(name == qname for name, _ in zone):
                     reply.header.rcode = RCODE.NXDOMAIN
                     return reply
@@ -972,7 +977,7 @@ def mx_world(sinks):
         ("mx-r.test.", "A"): [A("127.0.0.6")],
         ("dead.test.", "A"): [A("127.0.0.4")],
     }
-    dns = DNS(zone)
+    dns = DNS(zone, failing={"servfail.test.": "SERVFAIL", "refused.test.": "REFUSED"})
     yield {"port": port, "dns": dns, **hosts}
     dns.close()
 
@@ -1003,7 +1008,7 @@ def test_mx_mode_ordering_fallback_and_null_mx(daemon, mx_world):
     assert len(texts) == 2
     null = [t for t in texts if "u@nullmx.test" in t]
     rejected = [t for t in texts if "u@reject.test" in t]
-    assert null and "null MX" in null[0]
+    assert null and "null MX" in null[0] and "Status: 5.1.10" in null[0], null
     assert rejected and "no such user here" in rejected[0] and "Status: 5.1.1" in rejected[0]
     for m in a.messages() + b.messages():
         assert m["mail"].split()[0] == "<ann@test.example>"
@@ -1013,14 +1018,29 @@ def test_mx_mode_ordering_fallback_and_null_mx(daemon, mx_world):
 
 
 def test_mx_mode_dns_failure_is_retried(daemon, mx_world):
-    """A domain the DNS server does not know: NXDOMAIN -> no MX -> A lookup fails -> retry,
-    not an immediate bounce."""
+    """SERVFAIL and REFUSED say nothing about the domain: both stay queued for a retry."""
     config = mx_outbound(mx_world["dns"].port, mx_world["port"])
-    d = daemon(scripts={"10.rhai": 'fn data(ctx, msg) { msg.forward("u@unknown.test"); }'}, extra=config)
+    script = 'fn data(ctx, msg) { msg.forward("u@servfail.test"); msg.forward("u@refused.test"); }'
+    d = daemon(scripts={"10.rhai": script}, extra=config)
     send(d, sender="ann@test.example")
-    rows = wait_queue(d, lambda rows: rows and rows[0]["attempts"] == "1")
-    assert rows and rows[0]["rcpts"] == "u@unknown.test"
+    rows = wait_queue(d, lambda rows: len(rows) == 2 and all(r["attempts"] == "1" for r in rows))
+    assert rows and sorted(r["rcpts"] for r in rows) == ["u@refused.test", "u@servfail.test"], rows
+    assert all("DNS lookup" in r["error"] for r in rows), rows
+    time.sleep(0.3)
     assert d.messages("ann@test.example") == []
+
+
+def test_mx_mode_nxdomain_bounces_at_once_with_5_1_2(daemon, mx_world):
+    """A domain that does not exist (NXDOMAIN) bounces on the first attempt, as Postfix's
+    "Host or domain name not found" does, rather than waiting for max_age."""
+    config = mx_outbound(mx_world["dns"].port, mx_world["port"], max_age="5d")
+    d = daemon(scripts={"10.rhai": 'fn data(ctx, msg) { msg.forward("u@no-such-domain.test"); }'}, extra=config)
+    send(d, sender="ann@test.example")
+    (bounce,) = wait_delivered(d, "ann@test.example", 1, timeout=8)
+    text = dsn_text(bounce.read_bytes())
+    assert "u@no-such-domain.test" in text and "Status: 5.1.2" in text, text
+    assert "NXDOMAIN" in text
+    assert wait_for(lambda: queue_files(d) == [])
 
 
 # === the examples that send mail ===============================================================

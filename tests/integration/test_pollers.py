@@ -18,8 +18,11 @@ import time
 import tomllib
 from collections import Counter
 
+import pytest
+
 from conftest import BIN, REPO, maildir_files, wait_for
 from dovecot import dovecot  # noqa: F401  (fixture)
+from mailutils import mailutils  # noqa: F401  (fixture)
 
 LOG_SCRIPT = """
 fn fetched(ctx, msg) {
@@ -63,6 +66,13 @@ def mid(n):
     return f"<{n}@test.example>"
 
 
+@pytest.fixture(params=["dovecot", "mailutils"])
+def server(request):
+    """The tests that hold for any IMAP/POP3 server run against Dovecot and GNU Mailutils
+    imap4d/pop3d (no MOVE, no UIDPLUS, no IDLE push, `* n EXPUNGED`, X-UIDL headers)."""
+    return request.getfixturevalue(request.param)
+
+
 def start(daemon, dv, scripts, accounts, plugins=""):
     return daemon(scripts=scripts, extra=plugins + "".join(accounts))
 
@@ -87,8 +97,8 @@ def test_idle_push_is_processed_within_two_seconds(daemon, dovecot):
     assert set(processed(d).values()) == {1}
 
 
-def test_polling_without_idle(daemon, dovecot):
-    dv = dovecot()
+def test_polling_without_idle(daemon, server):
+    dv = server()
     d = start(daemon, dv, {"10-log.rhai": LOG_SCRIPT}, [dv.account(idle=False, poll_interval="1s")])
     wait_for(lambda: "IMAP session open" in d.log())
     dv.append(message(1))
@@ -185,8 +195,8 @@ def test_a_script_reading_the_body_gets_whole_messages(daemon, dovecot):
     assert re.search(r"processed \[2@test.example\] size=\d+ secret=false", d.log())
 
 
-def test_restart_processes_nothing_twice(daemon, dovecot):
-    dv = dovecot()
+def test_restart_processes_nothing_twice(daemon, server):
+    dv = server()
     dv.seed([message(n) for n in range(5)])
     script = LOG_SCRIPT.replace('log("processed', 'msg.flag("\\\\Flagged"); log("processed')
     d = start(daemon, dv, {"10-log.rhai": script}, [dv.account()])
@@ -252,11 +262,11 @@ def test_uidvalidity_change_runs_no_stale_action(daemon, dovecot):
     assert d.log().count("already processed before the UIDVALIDITY change") == 4
 
 
-def test_uidvalidity_change_while_running(daemon, dovecot):
+def test_uidvalidity_change_while_running(daemon, server):
     """The same, live: the mailbox is deleted (Dovecot drops the session that has it
     selected), re-created and refilled within milliseconds; mailflow reconnects about a second
     later and finds the new UIDVALIDITY."""
-    dv = dovecot()
+    dv = server()
     for n in range(3):
         dv.append(message(n), mailbox="Work")
     script = LOG_SCRIPT.replace('log("processed', 'msg.flag("\\\\Flagged"); log("processed')
@@ -277,8 +287,8 @@ def test_uidvalidity_change_while_running(daemon, dovecot):
     assert box[mid(0)] == box[mid(1)] == box[mid(2)] == set(), box
 
 
-def test_tempfail_is_retried_then_succeeds(daemon, dovecot):
-    dv = dovecot()
+def test_tempfail_is_retried_then_succeeds(daemon, server):
+    dv = server()
     d = start(
         daemon,
         dv,
@@ -303,8 +313,8 @@ def test_tempfail_is_retried_then_succeeds(daemon, dovecot):
     assert dv.mailbox()[mid(1)] == {"\\Flagged"}
 
 
-def test_failing_script_gives_up_after_five_attempts_and_moves_on(daemon, dovecot):
-    dv = dovecot()
+def test_failing_script_gives_up_after_five_attempts_and_moves_on(daemon, server):
+    dv = server()
     dv.seed([message(1, subject="boom"), message(2)])
     script = r"""
         fn fetched(ctx, msg) {
@@ -321,8 +331,8 @@ def test_failing_script_gives_up_after_five_attempts_and_moves_on(daemon, doveco
     assert dv.mailbox()[mid(1)] == set()  # left untouched
 
 
-def test_on_error_accept_processes_a_failing_message_without_its_actions(daemon, dovecot):
-    dv = dovecot()
+def test_on_error_accept_processes_a_failing_message_without_its_actions(daemon, server):
+    dv = server()
     dv.seed([message(1, subject="boom"), message(2)])
     scripts = {
         "10-log.rhai": LOG_SCRIPT,
@@ -375,14 +385,14 @@ def test_account_restart_during_slow_hooks_processes_each_message_once(daemon, d
     assert not twice, f"hooked more than once: {twice}"
 
 
-def test_kill_9_mid_batch_processes_every_message_exactly_once(daemon, dovecot):
+def test_kill_9_mid_batch_processes_every_message_exactly_once(daemon, server):
     """1,000 messages (5 batches); mailflow is killed with SIGKILL in the middle of the second
     batch, then restarted. Afterwards every message has had its server action exactly once
     (each Message-ID is in exactly one folder, with the flags its rule gives), and its hook
     ran once — except the one message whose hook was running at the instant of the kill,
     which may run again (the hook is code with side effects of its own; nothing can make it
     run exactly once across a crash)."""
-    dv = dovecot()
+    dv = server()
     total = 1000
     dv.seed([message(n, subject=f"n{n}") for n in range(total)])
     script = r"""
@@ -461,8 +471,8 @@ def test_missing_folder_is_retried_with_backoff(daemon, dovecot):
     wait_processed(d, ids(1), timeout=20)
 
 
-def test_pollers_reconnect_after_dovecot_restart(daemon, dovecot):
-    dv = dovecot(users={"me": "secret", "popper": "pw"})
+def test_pollers_reconnect_after_dovecot_restart(daemon, server):
+    dv = server(users={"me": "secret", "popper": "pw"})
     d = start(
         daemon,
         dv,
@@ -527,8 +537,8 @@ def pop_ids(dv, user="me"):
     raise AssertionError("POP3 listing kept changing")
 
 
-def test_pop3_without_delete_after_fetch(daemon, dovecot):
-    dv = dovecot()
+def test_pop3_without_delete_after_fetch(daemon, server):
+    dv = server()
     dv.seed([message(1), message(2, subject="remove"), message(3)])
     d = start(daemon, dv, {"10.rhai": POP_SCRIPT}, [dv.account(protocol="pop3")])
     wait_processed(d, ids(1, 2, 3))
@@ -551,8 +561,8 @@ def test_pop3_without_delete_after_fetch(daemon, dovecot):
     assert set(processed(d).values()) == {1}
 
 
-def test_pop3_delete_after_fetch_with_local_copy(daemon, dovecot):
-    dv = dovecot()
+def test_pop3_delete_after_fetch_with_local_copy(daemon, server):
+    dv = server()
     dv.seed([message(1), message(2, subject="file"), message(3)])
     d = start(
         daemon, dv, {"10.rhai": POP_SCRIPT}, [dv.account(protocol="pop3", delete_after_fetch=True, deliver="data/fetched")]

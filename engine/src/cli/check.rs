@@ -1,11 +1,12 @@
 //! `mailflow check`: validate the config and compile every script; print each error as
-//! `FILE:LINE:COL: message`.
+//! `FILE:LINE:COL: message`. With `--explain`, also one line per stage function: whether it
+//! runs natively (see `script::native`) or in rhai, and which construct keeps it there.
 
 use crate::config::LoadedConfig;
 use crate::script::ScriptSet;
 
 /// Returns the process exit code.
-pub fn run(config: Option<&std::path::Path>) -> i32 {
+pub fn run(config: Option<&std::path::Path>, explain: bool) -> i32 {
     let loaded = match LoadedConfig::load(config) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -40,6 +41,9 @@ pub fn run(config: Option<&std::path::Path>) -> i32 {
                 loaded.config.scripts.dir.display(),
                 if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) }
             );
+            if explain {
+                print!("{}", explanation(&set));
+            }
             0
         }
         Err(errors) => {
@@ -52,4 +56,17 @@ pub fn run(config: Option<&std::path::Path>) -> i32 {
             1
         }
     }
+}
+
+/// One line per stage function: `FILE:LINE: fn STAGE: native`, or `...: rhai: WHY`.
+fn explanation(set: &ScriptSet) -> String {
+    let mut out = String::new();
+    for (file, stage, line, refusal) in set.explain() {
+        let how = match refusal {
+            None => "native".to_string(),
+            Some(why) => format!("rhai: {why}"),
+        };
+        out.push_str(&format!("{file}:{line}: fn {stage}: {how}\n"));
+    }
+    out
 }

@@ -25,7 +25,11 @@ pub enum Command {
     /// Run the daemon (the default command).
     Run,
     /// Compile every script and validate the config.
-    Check,
+    Check {
+        /// Also say, for each stage function, whether it runs natively or in rhai, and why.
+        #[arg(long)]
+        explain: bool,
+    },
     /// Dry run: run the scripts of one stage on a message and print the verdict and every
     /// action, doing none of them.
     Test(Box<test::TestArgs>),

@@ -165,6 +165,9 @@ pub struct OutboundConfig {
     /// entry (its user name unless `relay_user` is set).
     pub relay_account: String,
     pub starttls: StartTlsPolicy,
+    /// Pins the relay's certificate: hex SHA-256 of its DER form (colons allowed). When set,
+    /// that certificate is accepted whoever signed it (a self-signed one too) and no other.
+    pub relay_cert_sha256: String,
     #[serde(with = "serde_duration_list")]
     pub retry: Vec<Duration>,
     #[serde(with = "serde_duration")]
@@ -189,6 +192,7 @@ impl Default for OutboundConfig {
             relay_password: String::new(),
             relay_account: String::new(),
             starttls: StartTlsPolicy::Opportunistic,
+            relay_cert_sha256: String::new(),
             retry: vec![minutes(1), minutes(5), minutes(15), minutes(60), minutes(240)],
             max_age: Duration::from_secs(5 * 86_400),
             forward_sender: "original".to_string(),
@@ -305,7 +309,7 @@ impl Default for StateConfig {
 
 /// The plugins compiled into this binary: the names `[plugins] enabled` may list (each has a
 /// table of its own below).
-pub const AVAILABLE_PLUGINS: [&str; 3] = ["kv", "http", "exec"];
+pub const AVAILABLE_PLUGINS: [&str; 5] = ["kv", "http", "exec", "rspamd", "spamd"];
 
 /// `[plugins]`: which compiled-in plugins scripts may use, and each one's own table.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -315,6 +319,8 @@ pub struct PluginsConfig {
     pub kv: Option<toml::Table>,
     pub http: Option<toml::Table>,
     pub exec: Option<toml::Table>,
+    pub rspamd: Option<toml::Table>,
+    pub spamd: Option<toml::Table>,
 }
 
 /// `[metrics]`: Prometheus text exposition.

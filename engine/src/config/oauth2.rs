@@ -243,8 +243,8 @@ pub fn validate_account(account: &AccountConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// `[outbound] relay_account`: an account that logs in with OAuth2, on an `smtp://` relay
-/// without other credentials.
+/// `[outbound] relay_account`: an account that logs in with OAuth2, on a relay without other
+/// credentials.
 pub fn validate_relay_account(config: &super::Config) -> Result<(), String> {
     let outbound = &config.outbound;
     let name = outbound.relay_account.as_str();
@@ -257,9 +257,12 @@ pub fn validate_relay_account(config: &super::Config) -> Result<(), String> {
     if !account.auth_method().is_oauth() {
         return Err(format!("[outbound] relay_account {name:?}: that account does not log in with OAuth2 (auth)"));
     }
-    if !outbound.relay.starts_with("smtp://") || outbound.relay.contains('@') || !outbound.relay_password.is_empty() {
+    if outbound.mode != super::OutboundMode::Relay
+        || outbound.relay.contains('@')
+        || !outbound.relay_password.is_empty()
+    {
         return Err(format!(
-            "[outbound] relay_account {name:?}: needs an smtp:// relay (STARTTLS, e.g. port 587) without a password"
+            "[outbound] relay_account {name:?}: needs mode = \"relay\" and a relay without a password"
         ));
     }
     Ok(())

@@ -13,6 +13,8 @@ pub struct RelayUrl {
     pub port: u16,
     /// From the URL (percent-decoded) or else `relay_user`/`relay_password`.
     pub credentials: Option<(String, String)>,
+    /// `relay_cert_sha256`: the SHA-256 of the only certificate the relay may present.
+    pub cert_sha256: Option<[u8; 32]>,
 }
 
 /// Parses and checks `[outbound] relay` with `relay_user`/`relay_password`; `mailflow check`
@@ -46,7 +48,26 @@ pub fn parse_relay(config: &OutboundConfig) -> Result<RelayUrl, String> {
         None if config.relay_user.is_empty() => None,
         None => Some((config.relay_user.clone(), config.relay_password.clone())),
     };
-    Ok(RelayUrl { implicit_tls, host, port, credentials })
+    let cert_sha256 = parse_pin(&config.relay_cert_sha256)?;
+    Ok(RelayUrl { implicit_tls, host, port, credentials, cert_sha256 })
+}
+
+/// `relay_cert_sha256`: 64 hex digits, upper or lower case, colons between bytes allowed (as
+/// `openssl x509 -noout -fingerprint -sha256` prints it). `None` when empty.
+pub fn parse_pin(text: &str) -> Result<Option<[u8; 32]>, String> {
+    let hex: String = text.chars().filter(|c| *c != ':' && !c.is_whitespace()).collect();
+    if hex.is_empty() {
+        return Ok(None);
+    }
+    let bad = || format!("[outbound] relay_cert_sha256 {text:?}: 64 hex digits (SHA-256 of the DER certificate)");
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut pin = [0u8; 32];
+    for (i, byte) in pin.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(Some(pin))
 }
 
 /// `url` with whatever stands before an `@` (user and password) replaced, for messages.
@@ -104,7 +125,7 @@ fn host_port(rest: &str, default: u16) -> Result<(String, u16), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{host_port, parse_relay, RelayUrl};
+    use super::{host_port, parse_pin, parse_relay, RelayUrl};
     use crate::config::OutboundConfig;
 
     fn relay(url: &str, user: &str) -> Result<RelayUrl, String> {
@@ -136,6 +157,17 @@ mod tests {
         assert!(!shown.contains("secret") && shown.contains("smtp.example"), "{shown}");
         assert!(relay("foo://smtp.example", "").is_err());
         assert!(relay("smtp://", "").is_err());
+    }
+
+    #[test]
+    fn certificate_pins() {
+        let hex = "ab".repeat(32);
+        assert_eq!(parse_pin(&hex).unwrap(), Some([0xab; 32]));
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(parse_pin(&colons).unwrap(), Some([0xab; 32]));
+        assert_eq!(parse_pin("").unwrap(), None);
+        assert!(parse_pin(&"ab".repeat(31)).is_err());
+        assert!(parse_pin(&"zz".repeat(32)).is_err());
     }
 
     #[test]

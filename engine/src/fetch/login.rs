@@ -16,8 +16,7 @@ use std::time::Duration;
 use async_imap::Client;
 use tokio::sync::watch;
 
-use super::imap::{timed, ImapError, ImapSession, COMMAND_TIMEOUT};
-use super::net::ClientStream;
+use super::imap::{timed, ImapError, ImapSession, ImapStream, COMMAND_TIMEOUT};
 use super::FetchDeps;
 use crate::config::{AccountConfig, AuthMethod};
 use crate::oauth2::source::first_line_of;
@@ -110,7 +109,7 @@ pub async fn password(account: &AccountConfig) -> Result<String, String> {
 
 /// LOGIN, or AUTHENTICATE with the account's OAuth2 mechanism, on a greeted connection.
 pub(super) async fn imap(
-    client: Client<ClientStream>,
+    client: Client<ImapStream>,
     account: &AccountConfig,
     port: u16,
     secret: &str,

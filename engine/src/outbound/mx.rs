@@ -1,11 +1,14 @@
 //! Direct delivery's routing: MX records ordered by preference, equal preferences shuffled,
-//! the domain itself when there is no MX (RFC 5321 §5.1), and a null MX (RFC 7505) as a
-//! permanent failure.
+//! the domain itself when there is no MX (RFC 5321 §5.1), and a null MX (RFC 7505) or a
+//! domain that does not exist (NXDOMAIN) as a permanent failure. SERVFAIL, REFUSED and
+//! timeouts are temporary: the DNS may be fixed before the message expires.
 
 use std::net::{IpAddr, SocketAddr};
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use rand::seq::SliceRandom;
@@ -20,8 +23,11 @@ pub struct MxRecord {
 /// Why no host could be chosen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    #[error("domain {0} accepts no mail (null MX, RFC 7505)")]
+    #[error("5.1.10 domain {0} accepts no mail (null MX, RFC 7505)")]
     NullMx(String),
+    /// The DNS answered that the domain does not exist: a typo no retry will fix.
+    #[error("5.1.2 domain {0} does not exist (DNS: NXDOMAIN, host or domain name not found)")]
+    NoSuchDomain(String),
     #[error("DNS lookup for {domain} failed: {message}")]
     Dns { domain: String, message: String },
 }
@@ -47,6 +53,13 @@ pub struct MxResolver {
     resolver: TokioResolver,
 }
 
+impl RouteError {
+    /// Whether retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, RouteError::NullMx(_) | RouteError::NoSuchDomain(_))
+    }
+}
+
 impl MxResolver {
     pub fn new(dns_server: Option<SocketAddr>) -> Result<MxResolver, String> {
         let resolver = match dns_server {
@@ -64,7 +77,9 @@ impl MxResolver {
         Ok(MxResolver { resolver })
     }
 
-    /// MX records of `domain`; empty when the domain has none (NXDOMAIN or no MX answer).
+    /// MX records of `domain`; empty when the domain exists but has none. NXDOMAIN is
+    /// [`RouteError::NoSuchDomain`]; any other failure (SERVFAIL, REFUSED, timeout) a
+    /// temporary [`RouteError::Dns`].
     pub async fn records(&self, domain: &str) -> Result<Vec<MxRecord>, RouteError> {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));
         match self.resolver.mx_lookup(fqdn.as_str()).await {
@@ -79,7 +94,10 @@ impl MxResolver {
                     _ => None,
                 })
                 .collect()),
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+            Err(e) if e.is_nx_domain() => Err(RouteError::NoSuchDomain(domain.to_string())),
+            Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords {
+                response_code: ResponseCode::NoError, ..
+            }))) => Ok(Vec::new()),
             Err(e) => Err(RouteError::Dns { domain: domain.to_string(), message: e.to_string() }),
         }
     }

@@ -1,6 +1,8 @@
 //! Outbound SMTP connections: opened by us with TCP_NODELAY (lettre's own transport never sets
 //! it, so the 5-byte end of DATA waited ~40 ms for a delayed ACK on every message), driven by
-//! lettre's SMTP client, and kept for reuse per destination.
+//! lettre's SMTP client, and kept for reuse per destination. A pinned certificate
+//! (`relay_cert_sha256`) replaces the CA and name checks: the handshake still proves the peer
+//! holds the certificate's key, and the certificate is compared before AUTH or any mail.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,6 +31,8 @@ pub enum StartTls {
         verify: bool,
     },
     Required,
+    /// TLS from the first byte (`smtps://`), certificate checked.
+    Implicit,
 }
 
 /// Where to send and how.
@@ -43,6 +47,8 @@ pub struct Destination {
     pub credentials: Option<Credentials>,
     /// `AUTH XOAUTH2` with a fresh token per connection (`[outbound] relay_account`).
     pub oauth2: Option<std::sync::Arc<crate::oauth2::relay::RelayLogin>>,
+    /// The SHA-256 of the only certificate accepted (`relay_cert_sha256`).
+    pub cert_sha256: Option<[u8; 32]>,
 }
 
 impl Destination {
@@ -132,11 +138,6 @@ impl Pool {
     /// `Err((error, true))` when the TLS set-up was what failed.
     async fn connect_as(&self, d: &Destination, starttls: StartTls) -> Result<AsyncSmtpConnection, (SendError, bool)> {
         let target = format!("{}:{}", d.host, d.port);
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((d.host.as_str(), d.port)))
-            .await
-            .map_err(|_| (SendError::transient(format!("connecting to {target} timed out")), false))?
-            .map_err(|e| (SendError::transient(format!("connecting to {target}: {e}")), false))?;
-        let _ = tcp.set_nodelay(true);
         let smtp_error = |e: lettre::transport::smtp::Error| {
             let error =
                 if e.is_permanent() { SendError::from_smtp(e) } else { SendError::transient(format!("{target}: {e}")) };
@@ -144,13 +145,33 @@ impl Pool {
         };
         // A failed TLS set-up is never permanent: the message waits for the peer to be fixed
         // rather than bouncing on a certificate or a missing STARTTLS.
+        let label = if matches!(starttls, StartTls::Implicit) { "TLS" } else { "STARTTLS" };
         let tls_failed =
-            |e: lettre::transport::smtp::Error| (SendError::transient(format!("{target}: STARTTLS: {e}")), true);
+            |e: lettre::transport::smtp::Error| (SendError::transient(format!("{target}: {label}: {e}")), true);
+        // A pin replaces the CA and name checks; opportunistic TLS towards MX hosts has neither.
+        let verify = !matches!(starttls, StartTls::Opportunistic { verify: false }) && d.cert_sha256.is_none();
+        let tls_parameters = || {
+            TlsParameters::builder(d.tls_name.clone())
+                .dangerous_accept_invalid_certs(!verify)
+                .dangerous_accept_invalid_hostnames(!verify)
+                .build_rustls()
+        };
         let setup = async {
-            let mut conn =
-                AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await.map_err(smtp_error)?;
+            let mut conn = if matches!(starttls, StartTls::Implicit) {
+                let params = tls_parameters().map_err(tls_failed)?;
+                let server = (d.host.as_str(), d.port);
+                AsyncSmtpConnection::connect_tokio1(server, Some(CONNECT_TIMEOUT), &self.hello, Some(params), None)
+                    .await
+                    .map_err(|e| if e.is_permanent() { smtp_error(e) } else { tls_failed(e) })?
+            } else {
+                let tcp = tokio::net::TcpStream::connect((d.host.as_str(), d.port))
+                    .await
+                    .map_err(|e| (SendError::transient(format!("connecting to {target}: {e}")), false))?;
+                let _ = tcp.set_nodelay(true);
+                AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await.map_err(smtp_error)?
+            };
             let use_tls = match starttls {
-                StartTls::Never => false,
+                StartTls::Never | StartTls::Implicit => false,
                 StartTls::Opportunistic { .. } => conn.can_starttls(),
                 StartTls::Required if !conn.can_starttls() => {
                     conn.abort().await;
@@ -160,16 +181,20 @@ impl Pool {
                 StartTls::Required => true,
             };
             if use_tls {
-                let verify = !matches!(starttls, StartTls::Opportunistic { verify: false });
-                let params = TlsParameters::builder(d.tls_name.clone())
-                    .dangerous_accept_invalid_certs(!verify)
-                    .dangerous_accept_invalid_hostnames(!verify)
-                    .build_rustls()
-                    .map_err(tls_failed)?;
+                let params = tls_parameters().map_err(tls_failed)?;
                 conn.starttls(params, &self.hello).await.map_err(tls_failed)?;
             }
+            if let Some(pin) = &d.cert_sha256 {
+                if let Err(error) = check_pin(&conn, pin, &target) {
+                    conn.abort().await;
+                    return Err((error, false));
+                }
+            }
             if let Some(credentials) = &d.credentials {
-                conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(smtp_error)?;
+                if let Err(e) = conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await {
+                    conn.abort().await;
+                    return Err((login_refused(&target, &e).unwrap_or_else(|| smtp_error(e).0), false));
+                }
             }
             if let Some(login) = &d.oauth2 {
                 // A refused or unobtainable token is the operator's problem: the mail waits.
@@ -186,7 +211,7 @@ impl Pool {
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
             Ok(result) => result,
-            Err(_) => Err((SendError::transient(format!("{target}: greeting or EHLO timed out")), false)),
+            Err(_) => Err((SendError::transient(format!("{target}: connecting, greeting or EHLO timed out")), false)),
         }
     }
 
@@ -205,6 +230,44 @@ impl Pool {
             list.push(conn);
         }
     }
+}
+
+/// The connection's certificate against the pin: a mismatch (or no TLS at all) is a
+/// temporary failure, logged as an error naming the relay and both fingerprints.
+fn check_pin(conn: &AsyncSmtpConnection, pin: &[u8; 32], relay: &str) -> Result<(), SendError> {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let got = match conn.peer_certificate() {
+        Ok(der) => ring::digest::digest(&ring::digest::SHA256, &der),
+        Err(e) => {
+            let message =
+                format!("{relay}: relay_cert_sha256 is set but the connection has no certificate ({e}): is TLS on?");
+            tracing::error!(relay, "{message}");
+            return Err(SendError::transient(message));
+        }
+    };
+    if got.as_ref() == pin {
+        return Ok(());
+    }
+    let message = format!(
+        "{relay}: the relay's certificate (SHA-256 {}) is not the pinned one (relay_cert_sha256 {})",
+        hex(got.as_ref()),
+        hex(pin)
+    );
+    tracing::error!(relay, "{message}");
+    Err(SendError::transient(message))
+}
+
+/// A refused relay login (530, 534, 535, 538) as a temporary failure, logged as an error that
+/// names the relay: wrong or rotated credentials are the operator's to fix, and bouncing every
+/// queued message meanwhile would lose the mail's trail (Postfix's
+/// `smtp_sasl_auth_soft_bounce = yes`). `None` for any other error.
+pub(super) fn login_refused(relay: &str, e: &lettre::transport::smtp::Error) -> Option<SendError> {
+    let code = e.status()?.to_string();
+    if !matches!(code.as_str(), "530" | "534" | "535" | "538") {
+        return None;
+    }
+    tracing::error!(relay, error = %e, "the relay refused the login: check relay_user and relay_password; mail stays queued");
+    Some(SendError::transient(format!("relay {relay} refused the login: {e}")))
 }
 
 /// Why a streamed transaction did not go through.

@@ -3,24 +3,15 @@
 //! CRLF line ends) and an explicit envelope, so nothing is re-encoded.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
-use lettre::transport::smtp::PoolConfig;
-use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::Address;
 
 use super::mx::{self, MxResolver};
 use super::pool::{Destination, Pool, StartTls};
 use crate::config::relay::{parse_relay, RelayUrl};
 use crate::config::{OutboundConfig, OutboundMode, StartTlsPolicy};
-
-type Smtp = AsyncSmtpTransport<Tokio1Executor>;
-
-/// Per-command timeout towards remote servers.
-const SMTP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A failed attempt: permanent (5xx, null MX, bad address) or worth retrying.
 #[derive(Debug, Clone)]
@@ -38,6 +29,10 @@ impl SendError {
         SendError { permanent: true, message: message.into() }
     }
 
+    pub(super) fn from_route(e: &mx::RouteError) -> SendError {
+        SendError { permanent: e.is_permanent(), message: e.to_string() }
+    }
+
     pub(super) fn from_smtp(e: lettre::transport::smtp::Error) -> SendError {
         SendError { permanent: e.is_permanent(), message: e.to_string() }
     }
@@ -45,9 +40,7 @@ impl SendError {
 
 /// Where outbound mail goes.
 pub enum Transport {
-    /// `smtps://`: lettre's own transport (implicit TLS from the first byte).
-    RelayImplicitTls(Box<Smtp>),
-    /// `smtp://`: our pooled connections.
+    /// `smtp://` or `smtps://`: our pooled connections.
     Relay(Box<(Pool, Destination)>),
     Mx(Box<MxTransport>),
 }
@@ -100,14 +93,11 @@ impl Transport {
         let envelope = Envelope::new(from, vec![to]).map_err(|e| SendError::permanent(e.to_string()))?;
         let message = wire_body(message);
         match self {
-            Transport::RelayImplicitTls(smtp) => {
-                smtp.send_raw(&envelope, message).await.map(|_| ()).map_err(SendError::from_smtp)
-            }
             Transport::Relay(relay) => relay.0.send(&relay.1, &envelope, message).await,
             Transport::Mx(mx_transport_state) => {
                 let MxTransport { resolver, port, pool, starttls } = mx_transport_state.as_ref();
                 let domain = rcpt.rsplit_once('@').map_or(rcpt, |(_, d)| d);
-                let records = resolver.records(domain).await.map_err(|e| SendError::transient(e.to_string()))?;
+                let records = resolver.records(domain).await.map_err(|e| SendError::from_route(&e))?;
                 let hosts = mx::plan(domain, records).map_err(|e| SendError::permanent(e.to_string()))?;
                 let mut last = SendError::transient(format!("no usable MX host for {domain}"));
                 for host in hosts {
@@ -127,6 +117,7 @@ impl Transport {
                             starttls: *starttls,
                             credentials: None,
                             oauth2: None,
+                            cert_sha256: None,
                         };
                         match pool.send(&destination, &envelope, message).await {
                             Ok(()) => return Ok(()),
@@ -154,8 +145,7 @@ fn wire_body(message: &[u8]) -> &[u8] {
 }
 
 impl Transport {
-    /// Makes the `smtp://` relay log in with XOAUTH2 (`[outbound] relay_account`; the config
-    /// check allows it only there).
+    /// Makes the relay log in with XOAUTH2 (`[outbound] relay_account`).
     pub fn with_relay_login(mut self, login: Option<std::sync::Arc<crate::oauth2::relay::RelayLogin>>) -> Transport {
         if let (Transport::Relay(relay), Some(login)) = (&mut self, login) {
             relay.1.oauth2 = Some(login);
@@ -165,28 +155,17 @@ impl Transport {
 }
 
 fn relay(config: &OutboundConfig, hostname: &str) -> Result<Transport, String> {
-    let RelayUrl { implicit_tls, host, port, credentials } = parse_relay(config)?;
+    let RelayUrl { implicit_tls, host, port, credentials, cert_sha256 } = parse_relay(config)?;
     let credentials = credentials.map(|(user, password)| Credentials::new(user, password));
-    if !implicit_tls {
-        let starttls = match config.starttls {
-            StartTlsPolicy::Never => StartTls::Never,
-            StartTlsPolicy::Opportunistic => StartTls::Opportunistic { verify: true },
-            StartTlsPolicy::Required => StartTls::Required,
-        };
-        let destination = Destination { host: host.clone(), port, tls_name: host, starttls, credentials, oauth2: None };
-        return Ok(Transport::Relay(Box::new((Pool::new(hostname), destination))));
-    }
-    let params = TlsParameters::new_rustls(host.clone()).map_err(|e| format!("[outbound] relay TLS: {e}"))?;
-    let mut builder = Smtp::builder_dangerous(host.as_str())
-        .port(port)
-        .tls(Tls::Wrapper(params))
-        .timeout(Some(SMTP_TIMEOUT))
-        .hello_name(ClientId::Domain(hostname.to_string()))
-        .pool_config(PoolConfig::new().max_size(10));
-    if let Some(credentials) = credentials {
-        builder = builder.credentials(credentials);
-    }
-    Ok(Transport::RelayImplicitTls(Box::new(builder.build())))
+    let starttls = match config.starttls {
+        _ if implicit_tls => StartTls::Implicit,
+        StartTlsPolicy::Never => StartTls::Never,
+        StartTlsPolicy::Opportunistic => StartTls::Opportunistic { verify: true },
+        StartTlsPolicy::Required => StartTls::Required,
+    };
+    let destination =
+        Destination { host: host.clone(), port, tls_name: host, starttls, credentials, cert_sha256, oauth2: None };
+    Ok(Transport::Relay(Box::new((Pool::new(hostname), destination))))
 }
 
 #[cfg(test)]

@@ -1,10 +1,9 @@
-//! The script API (docs/scripting.md), registered into the rhai engine: the `ctx` and `msg` types and
-//! their getters, the verdict functions and the actions. Full reference with examples:
-//! `docs/scripting.md`.
+//! The script API (docs/scripting.md): the `ctx` and `msg` getters, the verdict functions and
+//! the actions, each with its doc example. What is registered into rhai, and what the native
+//! tier may run, is the list in [`super::catalog`]; [`register`] registers that list.
 //!
 //! Longer than the usual file on purpose: every script function is here with its doc example
-//! (each compiled by `tests/integration/test_docs.py`), so the registration list and what it
-//! registers read as one table.
+//! (each compiled by `tests/integration/test_docs.py`).
 //!
 //! Security: every value a script hands back is checked here (header names and values,
 //! addresses, folder names, reply codes) before it becomes an [`Action`] or a [`Verdict`], so a
@@ -12,46 +11,29 @@
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 
-use super::context::ScriptCtx;
+use super::catalog::ENTRIES;
+use super::context::{Context, ScriptCtx};
 use super::decision::{Action, ReplySpec, Stage, VacationSpec, Verdict};
 use super::sandbox;
 use crate::message::headers;
 use crate::message::MessageView;
 use crate::proto::address::parse_mailbox;
 
-type FnResult<T> = Result<T, Box<EvalAltResult>>;
+pub(crate) type FnResult<T> = Result<T, Box<EvalAltResult>>;
 
 fn err<T>(message: impl Into<String>) -> FnResult<T> {
     Err(message.into().into())
 }
 
-fn strings(values: &[String]) -> Array {
-    values.iter().map(|v| Dynamic::from(ImmutableString::from(v.as_str()))).collect()
-}
-
-/// The setter of a read-only list property: accepts only the value the property already holds.
-/// After a method call on a property (`ctx.recipients.len()`), rhai writes the value back
-/// through the property's setter; with no setter it builds and drops two formatted errors
-/// each time (≈ 3.5 k instructions, twice per message for the benchmark's rules). Assigning a
-/// different list is refused as before.
-fn unchanged_strings(name: &str, current: &[String], new: &Array) -> FnResult<()> {
-    let same = current.len() == new.len()
-        && current.iter().zip(new).all(|(c, n)| n.as_immutable_string_ref().is_ok_and(|n| n.as_str() == c));
-    if same {
-        Ok(())
-    } else {
-        Err(EvalAltResult::ErrorDotExpr(format!("{name} is read-only"), rhai::Position::NONE).into())
-    }
-}
-
-/// Registers the whole API into `engine`.
+/// Registers the whole API into `engine`: the types, then every entry of the catalog
+/// ([`super::catalog`]), which is the one list of what scripts can call.
 pub fn register(engine: &mut Engine) {
-    register_ctx(engine);
-    register_msg(engine);
-    register_verdicts(engine);
-    engine.register_fn("log", log_text);
-    engine.register_fn("log", log_value);
-    engine.register_fn("log", log_float);
+    engine.register_type_with_name::<ScriptCtx>("Ctx");
+    engine.register_type_with_name::<MessageView>("Msg");
+    engine.register_type_with_name::<Verdict>("Verdict");
+    for entry in ENTRIES {
+        entry.register(engine);
+    }
     engine.on_print(sandbox::log_line);
     engine.on_debug(|text, _, _| sandbox::log_line(text));
 }
@@ -76,6 +58,10 @@ fn log_value(value: Dynamic) {
     sandbox::log_line(&value.to_string());
 }
 
+pub(crate) fn register_log_value(engine: &mut Engine) {
+    engine.register_fn("log", log_value);
+}
+
 /// `log(number)` for floating-point numbers. rhai's standard library also has a `log(x)`
 /// (base-10 logarithm) that would otherwise win for floats and silently log nothing; here
 /// `log` always logs (`log(x, 10.0)` and `ln(x)` remain for logarithms).
@@ -87,37 +73,22 @@ fn log_float(value: rhai::FLOAT) {
     sandbox::log_line(&value.to_string());
 }
 
+pub(crate) fn register_log_float(engine: &mut Engine) {
+    engine.register_fn("log", log_float);
+}
+
 // --- ctx --------------------------------------------------------------------------------------
 
-/// `ctx`: the read-only getters (docs/scripting.md) (strings, "" where a field does not apply at the
-/// stage), plus the recipient actions.
-fn register_ctx(engine: &mut Engine) {
-    engine.register_type_with_name::<ScriptCtx>("Ctx");
-    engine.register_get("remote_ip", ctx_remote_ip);
-    engine.register_get("helo", ctx_helo);
-    engine.register_get("tls", ctx_tls);
-    engine.register_get("auth_user", ctx_auth_user);
-    engine.register_get("sender", ctx_sender);
-    engine.register_get("rcpt", ctx_rcpt);
-    engine.register_get("recipients", ctx_recipients);
-    engine.register_set("recipients", |c: &mut ScriptCtx, v: Array| {
-        unchanged_strings("ctx.recipients", &c.0.recipients, &v)
-    });
-    engine.register_get("account", ctx_account);
-    engine.register_get("protocol", ctx_protocol);
-    engine.register_get("mailbox", ctx_mailbox);
-    engine.register_get("uid", ctx_uid);
-    engine.register_fn("add_rcpt", ctx_add_rcpt);
-    engine.register_fn("remove_rcpt", ctx_remove_rcpt);
-}
+// `ctx`: the read-only getters (strings, "" where a field does not apply at the stage), plus
+// the recipient actions.
 
 /// `ctx.remote_ip`: the SMTP client's address, e.g. `"192.0.2.7"` or `"2001:db8::7"`.
 ///
 /// ```rhai
 /// fn connect(ctx) { if ctx.remote_ip.starts_with("192.0.2.") { return reject("5.7.1 blocked"); } }
 /// ```
-fn ctx_remote_ip(c: &mut ScriptCtx) -> ImmutableString {
-    c.0.remote_ip.as_str().into()
+pub(crate) fn ctx_remote_ip(c: &Context) -> &str {
+    &c.remote_ip
 }
 
 /// `ctx.helo`: the name the client gave in HELO/EHLO ("" at `connect`).
@@ -125,8 +96,8 @@ fn ctx_remote_ip(c: &mut ScriptCtx) -> ImmutableString {
 /// ```rhai
 /// fn helo(ctx) { if ctx.helo == "localhost" { return reject("5.7.1 you are not localhost"); } }
 /// ```
-fn ctx_helo(c: &mut ScriptCtx) -> ImmutableString {
-    c.0.helo.as_str().into()
+pub(crate) fn ctx_helo(c: &Context) -> &str {
+    &c.helo
 }
 
 /// `ctx.tls`: whether the session is encrypted (STARTTLS or implicit TLS).
@@ -134,8 +105,8 @@ fn ctx_helo(c: &mut ScriptCtx) -> ImmutableString {
 /// ```rhai
 /// fn mail_from(ctx) { if !ctx.tls { log("plain-text session from " + ctx.remote_ip); } }
 /// ```
-fn ctx_tls(c: &mut ScriptCtx) -> bool {
-    c.0.tls
+pub(crate) fn ctx_tls(c: &Context) -> bool {
+    c.tls
 }
 
 /// `ctx.auth_user`: the user the client authenticated as ("" when it did not).
@@ -143,8 +114,8 @@ fn ctx_tls(c: &mut ScriptCtx) -> bool {
 /// ```rhai
 /// fn mail_from(ctx) { if ctx.auth_user == "" && ctx.sender.ends_with("@example.org") { return reject(); } }
 /// ```
-fn ctx_auth_user(c: &mut ScriptCtx) -> ImmutableString {
-    c.0.auth_user.as_str().into()
+pub(crate) fn ctx_auth_user(c: &Context) -> &str {
+    &c.auth_user
 }
 
 /// `ctx.sender`: the envelope sender (MAIL FROM), "" for the null sender (bounces).
@@ -152,8 +123,8 @@ fn ctx_auth_user(c: &mut ScriptCtx) -> ImmutableString {
 /// ```rhai
 /// fn mail_from(ctx) { if ctx.sender.ends_with("@spam.example") { return reject(); } }
 /// ```
-fn ctx_sender(c: &mut ScriptCtx) -> ImmutableString {
-    c.0.sender.as_str().into()
+pub(crate) fn ctx_sender(c: &Context) -> &str {
+    &c.sender
 }
 
 /// `ctx.rcpt`: the recipient being checked, in `rcpt_to` ("" elsewhere).
@@ -161,8 +132,8 @@ fn ctx_sender(c: &mut ScriptCtx) -> ImmutableString {
 /// ```rhai
 /// fn rcpt_to(ctx) { if ctx.rcpt == "old@example.org" { return reject("5.1.1 gone"); } }
 /// ```
-fn ctx_rcpt(c: &mut ScriptCtx) -> ImmutableString {
-    c.0.rcpt.as_str().into()
+pub(crate) fn ctx_rcpt(c: &Context) -> &str {
+    &c.rcpt
 }
 
 /// `ctx.recipients`: the envelope recipients accepted so far (all of them at `data`).
@@ -170,8 +141,8 @@ fn ctx_rcpt(c: &mut ScriptCtx) -> ImmutableString {
 /// ```rhai
 /// fn data(ctx, msg) { if ctx.recipients.len() > 10 { return reject("5.5.3 too many recipients"); } }
 /// ```
-fn ctx_recipients(c: &mut ScriptCtx) -> Array {
-    strings(&c.0.recipients)
+pub(crate) fn ctx_recipients(c: &Context) -> &[String] {
+    &c.recipients
 }
 
 /// `ctx.account`: the poller account's `name` from the config, in `fetched`.
@@ -179,8 +150,8 @@ fn ctx_recipients(c: &mut ScriptCtx) -> Array {
 /// ```rhai
 /// fn fetched(ctx, msg) { if ctx.account == "work" { msg.file_into("Work"); } }
 /// ```
-fn ctx_account(c: &mut ScriptCtx) -> ImmutableString {
-    c.0.account.as_str().into()
+pub(crate) fn ctx_account(c: &Context) -> &str {
+    &c.account
 }
 
 /// `ctx.protocol`: `"imap"` or `"pop3"`, in `fetched`.
@@ -188,8 +159,8 @@ fn ctx_account(c: &mut ScriptCtx) -> ImmutableString {
 /// ```rhai
 /// fn fetched(ctx, msg) { if ctx.protocol == "pop3" { msg.delete(); } }
 /// ```
-fn ctx_protocol(c: &mut ScriptCtx) -> ImmutableString {
-    c.0.protocol.as_str().into()
+pub(crate) fn ctx_protocol(c: &Context) -> &str {
+    &c.protocol
 }
 
 /// `ctx.mailbox`: the IMAP mailbox the message was fetched from, in `fetched`.
@@ -197,8 +168,8 @@ fn ctx_protocol(c: &mut ScriptCtx) -> ImmutableString {
 /// ```rhai
 /// fn fetched(ctx, msg) { if ctx.mailbox == "INBOX" { msg.mark_seen(); } }
 /// ```
-fn ctx_mailbox(c: &mut ScriptCtx) -> ImmutableString {
-    c.0.mailbox.as_str().into()
+pub(crate) fn ctx_mailbox(c: &Context) -> &str {
+    &c.mailbox
 }
 
 /// `ctx.uid`: the message's IMAP UID or POP3 UIDL, in `fetched`.
@@ -206,8 +177,8 @@ fn ctx_mailbox(c: &mut ScriptCtx) -> ImmutableString {
 /// ```rhai
 /// fn fetched(ctx, msg) { log("fetched " + ctx.mailbox + "/" + ctx.uid); }
 /// ```
-fn ctx_uid(c: &mut ScriptCtx) -> ImmutableString {
-    c.0.uid.as_str().into()
+pub(crate) fn ctx_uid(c: &Context) -> &str {
+    &c.uid
 }
 
 /// `ctx.add_rcpt(addr)`: adds an envelope recipient (`rcpt_to` and `data`). The address is
@@ -244,50 +215,16 @@ fn envelope_stage(what: &str) -> FnResult<()> {
 
 // --- msg: getters -----------------------------------------------------------------------------
 
-/// `msg`: lazily parsed getters (the message is parsed once, on first use) and the message
-/// actions. Getters always show the message as it arrived: edits apply after the hook.
-fn register_msg(engine: &mut Engine) {
-    engine.register_type_with_name::<MessageView>("Msg");
-    engine.register_get("subject", msg_subject);
-    engine.register_get("from", msg_from);
-    engine.register_get("to", msg_to);
-    engine.register_set("to", |m: &mut MessageView, v: Array| unchanged_strings("msg.to", m.to(), &v));
-    engine.register_get("cc", msg_cc);
-    engine.register_set("cc", |m: &mut MessageView, v: Array| unchanged_strings("msg.cc", m.cc(), &v));
-    engine.register_get("date", msg_date);
-    engine.register_get("message_id", msg_message_id);
-    engine.register_get("body_text", msg_body_text);
-    engine.register_get("body_html", msg_body_html);
-    engine.register_get("size", msg_size);
-    engine.register_get("raw", msg_raw);
-    engine.register_get("flags", msg_flags);
-    engine.register_set("flags", |m: &mut MessageView, v: Array| unchanged_strings("msg.flags", m.flags(), &v));
-    engine.register_get("attachments", msg_attachments);
-    engine.register_fn("header", msg_header);
-    engine.register_fn("headers", msg_headers);
-    engine.register_fn("has_header", msg_has_header);
-
-    engine.register_fn("set_header", msg_set_header);
-    engine.register_fn("add_header", msg_add_header);
-    engine.register_fn("remove_header", msg_remove_header);
-    engine.register_fn("set_subject", msg_set_subject);
-    engine.register_fn("file_into", msg_file_into);
-    engine.register_fn("forward", msg_forward);
-    engine.register_fn("redirect", msg_redirect);
-    engine.register_fn("reply", msg_reply);
-    engine.register_fn("vacation", msg_vacation);
-    engine.register_fn("flag", msg_flag);
-    engine.register_fn("mark_seen", msg_mark_seen);
-    engine.register_fn("delete", msg_delete);
-}
+// `msg`: lazily parsed getters (the message is parsed once, on first use) and the message
+// actions. Getters always show the message as it arrived: edits apply after the hook.
 
 /// `msg.subject`: the Subject, RFC 2047 decoded ("" if none).
 ///
 /// ```rhai
 /// fn data(ctx, msg) { if msg.subject.to_lower().contains("invoice") { msg.file_into("Invoices"); } }
 /// ```
-fn msg_subject(m: &mut MessageView) -> ImmutableString {
-    m.subject().into()
+pub(crate) fn msg_subject(m: &MessageView) -> &str {
+    m.subject()
 }
 
 /// `msg.from`: the address of the From header, "" if none.
@@ -295,8 +232,8 @@ fn msg_subject(m: &mut MessageView) -> ImmutableString {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.from == "boss@example.org" { msg.flag("\\Flagged"); } }
 /// ```
-fn msg_from(m: &mut MessageView) -> ImmutableString {
-    m.from().into()
+pub(crate) fn msg_from(m: &MessageView) -> &str {
+    m.from()
 }
 
 /// `msg.to`: the addresses of the To header (array of strings).
@@ -304,8 +241,8 @@ fn msg_from(m: &mut MessageView) -> ImmutableString {
 /// ```rhai
 /// fn data(ctx, msg) { if !("me@example.org" in msg.to) { msg.file_into("Bcc"); } }
 /// ```
-fn msg_to(m: &mut MessageView) -> Array {
-    strings(m.to())
+pub(crate) fn msg_to(m: &MessageView) -> &[String] {
+    m.to()
 }
 
 /// `msg.cc`: the addresses of the Cc header (array of strings).
@@ -313,8 +250,8 @@ fn msg_to(m: &mut MessageView) -> Array {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.cc.len() > 20 { msg.file_into("Crowds"); } }
 /// ```
-fn msg_cc(m: &mut MessageView) -> Array {
-    strings(m.cc())
+pub(crate) fn msg_cc(m: &MessageView) -> &[String] {
+    m.cc()
 }
 
 /// `msg.date`: the Date header as RFC 3339 (`"2026-11-23T10:00:00Z"`), "" if none or invalid.
@@ -322,8 +259,8 @@ fn msg_cc(m: &mut MessageView) -> Array {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.date == "" { msg.add_header("X-No-Date", "yes"); } }
 /// ```
-fn msg_date(m: &mut MessageView) -> ImmutableString {
-    m.date().into()
+pub(crate) fn msg_date(m: &MessageView) -> &str {
+    m.date()
 }
 
 /// `msg.message_id`: the Message-ID without angle brackets, "" if none.
@@ -331,8 +268,8 @@ fn msg_date(m: &mut MessageView) -> ImmutableString {
 /// ```rhai
 /// fn data(ctx, msg) { log("id " + msg.message_id); }
 /// ```
-fn msg_message_id(m: &mut MessageView) -> ImmutableString {
-    m.message_id().into()
+pub(crate) fn msg_message_id(m: &MessageView) -> &str {
+    m.message_id()
 }
 
 /// `msg.body_text`: the first text/plain part, decoded (converted from HTML when the message
@@ -345,6 +282,10 @@ fn msg_body_text(m: &mut MessageView) -> String {
     m.body().text.clone()
 }
 
+pub(crate) fn register_body_text(engine: &mut Engine) {
+    engine.register_get("body_text", msg_body_text);
+}
+
 /// `msg.body_html`: the first text/html part, decoded ("" when there is none).
 ///
 /// ```rhai
@@ -354,12 +295,16 @@ fn msg_body_html(m: &mut MessageView) -> String {
     m.body().html.clone()
 }
 
+pub(crate) fn register_body_html(engine: &mut Engine) {
+    engine.register_get("body_html", msg_body_html);
+}
+
 /// `msg.size`: the message size in bytes, as received.
 ///
 /// ```rhai
 /// fn data(ctx, msg) { if msg.size > 10_000_000 { msg.file_into("Large"); } }
 /// ```
-fn msg_size(m: &mut MessageView) -> i64 {
+pub(crate) fn msg_size(m: &MessageView) -> i64 {
     i64::try_from(m.size()).unwrap_or(i64::MAX)
 }
 
@@ -372,13 +317,17 @@ fn msg_raw(m: &mut MessageView) -> String {
     String::from_utf8_lossy(m.raw()).into_owned()
 }
 
+pub(crate) fn register_raw(engine: &mut Engine) {
+    engine.register_get("raw", msg_raw);
+}
+
 /// `msg.flags`: the IMAP flags the server reported, in `fetched` (empty elsewhere).
 ///
 /// ```rhai
 /// fn fetched(ctx, msg) { if "\\Seen" in msg.flags { return; } }
 /// ```
-fn msg_flags(m: &mut MessageView) -> Array {
-    strings(m.flags())
+pub(crate) fn msg_flags(m: &MessageView) -> &[String] {
+    m.flags()
 }
 
 /// `msg.attachments`: array of `#{name, content_type, size}` maps.
@@ -402,12 +351,16 @@ fn msg_attachments(m: &mut MessageView) -> Array {
         .collect()
 }
 
+pub(crate) fn register_attachments(engine: &mut Engine) {
+    engine.register_get("attachments", msg_attachments);
+}
+
 /// `msg.header(name)`: the first value of a header (any case), unfolded; "" if absent.
 ///
 /// ```rhai
 /// fn data(ctx, msg) { if msg.header("X-Spam-Flag") == "YES" { msg.file_into("Junk"); } }
 /// ```
-fn msg_header(m: &mut MessageView, name: &str) -> String {
+pub(crate) fn msg_header(m: &MessageView, name: &str) -> String {
     m.header(name)
 }
 
@@ -416,8 +369,8 @@ fn msg_header(m: &mut MessageView, name: &str) -> String {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.headers("Received").len() > 30 { return reject("5.4.6 loop?"); } }
 /// ```
-fn msg_headers(m: &mut MessageView, name: &str) -> Array {
-    strings(&m.headers(name))
+pub(crate) fn msg_headers(m: &MessageView, name: &str) -> Vec<String> {
+    m.headers(name)
 }
 
 /// `msg.has_header(name)`: whether a header is present (any case).
@@ -425,7 +378,7 @@ fn msg_headers(m: &mut MessageView, name: &str) -> Array {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.has_header("List-Id") { msg.file_into("Lists"); } }
 /// ```
-fn msg_has_header(m: &mut MessageView, name: &str) -> bool {
+pub(crate) fn msg_has_header(m: &MessageView, name: &str) -> bool {
     m.has_header(name)
 }
 
@@ -522,6 +475,10 @@ fn msg_reply(_: &mut MessageView, options: Map) -> FnResult<()> {
     Ok(())
 }
 
+pub(crate) fn register_reply(engine: &mut Engine) {
+    engine.register_fn("reply", msg_reply);
+}
+
 /// `msg.vacation(#{ body, days?, subject?, from?, addresses? })`: like `reply`, but at most
 /// once per sender every `days` (default 7, 1..=365).
 ///
@@ -532,6 +489,10 @@ fn msg_vacation(_: &mut MessageView, options: Map) -> FnResult<()> {
     let spec = vacation_spec(options)?;
     sandbox::push_action(Action::Vacation(spec));
     Ok(())
+}
+
+pub(crate) fn register_vacation(engine: &mut Engine) {
+    engine.register_fn("vacation", msg_vacation);
 }
 
 /// `msg.flag(flag)`: sets an IMAP flag (`"\\Flagged"`, `"\\Seen"`, ... or a keyword). At
@@ -551,8 +512,9 @@ pub(crate) fn msg_flag(_: &mut MessageView, flag: &str) -> FnResult<()> {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.has_header("List-Unsubscribe") { msg.mark_seen(); } }
 /// ```
-pub(crate) fn msg_mark_seen(_: &mut MessageView) {
+pub(crate) fn msg_mark_seen(_: &mut MessageView) -> FnResult<()> {
     sandbox::push_action(Action::MarkSeen);
+    Ok(())
 }
 
 /// `msg.delete()`: deletes the message on the server, in `fetched` only (at SMTP stages use
@@ -666,18 +628,10 @@ fn vacation_spec(mut options: Map) -> FnResult<VacationSpec> {
 
 // --- verdicts --------------------------------------------------------------------------------
 
-/// `accept()`, `reject(...)`, `tempfail(...)`, `discard()`: return one from a stage function to
-/// decide; return nothing (or any other value) to pass to the next file.
-fn register_verdicts(engine: &mut Engine) {
-    engine.register_type_with_name::<Verdict>("Verdict");
-    engine.register_fn("accept", accept);
-    engine.register_fn("reject", reject_default);
-    engine.register_fn("reject", reject_text);
-    engine.register_fn("reject", reject_code);
-    engine.register_fn("tempfail", tempfail_default);
-    engine.register_fn("tempfail", tempfail_text);
-    engine.register_fn("tempfail", tempfail_code);
-    engine.register_fn("discard", discard);
+// `accept()`, `reject(...)`, `tempfail(...)`, `discard()`: return one from a stage function to
+// decide; return nothing (or any other value) to pass to the next file.
+
+pub(crate) fn register_verdict_to_string(engine: &mut Engine) {
     engine.register_fn("to_string", |v: &mut Verdict| v.to_string());
 }
 
@@ -686,8 +640,8 @@ fn register_verdicts(engine: &mut Engine) {
 /// ```rhai
 /// fn rcpt_to(ctx) { if ctx.remote_ip == "127.0.0.1" { return accept(); } }
 /// ```
-pub(crate) fn accept() -> Verdict {
-    Verdict::Accept
+pub(crate) fn accept() -> FnResult<Verdict> {
+    Ok(Verdict::Accept)
 }
 
 /// `reject()`: a permanent refusal, `550 5.7.1 Rejected by policy` (`554` at `connect`).
@@ -695,8 +649,8 @@ pub(crate) fn accept() -> Verdict {
 /// ```rhai
 /// fn helo(ctx) { if ctx.helo == "" { return reject(); } }
 /// ```
-pub(crate) fn reject_default() -> Verdict {
-    reject(None, "Rejected by policy")
+pub(crate) fn reject_default() -> FnResult<Verdict> {
+    Ok(reject(None, "Rejected by policy"))
 }
 
 /// `reject(text)`: `550` (`554` at `connect`) with `text`; a leading enhanced status code in
@@ -705,8 +659,8 @@ pub(crate) fn reject_default() -> Verdict {
 /// ```rhai
 /// fn rcpt_to(ctx) { if ctx.rcpt == "gone@example.org" { return reject("5.1.1 no such user"); } }
 /// ```
-pub(crate) fn reject_text(text: &str) -> Verdict {
-    reject(None, text)
+pub(crate) fn reject_text(text: &str) -> FnResult<Verdict> {
+    Ok(reject(None, text))
 }
 
 /// `reject(code, text)`: a permanent refusal with a 5xx code of your choice.
@@ -727,8 +681,8 @@ pub(crate) fn reject_code(code: i64, text: &str) -> FnResult<Verdict> {
 /// ```rhai
 /// fn mail_from(ctx) { if ctx.sender == "" && ctx.helo == "" { return tempfail(); } }
 /// ```
-pub(crate) fn tempfail_default() -> Verdict {
-    tempfail(451, "Try again later")
+pub(crate) fn tempfail_default() -> FnResult<Verdict> {
+    Ok(tempfail(451, "Try again later"))
 }
 
 /// `tempfail(text)`: `451` with `text` (its own `4.x.x` code may lead the text).
@@ -736,8 +690,8 @@ pub(crate) fn tempfail_default() -> Verdict {
 /// ```rhai
 /// fn data(ctx, msg) { if msg.size == 0 { return tempfail("4.3.0 empty, try again"); } }
 /// ```
-pub(crate) fn tempfail_text(text: &str) -> Verdict {
-    tempfail(451, text)
+pub(crate) fn tempfail_text(text: &str) -> FnResult<Verdict> {
+    Ok(tempfail(451, text))
 }
 
 /// `tempfail(code, text)`: a temporary refusal with a 4xx code of your choice.

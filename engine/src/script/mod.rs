@@ -11,6 +11,7 @@
 pub mod analysis;
 pub mod api;
 pub mod apply;
+pub mod catalog;
 pub mod context;
 pub mod decision;
 pub mod host;

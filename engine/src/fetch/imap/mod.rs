@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_imap::types::{Fetch, Flag, UnsolicitedResponse};
+use async_imap::types::{Fetch, Flag, Mailbox, UnsolicitedResponse};
 use async_imap::{Client, Session};
 use base64::Engine as _;
 use futures::TryStreamExt;
@@ -34,6 +34,7 @@ mod large;
 mod names;
 mod pipeline;
 mod plan;
+mod untagged;
 
 use names::flag_name;
 pub(crate) use names::same_mailbox;
@@ -48,7 +49,9 @@ use crate::config::{AccountConfig, AccountTls};
 use crate::message::MessageView;
 use crate::script::{ScriptSet, Stage};
 
-pub(super) type ImapSession = Session<ClientStream>;
+/// The connection under async-imap: responses its parser does not know are filtered out.
+pub(super) type ImapStream = untagged::Filtered<ClientStream>;
+pub(super) type ImapSession = Session<ImapStream>;
 
 /// Messages fetched per `UID FETCH` of whole messages.
 const BATCH: usize = 200;
@@ -168,8 +171,7 @@ pub async fn session(
     loop {
         drain();
         let selected = timed(COMMAND_TIMEOUT, session.select(&poller.server_mailbox)).await?;
-        let uidvalidity = selected.uid_validity.unwrap_or(0);
-        let retry_pending = poller.process_new(&mut session, uidvalidity, selected.uid_next, shutdown).await?;
+        poller.process_new(&mut session, &selected, shutdown).await?;
         // Only now is the session good: a missing folder, or a server that answers the login
         // and then garbage, keeps backing off like a bad login.
         *good_round = true;
@@ -183,8 +185,10 @@ pub async fn session(
         if drain() {
             continue;
         }
-        // A message whose hook failed is retried after `poll_interval`, even while idling.
-        let wait = if retry_pending { account.poll_interval.min(IDLE_RENEW) } else { IDLE_RENEW };
+        // Even while idling the mailbox is checked every `poll_interval`: some servers never
+        // push during IDLE (GNU Mailutils imap4d) or push late, and a message whose hook failed
+        // is retried after `poll_interval` too.
+        let wait = account.poll_interval.min(IDLE_RENEW);
         if account.idle && has_idle {
             let mut idle = session.idle();
             timed(COMMAND_TIMEOUT, idle.init()).await?;
@@ -206,7 +210,7 @@ pub async fn session(
             }
         } else {
             tokio::select! {
-                _ = tokio::time::sleep(account.poll_interval.min(wait)) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {
                     let _ = timed(COMMAND_TIMEOUT, session.logout()).await;
                     return Ok(());
@@ -235,15 +239,15 @@ async fn login(account: &AccountConfig, password: &str) -> Result<ImapSession, I
     if account.tls == AccountTls::Implicit {
         stream = stream.into_tls(&account.host).await?;
     }
-    let mut client = Client::new(stream);
+    let mut client = Client::new(untagged::Filtered::new(stream));
     timed(COMMAND_TIMEOUT, async { Ok(client.read_response().await?) })
         .await?
         .ok_or_else(|| ImapError::Other("connection closed before the greeting".into()))?;
     if account.tls == AccountTls::Starttls {
         timed(COMMAND_TIMEOUT, client.run_command_and_check_ok("STARTTLS", None)).await?;
         // Whatever the server sent before the handshake is dropped with the old client.
-        let stream = client.into_inner().into_tls(&account.host).await?;
-        client = Client::new(stream);
+        let stream = client.into_inner().into_inner().into_tls(&account.host).await?;
+        client = Client::new(untagged::Filtered::new(stream));
     }
     super::login::imap(client, account, port, password).await
 }

@@ -6,14 +6,14 @@ use super::*;
 
 impl Poller<'_> {
     /// Replays what an interrupted run left in the journal, then processes every UID not yet
-    /// done. Returns whether failed messages wait for a retry.
+    /// done (a message whose hook failed is tried again at the next check).
     pub(super) async fn process_new(
         &mut self,
         session: &mut ImapSession,
-        uidvalidity: u32,
-        uid_next: Option<u32>,
+        selected: &Mailbox,
         shutdown: &watch::Receiver<bool>,
-    ) -> Result<bool, ImapError> {
+    ) -> Result<(), ImapError> {
+        let (uidvalidity, uid_next) = (selected.uid_validity.unwrap_or(0), selected.uid_next);
         let (store, key) = (self.deps.store.clone(), self.key.clone());
         let mut state = tokio::task::spawn_blocking(move || state::load(&store, &key))
             .await
@@ -57,12 +57,7 @@ impl Poller<'_> {
             self.commit(&state, std::mem::take(&mut pending), &journal).await?;
         }
 
-        let search = format!("UID {}:*", state.watermark.saturating_add(1));
-        let present: BTreeSet<u32> = timed(COMMAND_TIMEOUT, session.uid_search(search))
-            .await?
-            .into_iter()
-            .filter(|&u| u > state.watermark)
-            .collect();
+        let present = self.new_uids(session, state.watermark, selected).await?;
         let todo: Vec<u32> = present.iter().copied().filter(|&u| !state.is_done(u)).collect();
         if !todo.is_empty() {
             tracing::debug!(count = todo.len(), "new messages");
@@ -174,7 +169,28 @@ impl Poller<'_> {
         if round.records > 0 {
             self.finish_round(session, &mut state, &present, round, &journal).await?;
         }
-        Ok(state.attempts.keys().any(|k| k.parse::<u32>().is_ok_and(|u| !state.is_done(u))))
+        Ok(())
+    }
+
+    /// The UIDs above `watermark` in the selected mailbox. `UID FETCH n:* (UID)` rather than
+    /// `UID SEARCH UID n:*`: GNU Mailutils imap4d answers that search with an empty `* SEARCH`
+    /// whatever the mailbox holds, while every server answers the fetch. `n:*` always includes
+    /// the last message (RFC 3501 §6.4.8), even when its UID is below `n`: a mailbox that has
+    /// messages and answers none is a server bug, worth a warning rather than silence.
+    async fn new_uids(
+        &self,
+        session: &mut ImapSession,
+        watermark: u32,
+        selected: &Mailbox,
+    ) -> Result<BTreeSet<u32>, ImapError> {
+        let set = format!("{}:*", watermark.saturating_add(1));
+        let answers: Vec<Fetch> =
+            timed(FETCH_TIMEOUT, async { session.uid_fetch(&set, "(UID)").await?.try_collect().await }).await?;
+        let uids: Vec<u32> = answers.iter().filter_map(|f| f.uid).collect();
+        if let Some(warning) = unanswered(selected.exists, selected.uid_next, watermark, &uids) {
+            tracing::warn!(mailbox = %self.mailbox, "{warning}");
+        }
+        Ok(uids.into_iter().filter(|&u| u > watermark).collect())
     }
 
     /// A second connection for a long fetch, the mailbox opened read-only (`EXAMINE`): the
@@ -327,5 +343,35 @@ impl Poller<'_> {
             large::in_memory(body.to_vec(), flags)
         };
         Ok(Ok(Fetched { view, file, ..item }))
+    }
+}
+
+/// A warning when the mailbox reports messages the UID listing did not return: it has
+/// `exists` messages, so `n:*` must answer at least the last one.
+fn unanswered(exists: u32, uid_next: Option<u32>, watermark: u32, uids: &[u32]) -> Option<String> {
+    if exists == 0 || !uids.is_empty() {
+        return None;
+    }
+    let next = uid_next.map_or(String::new(), |n| format!(" (UIDNEXT {n})"));
+    let asked = format!("UID FETCH {}:*", watermark.saturating_add(1));
+    Some(format!("the mailbox reports {exists} messages{next} but {asked} returned none: new mail cannot be found"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unanswered;
+
+    #[test]
+    fn a_listing_that_misses_reported_messages_is_warned_about() {
+        let warning = unanswered(498, Some(499), 0, &[]).unwrap();
+        assert!(warning.contains("498 messages (UIDNEXT 499)"), "{warning}");
+        assert!(warning.contains("UID FETCH 1:*"), "{warning}");
+    }
+
+    #[test]
+    fn an_empty_mailbox_or_an_answered_listing_is_fine() {
+        assert_eq!(unanswered(0, Some(1), 0, &[]), None);
+        assert_eq!(unanswered(3, Some(9), 8, &[8]), None); // only the last, already done
+        assert_eq!(unanswered(3, Some(9), 2, &[3, 5, 8]), None);
     }
 }

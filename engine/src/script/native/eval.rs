@@ -4,9 +4,9 @@ use std::borrow::Cow;
 
 use rhai::{Dynamic, ImmutableString};
 
-use super::{Call, CtxField, Expr, IntOp, List, MsgField, NativeFn, Stmt, StrTest, MAX_LOCALS};
+use super::{Call, Expr, IntOp, List, NativeFn, Stmt, MAX_LOCALS};
 use crate::message::MessageView;
-use crate::script::api;
+use crate::script::catalog::{ListOp, StrOp};
 use crate::script::context::ScriptCtx;
 use crate::script::decision::Verdict;
 use crate::script::set::{MAX_ARRAY_SIZE, MAX_STRING_SIZE};
@@ -27,13 +27,6 @@ impl NativeFn {
 enum Flow {
     Next(Option<Verdict>),
     Return(Option<Verdict>),
-}
-
-/// What a list expression computes.
-enum ListOp<'n> {
-    Len,
-    Empty,
-    Has(&'n str),
 }
 
 enum Val<'a> {
@@ -115,26 +108,17 @@ impl<'a> Run<'a> {
                 Val::Bool(b) => Val::Bool(*b),
                 Val::Unit | Val::Verdict(_) => return None,
             },
-            Expr::Tls => Val::Bool(self.ctx.0.tls),
-            Expr::Ctx(field) => checked(Cow::Borrowed(ctx_str(self.ctx, *field)))?,
-            Expr::Size => Val::Int(i64::try_from(self.msg?.size()).unwrap_or(i64::MAX)),
-            Expr::Msg(field) => {
-                let m = self.msg?;
-                let s = match field {
-                    MsgField::Subject => m.subject(),
-                    MsgField::From => m.from(),
-                    MsgField::Date => m.date(),
-                    MsgField::MessageId => m.message_id(),
-                };
-                checked(Cow::Borrowed(s))?
+            Expr::CtxStr(f) => checked(Cow::Borrowed(f(&self.ctx.0)))?,
+            Expr::CtxBool(f) => Val::Bool(f(&self.ctx.0)),
+            Expr::MsgStr(f) => checked(Cow::Borrowed(f(self.msg?)))?,
+            Expr::MsgInt(f) => Val::Int(f(self.msg?)),
+            Expr::MsgStrOf(f, arg) => {
+                let arg = self.str(arg)?;
+                checked(Cow::Owned(f(self.msg?, &arg)))?
             }
-            Expr::Header(name) => {
-                let name = self.str(name)?;
-                checked(Cow::Owned(self.msg?.header(&name)))?
-            }
-            Expr::HasHeader(name) => {
-                let name = self.str(name)?;
-                Val::Bool(self.msg?.has_header(&name))
+            Expr::MsgBoolOf(f, arg) => {
+                let arg = self.str(arg)?;
+                Val::Bool(f(self.msg?, &arg))
             }
             Expr::Not(b) => Val::Bool(!self.bool(b)?),
             Expr::And(operands) => {
@@ -176,25 +160,29 @@ impl<'a> Run<'a> {
                 s.push_str(&self.str(rhs)?);
                 checked(Cow::Owned(s))?
             }
-            Expr::StrTest(test, haystack, needle) => {
-                let (haystack, needle) = (self.str(haystack)?, self.str(needle)?);
-                Val::Bool(match test {
-                    StrTest::Contains => haystack.contains(&*needle),
-                    StrTest::StartsWith => haystack.starts_with(&*needle),
-                    StrTest::EndsWith => haystack.ends_with(&*needle),
-                })
+            Expr::StrOp(op, s, arg) => {
+                let s = self.str(s)?;
+                let mut arg = || arg.as_ref().and_then(|a| self.str(a));
+                match op {
+                    StrOp::Contains => Val::Bool(s.contains(&*arg()?)),
+                    StrOp::StartsWith => Val::Bool(s.starts_with(&*arg()?)),
+                    StrOp::EndsWith => Val::Bool(s.ends_with(&*arg()?)),
+                    StrOp::ToLower => checked(Cow::Owned(s.to_lowercase()))?,
+                    StrOp::ToUpper => checked(Cow::Owned(s.to_uppercase()))?,
+                    // rhai counts characters, not bytes.
+                    StrOp::Len => Val::Int(i64::try_from(s.chars().count()).unwrap_or(i64::MAX)),
+                    StrOp::IsEmpty => Val::Bool(s.is_empty()),
+                }
             }
-            Expr::Lower(s) => checked(Cow::Owned(self.str(s)?.to_lowercase()))?,
-            Expr::Upper(s) => checked(Cow::Owned(self.str(s)?.to_uppercase()))?,
-            // rhai counts characters, not bytes.
-            Expr::StrLen(s) => Val::Int(i64::try_from(self.str(s)?.chars().count()).unwrap_or(i64::MAX)),
-            Expr::StrEmpty(s) => Val::Bool(self.str(s)?.is_empty()),
-            Expr::ListLen(list) => self.list(list, ListOp::Len)?,
-            Expr::ListEmpty(list) => self.list(list, ListOp::Empty)?,
-            Expr::ListHas(list, needle) => {
-                let needle = self.str(needle)?;
-                self.list(list, ListOp::Has(&needle))?
-            }
+            Expr::ListOp(op, list, arg) => match (op, arg) {
+                (ListOp::Contains, Some(needle)) => {
+                    let needle = self.str(needle)?;
+                    self.list(list, Query::Has(&needle))?
+                }
+                (ListOp::Len, None) => self.list(list, Query::Len)?,
+                (ListOp::IsEmpty, None) => self.list(list, Query::Empty)?,
+                _ => return None,
+            },
             Expr::Call(call) => self.call(call)?,
         };
         Some(value)
@@ -202,107 +190,71 @@ impl<'a> Run<'a> {
 
     /// `op` over the list's strings, where they live. `None` where rhai's array would break
     /// its size limits (counted as rhai counts them: elements, and all their bytes as a string).
-    fn list(&mut self, list: &'a List, op: ListOp<'_>) -> Option<Val<'a>> {
-        fn over<'v, S: AsRef<str>>(items: &[S], op: ListOp<'_>) -> Option<Val<'v>> {
+    fn list(&mut self, list: &'a List, op: Query<'_>) -> Option<Val<'a>> {
+        fn over<'v, S: AsRef<str>>(items: &[S], op: Query<'_>) -> Option<Val<'v>> {
             let bytes: usize = items.iter().map(|s| s.as_ref().len()).sum();
             if items.len() > MAX_ARRAY_SIZE || bytes > MAX_STRING_SIZE {
                 return None;
             }
             Some(match op {
-                ListOp::Len => Val::Int(i64::try_from(items.len()).unwrap_or(i64::MAX)),
-                ListOp::Empty => Val::Bool(items.is_empty()),
-                ListOp::Has(needle) => Val::Bool(items.iter().any(|i| i.as_ref() == needle)),
+                Query::Len => Val::Int(i64::try_from(items.len()).unwrap_or(i64::MAX)),
+                Query::Empty => Val::Bool(items.is_empty()),
+                Query::Has(needle) => Val::Bool(items.iter().any(|i| i.as_ref() == needle)),
             })
         }
         match list {
             List::Literal(items) => over(items, op),
-            List::Recipients => over(&self.ctx.0.recipients, op),
-            List::To => over(self.msg?.to(), op),
-            List::Cc => over(self.msg?.cc(), op),
-            List::Flags => over(self.msg?.flags(), op),
-            List::Headers(name) => {
+            List::Ctx(f) => over(f(&self.ctx.0), op),
+            List::Msg(f) => over(f(self.msg?), op),
+            List::MsgOf(all, count, name) => {
                 let name = self.str(name)?;
                 let m = self.msg?;
-                let (count, bytes) = m.header_count(&name);
+                let (count, bytes) = count(m, &name);
                 // A value, unfolded, decoded and made valid UTF-8, is at most three times its
                 // raw bytes: below that, rhai's array is within its limits and only the count
                 // is needed.
                 if count <= MAX_ARRAY_SIZE && bytes.saturating_mul(3) <= MAX_STRING_SIZE {
                     match op {
-                        ListOp::Len => return Some(Val::Int(i64::try_from(count).unwrap_or(i64::MAX))),
-                        ListOp::Empty => return Some(Val::Bool(count == 0)),
-                        ListOp::Has(_) => {}
+                        Query::Len => return Some(Val::Int(i64::try_from(count).unwrap_or(i64::MAX))),
+                        Query::Empty => return Some(Val::Bool(count == 0)),
+                        Query::Has(_) => {}
                     }
                 }
-                over(&m.headers(&name), op)
+                over(&all(m, &name), op)
             }
         }
     }
 
     fn call(&mut self, call: &'a Call) -> Option<Val<'a>> {
         let done = |r: Result<(), _>| r.ok().map(|()| Val::Unit);
-        let value = match call {
-            Call::Accept => Val::Verdict(api::accept()),
-            Call::Discard => Val::Verdict(api::discard().ok()?),
-            Call::Reject(args) | Call::Tempfail(args) => {
-                let reject = matches!(call, Call::Reject(_));
-                let verdict = match args.as_slice() {
-                    [] if reject => api::reject_default(),
-                    [] => api::tempfail_default(),
-                    [t] if reject => api::reject_text(&self.str(t)?),
-                    [t] => api::tempfail_text(&self.str(t)?),
-                    [code, t] => {
-                        let code = self.int(code)?;
-                        let t = self.str(t)?;
-                        if reject { api::reject_code(code, &t) } else { api::tempfail_code(code, &t) }.ok()?
-                    }
-                    _ => return None,
-                };
-                Val::Verdict(verdict)
+        let decided = |r: Result<_, _>| r.ok().map(Val::Verdict);
+        match call {
+            Call::Verdict0(f) => decided(f()),
+            Call::Verdict1(f, t) => decided(f(&self.str(t)?)),
+            Call::Verdict2(f, code, t) => {
+                let code = self.int(code)?;
+                decided(f(code, &self.str(t)?))
             }
-            Call::Log(t) => {
-                api::log_text(ImmutableString::from(self.str(t)?.as_ref()));
-                Val::Unit
+            Call::Log(f, t) => {
+                f(ImmutableString::from(self.str(t)?.as_ref()));
+                Some(Val::Unit)
             }
-            Call::AddRcpt(a) => done(api::ctx_add_rcpt(&mut self.ctx.clone(), &self.str(a)?))?,
-            Call::RemoveRcpt(a) => done(api::ctx_remove_rcpt(&mut self.ctx.clone(), &self.str(a)?))?,
-            Call::FileInto(f) => done(api::msg_file_into(&mut self.msg?.clone(), &self.str(f)?))?,
-            Call::AddHeader(n, v) => {
-                let (n, v) = (self.str(n)?, self.str(v)?);
-                done(api::msg_add_header(&mut self.msg?.clone(), &n, &v))?
+            Call::Ctx1(f, a) => done(f(&mut self.ctx.clone(), &self.str(a)?)),
+            Call::Msg0(f) => done(f(&mut self.msg?.clone())),
+            Call::Msg1(f, a) => done(f(&mut self.msg?.clone(), &self.str(a)?)),
+            Call::Msg2(f, a, b) => {
+                let (a, b) = (self.str(a)?, self.str(b)?);
+                done(f(&mut self.msg?.clone(), &a, &b))
             }
-            Call::SetHeader(n, v) => {
-                let (n, v) = (self.str(n)?, self.str(v)?);
-                done(api::msg_set_header(&mut self.msg?.clone(), &n, &v))?
-            }
-            Call::RemoveHeader(n) => done(api::msg_remove_header(&mut self.msg?.clone(), &self.str(n)?))?,
-            Call::SetSubject(t) => done(api::msg_set_subject(&mut self.msg?.clone(), &self.str(t)?))?,
-            Call::Forward(a) => done(api::msg_forward(&mut self.msg?.clone(), &self.str(a)?))?,
-            Call::Redirect(a) => done(api::msg_redirect(&mut self.msg?.clone(), &self.str(a)?))?,
-            Call::Flag(f) => done(api::msg_flag(&mut self.msg?.clone(), &self.str(f)?))?,
-            Call::MarkSeen => {
-                api::msg_mark_seen(&mut self.msg?.clone());
-                Val::Unit
-            }
-            Call::Delete => done(api::msg_delete(&mut self.msg?.clone()))?,
-        };
-        Some(value)
+        }
     }
 }
 
-fn ctx_str(ctx: &ScriptCtx, field: CtxField) -> &str {
-    let c = &ctx.0;
-    match field {
-        CtxField::RemoteIp => &c.remote_ip,
-        CtxField::Helo => &c.helo,
-        CtxField::AuthUser => &c.auth_user,
-        CtxField::Sender => &c.sender,
-        CtxField::Rcpt => &c.rcpt,
-        CtxField::Account => &c.account,
-        CtxField::Protocol => &c.protocol,
-        CtxField::Mailbox => &c.mailbox,
-        CtxField::Uid => &c.uid,
-    }
+/// What a list expression computes.
+enum Query<'n> {
+    Len,
+    Empty,
+    Has(&'n str),
 }
 
 /// A string as rhai would hold it: `None` past its size limit.

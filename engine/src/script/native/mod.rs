@@ -8,12 +8,13 @@
 //!
 //! At compile time each stage function whose body stays inside a small, statically typed
 //! subset of the language is translated here once: `if`/`else`, `let`/`const`, `return` of a
-//! verdict, the `ctx` and `msg` getters and actions, string tests (`==`, `!=`, `+`,
-//! `contains`, `starts_with`, `ends_with`, `to_lower`, `to_upper`, `len`, `is_empty`), integer
-//! comparisons, `!`, `&&`, `||`, `in` and `.len()` on string lists. Anything else (loops,
-//! helpers, plugins, maps, other types, a file with top-level statements) leaves the whole
-//! function to rhai. The translation calls the same API functions rhai would, so verdicts,
-//! actions and log lines are the same.
+//! verdict, `==`, `!=`, `+` on strings, integer comparisons, `!`, `&&`, `||`, `in`, and the
+//! calls the API catalog ([`catalog`](super::catalog)) gives a native shape: the `ctx` and
+//! `msg` getters, verdicts and actions, and the string and list methods. Anything else
+//! (loops, helpers, plugins, maps, other types, a file with top-level statements) leaves the
+//! whole function to rhai, and [`compile`] says which construct did (`mailflow check
+//! --explain`). The translation calls the same API functions rhai would, through the same
+//! catalog entries, so verdicts, actions and log lines are the same.
 //!
 //! Errors are rhai's: when anything fails at run time (a bad folder name, a reply code out of
 //! range, a string over the size limit) [`NativeFn::run`] returns `None`, the caller drops what
@@ -26,11 +27,19 @@
 mod compile;
 mod eval;
 #[cfg(test)]
+mod generate;
+#[cfg(test)]
 mod tests;
 
 use rhai::ImmutableString;
 
-pub use compile::compile;
+use super::api::FnResult;
+use super::catalog::{ListOp, StrOp};
+use super::context::{Context, ScriptCtx};
+use super::decision::Verdict;
+use crate::message::MessageView;
+
+pub use compile::{compile, Refusal};
 
 /// Most `let` variables a translated function may have.
 const MAX_LOCALS: usize = 8;
@@ -39,16 +48,6 @@ const MAX_LOCALS: usize = 8;
 #[derive(Debug)]
 pub struct NativeFn {
     body: Vec<Stmt>,
-}
-
-/// Static types of the subset: every expression has one, checked at translation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ty {
-    Str,
-    Int,
-    Bool,
-    /// Actions: only as statements.
-    Unit,
 }
 
 #[derive(Debug)]
@@ -62,22 +61,19 @@ enum Stmt {
     Expr(Expr),
 }
 
+/// Expressions; API calls hold the catalog entry's function.
 #[derive(Debug)]
 enum Expr {
     Str(ImmutableString),
     Int(i64),
     Bool(bool),
     Local(usize),
-    /// A string field of `ctx`.
-    Ctx(CtxField),
-    /// `ctx.tls`.
-    Tls,
-    /// A string field of `msg`.
-    Msg(MsgField),
-    /// `msg.size`.
-    Size,
-    Header(Box<Expr>),
-    HasHeader(Box<Expr>),
+    CtxStr(fn(&Context) -> &str),
+    CtxBool(fn(&Context) -> bool),
+    MsgStr(fn(&MessageView) -> &str),
+    MsgInt(fn(&MessageView) -> i64),
+    MsgStrOf(fn(&MessageView, &str) -> String, Box<Expr>),
+    MsgBoolOf(fn(&MessageView, &str) -> bool, Box<Expr>),
     Not(Box<Expr>),
     And(Vec<Expr>),
     Or(Vec<Expr>),
@@ -85,14 +81,10 @@ enum Expr {
     Eq(Box<Expr>, Box<Expr>, bool),
     IntCmp(Box<Expr>, Box<Expr>, IntOp),
     Concat(Box<Expr>, Box<Expr>),
-    StrTest(StrTest, Box<Expr>, Box<Expr>),
-    Lower(Box<Expr>),
-    Upper(Box<Expr>),
-    StrLen(Box<Expr>),
-    StrEmpty(Box<Expr>),
-    ListLen(List),
-    ListEmpty(List),
-    ListHas(List, Box<Expr>),
+    /// A string method on a value, with its argument if it takes one.
+    StrOp(StrOp, Box<Expr>, Option<Box<Expr>>),
+    /// A list method, with its argument if it takes one.
+    ListOp(ListOp, List, Option<Box<Expr>>),
     Call(Call),
 }
 
@@ -104,63 +96,24 @@ enum IntOp {
     Ge,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum StrTest {
-    Contains,
-    StartsWith,
-    EndsWith,
-}
-
 /// A list of strings, read where it lives (no array is built).
 #[derive(Debug)]
 enum List {
     Literal(Vec<ImmutableString>),
-    Recipients,
-    To,
-    Cc,
-    Flags,
-    Headers(Box<Expr>),
-}
-
-#[derive(Debug, Clone, Copy)]
-enum CtxField {
-    RemoteIp,
-    Helo,
-    AuthUser,
-    Sender,
-    Rcpt,
-    Account,
-    Protocol,
-    Mailbox,
-    Uid,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum MsgField {
-    Subject,
-    From,
-    Date,
-    MessageId,
+    Ctx(fn(&Context) -> &[String]),
+    Msg(fn(&MessageView) -> &[String]),
+    MsgOf(fn(&MessageView, &str) -> Vec<String>, fn(&MessageView, &str) -> (usize, usize), Box<Expr>),
 }
 
 /// API functions with effects or verdicts, called exactly as rhai would call them.
 #[derive(Debug)]
 enum Call {
-    Accept,
-    Discard,
-    Reject(Vec<Expr>),
-    Tempfail(Vec<Expr>),
-    Log(Box<Expr>),
-    AddRcpt(Box<Expr>),
-    RemoveRcpt(Box<Expr>),
-    FileInto(Box<Expr>),
-    AddHeader(Box<Expr>, Box<Expr>),
-    SetHeader(Box<Expr>, Box<Expr>),
-    RemoveHeader(Box<Expr>),
-    SetSubject(Box<Expr>),
-    Forward(Box<Expr>),
-    Redirect(Box<Expr>),
-    Flag(Box<Expr>),
-    MarkSeen,
-    Delete,
+    Ctx1(fn(&mut ScriptCtx, &str) -> FnResult<()>, Box<Expr>),
+    Msg0(fn(&mut MessageView) -> FnResult<()>),
+    Msg1(fn(&mut MessageView, &str) -> FnResult<()>, Box<Expr>),
+    Msg2(fn(&mut MessageView, &str, &str) -> FnResult<()>, Box<Expr>, Box<Expr>),
+    Verdict0(fn() -> FnResult<Verdict>),
+    Verdict1(fn(&str) -> FnResult<Verdict>, Box<Expr>),
+    Verdict2(fn(i64, &str) -> FnResult<Verdict>, Box<Expr>, Box<Expr>),
+    Log(fn(ImmutableString), Box<Expr>),
 }
