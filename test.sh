@@ -19,6 +19,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # unprivileged user mfmail, on free loopback ports; the system instance is not used).
 [ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
 [ -x /usr/lib/dovecot/pop3 ] || need_apt+=(dovecot-pop3d)
+# Its submission service: the relay that accepts AUTH XOAUTH2 in the OAuth2 tests.
+[ -x /usr/lib/dovecot/submission ] || need_apt+=(dovecot-submissiond)
 # Spam scanners for the rspamd/spamd plugin tests (private instances on loopback): rspamd,
 # Redis for its Bayes statistics, SpamAssassin's spamd with its rules.
 [ -x /usr/bin/rspamd ] && [ -f /etc/rspamd/rspamd.conf ] || need_apt+=(rspamd)

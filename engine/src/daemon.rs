@@ -53,8 +53,10 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         }
     };
 
-    let transport =
-        Arc::new(Transport::from_config(&config.outbound, &config.smtp.hostname).map_err(anyhow::Error::msg)?);
+    let transport = Transport::from_config(&config.outbound, &config.smtp.hostname)
+        .map_err(anyhow::Error::msg)?
+        .with_relay_login(crate::oauth2::relay::RelayLogin::from_config(&config, &store));
+    let transport = Arc::new(transport);
     let srs = crate::config::signing::load_srs(&config).map_err(anyhow::Error::msg)?.map(Arc::new);
     let settings = OutboundSettings {
         retry: config.outbound.retry.clone(),

@@ -26,6 +26,7 @@ pub mod fuzz_targets;
 pub mod logline;
 pub mod maildir;
 pub mod message;
+pub mod oauth2;
 pub mod outbound;
 pub mod plugins;
 pub mod prometheus;

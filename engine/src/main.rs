@@ -18,6 +18,9 @@ fn main() {
         Command::Queue { action } => mailflow::cli::queue::run(config, &action),
         Command::HashPassword => hash_password(),
         Command::Dkim { action: DkimAction::Keygen(args) } => mailflow::cli::dkim::keygen(&args),
+        Command::Oauth2 { action: mailflow::cli::Oauth2Action::Authorize { account } } => {
+            mailflow::cli::oauth2::run(config, &account)
+        }
     };
     if let Some(sink) = sink {
         sink.flush();

@@ -58,7 +58,7 @@ class PortTaken(Exception):
 class Dovecot:
     """One private Dovecot instance. `users` maps user name → password."""
 
-    def __init__(self, users=None, imap_connections=50):
+    def __init__(self, users=None, imap_connections=50, oauth2_url=None, submission_relay=None):
         if not os.path.exists(DOVECOT):
             pytest.fail("dovecot is missing: run test.sh, which installs dovecot-imapd and dovecot-pop3d")
         self.login_user, self.uid, self.gid = _account()
@@ -70,6 +70,12 @@ class Dovecot:
         self.pop3_port = free_port()
         self.users = dict(users or {"me": "secret"})
         self.imap_connections = imap_connections
+        # OAuth2 token introspection endpoint (RFC 7662) for XOAUTH2/OAUTHBEARER logins.
+        self.oauth2_url = oauth2_url
+        # The port of an SMTP server that a submission service (dovecot-submissiond) relays
+        # to; None: no submission service.
+        self.submission_relay = submission_relay
+        self.submission_port = free_port() if submission_relay else None
         self.instance = f"mfdv-{self.dir.name}"
         self.config_path = self.dir / "dovecot.conf"
         self.log_path = self.dir / "dovecot.log"
@@ -79,6 +85,7 @@ class Dovecot:
             (self.dir / sub).mkdir()
         self._chown(self.dir / "mail")
         self._write_passwd()
+        self._write_oauth2()
         self._write_config()
         for user in self.users:
             self.maildir(user)
@@ -98,17 +105,37 @@ class Dovecot:
         path.write_text("".join(lines))
         os.chmod(path, 0o644)
 
+    def _write_oauth2(self):
+        if not self.oauth2_url:
+            return
+        path = self.dir / "oauth2.conf"
+        path.write_text(textwrap.dedent(f"""\
+            introspection_mode = post
+            introspection_url = {self.oauth2_url}
+            username_attribute = username
+            active_attribute = active
+            active_value = true
+            """))
+        os.chmod(path, 0o644)
+
+    def _oauth2_passdb(self):
+        if not self.oauth2_url:
+            return ""
+        return f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {self.dir}/oauth2.conf\n}}\n"
+
     def _write_config(self):
         d = self.dir
+        mechanisms = "plain login" + (" xoauth2 oauthbearer" if self.oauth2_url else "")
+        protocols = "imap pop3" + (" submission" if self.submission_relay else "")
         self.config_path.write_text(textwrap.dedent(f"""\
             base_dir = {d}/run
             state_dir = {d}/state
             instance_name = {self.instance}
-            protocols = imap pop3
+            protocols = {protocols}
             listen = 127.0.0.1
             ssl = no
             disable_plaintext_auth = no
-            auth_mechanisms = plain login
+            auth_mechanisms = {mechanisms}
             mail_location = maildir:~/Maildir
             first_valid_uid = 1
             log_path = {self.log_path}
@@ -120,6 +147,7 @@ class Dovecot:
               driver = passwd-file
               args = scheme=PLAIN {d}/passwd
             }}
+            {{oauth2_passdb}}
             userdb {{
               driver = static
               args = uid={self.uid} gid={self.gid} home={d}/mail/%u
@@ -153,7 +181,24 @@ class Dovecot:
             protocol pop3 {{
               mail_max_userip_connections = 50
             }}
-            """))
+            """).replace("{oauth2_passdb}", self._oauth2_passdb()) + self._submission())
+
+    def _submission(self):
+        if not self.submission_relay:
+            return ""
+        return textwrap.dedent(f"""\
+            hostname = submission.test.example
+            submission_relay_host = 127.0.0.1
+            submission_relay_port = {self.submission_relay}
+            submission_relay_trusted = yes
+            service submission-login {{
+              chroot =
+              inet_listener submission {{
+                address = 127.0.0.1
+                port = {self.submission_port}
+              }}
+            }}
+            """)
 
     def set_password(self, user, password):
         """Changes a password (the passwd-file is re-read on the next login)."""
@@ -174,6 +219,8 @@ class Dovecot:
                 if attempt == attempts - 1 or self.started_once:
                     pytest.fail(f"dovecot: ports {self.imap_port}/{self.pop3_port} are taken:\n{self.errors()}")
                 self.imap_port, self.pop3_port = free_port(), free_port()
+                if self.submission_port:
+                    self.submission_port = free_port()
                 self._write_config()
 
     def _start(self, timeout):
@@ -182,8 +229,8 @@ class Dovecot:
             [DOVECOT, "-F", "-c", str(self.config_path)], stdout=self.log_file, stderr=subprocess.STDOUT
         )
         deadline = time.time() + timeout
-        for port in (self.imap_port, self.pop3_port):
-            while True:
+        for port in (self.imap_port, self.pop3_port, self.submission_port):
+            while port is not None:
                 if self.proc.poll() is not None:
                     self.log_file.close()
                     if "Address already in use" in self.errors():
@@ -193,7 +240,7 @@ class Dovecot:
                     with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                         s.settimeout(5)
                         greeting = s.recv(200)
-                    if greeting.startswith((b"* OK", b"+OK")):
+                    if greeting.startswith((b"* OK", b"+OK", b"220 ")):
                         break
                 except OSError:
                     pass
@@ -408,12 +455,14 @@ def quote(mailbox):
 
 @pytest.fixture
 def dovecot():
-    """Factory: dovecot(users={"me": "secret", ...}, imap_connections=50) → a started private
-    instance, stopped and removed after the test."""
+    """Factory: dovecot(users={"me": "secret", ...}, imap_connections=50, oauth2_url=None) → a
+    started private instance, stopped and removed after the test. With `oauth2_url` (a token
+    introspection endpoint) it also accepts XOAUTH2 and OAUTHBEARER; with `submission_relay` (an
+    SMTP port) it also runs a submission service relaying there (`submission_port`)."""
     made = []
 
-    def factory(users=None, imap_connections=50):
-        d = Dovecot(users, imap_connections)
+    def factory(users=None, imap_connections=50, oauth2_url=None, submission_relay=None):
+        d = Dovecot(users, imap_connections, oauth2_url, submission_relay)
         made.append(d)
         return d.start()
 

@@ -57,7 +57,8 @@ impl LoadedConfig {
 /// Parses and validates the text of a config file, as [`LoadedConfig::load`] does before it
 /// resolves relative paths; `shown` names the source in errors.
 pub fn load_str(text: &str, shown: &str) -> Result<Config, ConfigError> {
-    let config = parse(text, shown)?;
+    let mut config = parse(text, shown)?;
+    config.accounts.iter_mut().for_each(super::oauth2::apply_provider);
     validate(&config).map_err(|message| match locate(text, &message) {
         Some((line, col)) => ConfigError::Syntax { path: shown.to_string(), line, col, message },
         None => ConfigError::Invalid { path: shown.to_string(), message },
@@ -140,6 +141,7 @@ fn validate(config: &Config) -> Result<(), String> {
     if outbound.mode == super::OutboundMode::Relay {
         super::relay::parse_relay(outbound)?;
     }
+    super::oauth2::validate_relay_account(config)?;
     if !outbound.dns_server.is_empty() && outbound.dns_server.parse::<std::net::SocketAddr>().is_err() {
         return Err(format!("[outbound] dns_server {:?}: use ip:port", outbound.dns_server));
     }
@@ -166,9 +168,7 @@ fn validate(config: &Config) -> Result<(), String> {
         if !names.insert(account.name.as_str()) {
             return Err(format!("[[accounts]] name {:?} is used twice", account.name));
         }
-        if account.password.is_some() == account.password_command.is_some() {
-            return Err(format!("[[accounts]] {:?}: set exactly one of password and password_command", account.name));
-        }
+        super::oauth2::validate_account(account)?;
     }
     Ok(())
 }

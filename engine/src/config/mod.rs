@@ -8,12 +8,14 @@
 pub mod duration;
 pub mod listeners;
 mod load;
+pub mod oauth2;
 pub mod relay;
 pub mod reload;
 pub mod signing;
 
 pub use listeners::{AuthUser, ListenerConfig, ListenerRole, ListenerTls};
 pub use load::{check_password_hash, load_str, ConfigError, LoadedConfig};
+pub use oauth2::{AuthMethod, OAuth2Config, Provider};
 pub use signing::{DkimAlgorithm, DkimConfig, SrsConfig};
 
 use std::collections::BTreeMap;
@@ -170,6 +172,9 @@ pub struct OutboundConfig {
     pub relay: String,
     pub relay_user: String,
     pub relay_password: String,
+    /// Log in to the relay with `AUTH XOAUTH2` and the OAuth2 token of this `[[accounts]]`
+    /// entry (its user name unless `relay_user` is set).
+    pub relay_account: String,
     pub starttls: StartTlsPolicy,
     /// Pins the relay's certificate: hex SHA-256 of its DER form (colons allowed). When set,
     /// that certificate is accepted whoever signed it (a self-signed one too) and no other.
@@ -196,6 +201,7 @@ impl Default for OutboundConfig {
             relay: "smtp://127.0.0.1:2526".to_string(),
             relay_user: String::new(),
             relay_password: String::new(),
+            relay_account: String::new(),
             starttls: StartTlsPolicy::Opportunistic,
             relay_cert_sha256: String::new(),
             retry: vec![minutes(1), minutes(5), minutes(15), minutes(60), minutes(240)],
@@ -229,6 +235,8 @@ pub enum StartTlsPolicy {
 pub struct AccountConfig {
     pub name: String,
     pub protocol: AccountProtocol,
+    /// Required unless `provider` fills it.
+    #[serde(default)]
     pub host: String,
     pub port: Option<u16>,
     #[serde(default = "default_account_tls")]
@@ -250,6 +258,26 @@ pub struct AccountConfig {
     pub delete_after_fetch: bool,
     #[serde(default)]
     pub deliver: String,
+    /// How to log in; unset: `password`, or what `provider` and `[accounts.oauth2]` imply.
+    #[serde(default)]
+    pub auth: Option<AuthMethod>,
+    /// A mail service whose host, port, TLS, auth method and folder names are filled in.
+    #[serde(default)]
+    pub provider: Option<Provider>,
+    /// The built-in OAuth2 refresh-token flow (`mailflow oauth2 authorize`).
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
+    /// Folder names scripts use → the server's names (`provider` fills the special folders:
+    /// Gmail's `Junk` is `[Gmail]/Spam`).
+    #[serde(default)]
+    pub folders: BTreeMap<String, String>,
+}
+
+impl AccountConfig {
+    /// The login method, after `provider` and `[accounts.oauth2]` were taken into account.
+    pub fn auth_method(&self) -> AuthMethod {
+        self.auth.unwrap_or_default()
+    }
 }
 
 fn default_account_tls() -> AccountTls {

@@ -40,6 +40,9 @@ pub enum Pop3Error {
     Negative(String),
     #[error("protocol: {0}")]
     Protocol(String),
+    /// `AUTH` was refused (an OAuth2 token is then refreshed and tried once more).
+    #[error("login refused: {0}")]
+    LoginRefused(String),
 }
 
 /// One POP3 connection.
@@ -81,6 +84,40 @@ impl Pop3Client {
             Pop3Error::Negative(_) => Pop3Error::Negative("authentication failed".into()),
             other => other,
         })
+    }
+
+    /// `AUTH` with an OAuth2 mechanism (RFC 5034): the initial response on the command line
+    /// when that stays within 255 octets, else after the server's `+`.
+    pub async fn auth(&mut self, sasl: &mut crate::oauth2::Sasl) -> Result<(), Pop3Error> {
+        use base64::Engine as _;
+        let inline = format!("AUTH {} {}", sasl.mechanism(), sasl.initial_base64());
+        let mut next = if inline.len() <= 255 {
+            sasl.sent_inline();
+            inline
+        } else {
+            format!("AUTH {}", sasl.mechanism())
+        };
+        // Initial response, then at most an error challenge and its acknowledgement.
+        for _ in 0..3 {
+            let stream = self.stream.get_mut();
+            stream.write_all(next.as_bytes()).await?;
+            stream.write_all(b"\r\n").await?;
+            stream.flush().await?;
+            let line = self.line().await?;
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            let Some(challenge) = text.strip_prefix('+').filter(|_| !text.starts_with("+OK")) else {
+                return status(&line).map(|_| ()).map_err(|e| match e {
+                    Pop3Error::Negative(reason) => {
+                        let detail = sasl.error.take().map(|e| format!(" ({e})")).unwrap_or_default();
+                        Pop3Error::LoginRefused(format!("AUTH {}: {reason}{detail}", sasl.mechanism()))
+                    }
+                    other => other,
+                });
+            };
+            let challenge = base64::engine::general_purpose::STANDARD.decode(challenge.trim()).unwrap_or_default();
+            next = base64::engine::general_purpose::STANDARD.encode(sasl.respond(&challenge));
+        }
+        Err(Pop3Error::Protocol("AUTH: too many challenges".into()))
     }
 
     /// `LIST`: (message number, size in octets) for every message.
@@ -289,7 +326,14 @@ pub async fn round(
 ) -> Result<usize, Pop3Error> {
     let port = account.port.unwrap_or(if account.tls == AccountTls::Implicit { 995 } else { 110 });
     let mut client = Pop3Client::connect(&account.host, port, account.tls).await?;
-    client.login(&account.username, password, account.tls != AccountTls::None).await?;
+    match account.auth_method() {
+        crate::config::AuthMethod::Password => {
+            client.login(&account.username, password, account.tls != AccountTls::None).await?
+        }
+        oauth => {
+            client.auth(&mut crate::oauth2::Sasl::new(oauth, &account.username, password, &account.host, port)).await?
+        }
+    }
     let listing = client.uidl().await?;
     // Sizes first: a message over MAX_MESSAGE would fail RETR every round; say so once a day.
     let sizes: std::collections::HashMap<u32, u64> = client.list().await?.into_iter().collect();

@@ -102,6 +102,9 @@ pub enum ImapError {
     Imap(#[from] async_imap::error::Error),
     #[error("{0}")]
     Other(String),
+    /// The server refused the login (an OAuth2 token is then refreshed and tried once more).
+    #[error("login refused: {0}")]
+    LoginRefused(String),
 }
 
 /// One mailbox's poller within a session.
@@ -246,5 +249,5 @@ async fn login(account: &AccountConfig, password: &str) -> Result<ImapSession, I
         let stream = client.into_inner().into_inner().into_tls(&account.host).await?;
         client = Client::new(untagged::Filtered::new(stream));
     }
-    Ok(timed(COMMAND_TIMEOUT, async { client.login(&account.username, password).await.map_err(|(e, _)| e) }).await?)
+    super::login::imap(client, account, port, password).await
 }

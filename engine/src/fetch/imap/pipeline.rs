@@ -76,6 +76,7 @@ impl Poller<'_> {
                 local_mode: process::local_root(self.account).is_some(),
                 delimiter: self.delimiter.clone(),
                 polled: self.server_mailbox.clone(),
+                folders: self.account.folders.clone(),
             },
             dedupe_below: state.dedupe_below,
             store: self.deps.store.clone(),
