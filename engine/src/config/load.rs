@@ -170,6 +170,9 @@ fn validate(config: &Config) -> Result<(), String> {
         if account.password.is_some() == account.password_command.is_some() {
             return Err(format!("[[accounts]] {:?}: set exactly one of password and password_command", account.name));
         }
+        if account.tls_ca.is_some() && account.tls == super::AccountTls::None {
+            return Err(format!("[[accounts]] tls_ca of {:?} needs tls = \"implicit\" or \"starttls\"", account.name));
+        }
     }
     Ok(())
 }
@@ -239,6 +242,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     for account in &mut config.accounts {
         if !account.deliver.is_empty() && PathBuf::from(&account.deliver).is_relative() {
             account.deliver = base.join(&account.deliver).to_string_lossy().into_owned();
+        }
+        if let Some(p) = account.tls_ca.as_mut() {
+            abs(p);
         }
     }
 }
