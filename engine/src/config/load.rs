@@ -169,6 +169,9 @@ fn validate(config: &Config) -> Result<(), String> {
             return Err(format!("[[accounts]] name {:?} is used twice", account.name));
         }
         super::oauth2::validate_account(account)?;
+        if account.tls_ca.is_some() && account.tls == super::AccountTls::None {
+            return Err(format!("[[accounts]] tls_ca of {:?} needs tls = \"implicit\" or \"starttls\"", account.name));
+        }
     }
     Ok(())
 }
@@ -244,6 +247,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     for account in &mut config.accounts {
         if !account.deliver.is_empty() && PathBuf::from(&account.deliver).is_relative() {
             account.deliver = base.join(&account.deliver).to_string_lossy().into_owned();
+        }
+        if let Some(p) = account.tls_ca.as_mut() {
+            abs(p);
         }
     }
 }

@@ -258,6 +258,10 @@ pub struct AccountConfig {
     pub delete_after_fetch: bool,
     #[serde(default)]
     pub deliver: String,
+    /// A PEM file of CA certificates the server's certificate must chain to, instead of the
+    /// system's trust store (a self-hosted server with a private CA).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
     /// How to log in; unset: `password`, or what `provider` and `[accounts.oauth2]` imply.
     #[serde(default)]
     pub auth: Option<AuthMethod>,

@@ -6,6 +6,7 @@
 //! durable state → DELE (when `delete_after_fetch` or a script's `delete()`) → QUIT commits.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,18 +54,23 @@ pub struct Pop3Client {
 }
 
 impl Pop3Client {
-    pub async fn connect(host: &str, port: u16, tls: AccountTls) -> Result<Pop3Client, Pop3Error> {
+    /// `ca`: the account's `tls_ca` (see [`ClientStream::into_tls`]).
+    pub async fn connect(host: &str, port: u16, tls: AccountTls, ca: Option<&Path>) -> Result<Pop3Client, Pop3Error> {
         let mut stream = ClientStream::connect(host, port).await?;
         if tls == AccountTls::Implicit {
-            stream = stream.into_tls(host).await?;
+            stream = stream.into_tls(host, ca).await?;
         }
         let mut client = Pop3Client { stream: BufReader::new(stream), timestamp: None };
         let greeting = client.status_line().await?;
         client.timestamp = apop_timestamp(&greeting);
         if tls == AccountTls::Starttls {
-            client.command("STLS").await?;
+            client.command("STLS").await.map_err(|e| {
+                Pop3Error::Protocol(format!(
+                    "the server refused STLS ({e}); tls = \"starttls\" never falls back to plain text"
+                ))
+            })?;
             // Anything buffered before the handshake is dropped with the reader.
-            let stream = client.stream.into_inner().into_tls(host).await?;
+            let stream = client.stream.into_inner().into_tls(host, ca).await?;
             client = Pop3Client { stream: BufReader::new(stream), timestamp: None };
         }
         Ok(client)
@@ -325,7 +331,7 @@ pub async fn round(
     warned: &mut Warned,
 ) -> Result<usize, Pop3Error> {
     let port = account.port.unwrap_or(if account.tls == AccountTls::Implicit { 995 } else { 110 });
-    let mut client = Pop3Client::connect(&account.host, port, account.tls).await?;
+    let mut client = Pop3Client::connect(&account.host, port, account.tls, account.tls_ca.as_deref()).await?;
     match account.auth_method() {
         crate::config::AuthMethod::Password => {
             client.login(&account.username, password, account.tls != AccountTls::None).await?
@@ -334,7 +340,13 @@ pub async fn round(
             client.auth(&mut crate::oauth2::Sasl::new(oauth, &account.username, password, &account.host, port)).await?
         }
     }
+    // What the server says it holds, against what UIDL lists: a listing that misses messages
+    // (a server rewriting its mailbox while another session ends) is said, not silent.
+    let (count, _) = client.stat().await?;
     let listing = client.uidl().await?;
+    if listing.len() != count as usize {
+        tracing::warn!(stat = count, uidl = listing.len(), "STAT and UIDL disagree on the number of messages");
+    }
     // Sizes first: a message over MAX_MESSAGE would fail RETR every round; say so once a day.
     let sizes: std::collections::HashMap<u32, u64> = client.list().await?.into_iter().collect();
     let key = state::pop3_key(&account.name);

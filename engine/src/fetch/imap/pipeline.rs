@@ -265,6 +265,14 @@ impl Poller<'_> {
             if state.is_done(uid) {
                 continue;
             }
+            if raw.is_empty() {
+                // GNU Mailutils imap4d does this, with OK, for a folder whose files another
+                // program renamed since SELECT (pop3d adding X-UIDL): say so, it is not mail.
+                tracing::warn!(
+                    uid,
+                    "the server sent this message as empty (0 bytes): is another program rewriting the mailbox?"
+                );
+            }
             let flags: Vec<String> = fetch.flags().map(|f| flag_name(&f)).collect();
             let view = if headers_only {
                 let size = fetch.size.map_or(raw.len(), |s| s as usize);
