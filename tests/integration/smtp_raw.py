@@ -155,14 +155,19 @@ def queue_id(reply: Reply):
 
 
 def split_trace(raw: bytes):
-    """Splits a delivered file into (Return-Path line, Received header, the rest)."""
+    """Splits a delivered file into (Return-Path line, the trace fields mailflow added: its
+    Received header and, with [auth] verify on, its Authentication-Results, the rest)."""
     assert raw.startswith(b"Return-Path: <"), raw[:80]
     end = raw.index(b"\r\n") + 2
     return_path, rest = raw[:end], raw[end:]
     assert rest.startswith(b"Received: from "), rest[:80]
-    i = rest.index(b"\r\n") + 2
-    while rest[i : i + 1] in (b" ", b"\t"):
+    i = 0
+    for field in (b"Received: from ", b"Authentication-Results: "):
+        if not rest[i:].startswith(field):
+            continue
         i = rest.index(b"\r\n", i) + 2
+        while rest[i : i + 1] in (b" ", b"\t"):
+            i = rest.index(b"\r\n", i) + 2
     return return_path, rest[:i], rest[i:]
 
 

@@ -5,6 +5,7 @@
 //! of the config file (the current folder when running on built-in defaults) by [`Config::load`],
 //! so the rest of the daemon only ever sees absolute paths.
 
+pub mod auth;
 pub mod duration;
 mod load;
 pub mod relay;
@@ -33,6 +34,7 @@ pub struct Config {
     pub state: StateConfig,
     pub plugins: PluginsConfig,
     pub metrics: MetricsConfig,
+    pub auth: auth::AuthConfig,
 }
 
 /// `[smtp]`: the receiver.

@@ -49,6 +49,7 @@ pub fn register(engine: &mut Engine) {
     register_ctx(engine);
     register_msg(engine);
     register_verdicts(engine);
+    super::api_auth::register(engine);
     engine.register_fn("log", log_text);
     engine.register_fn("log", log_value);
     engine.register_fn("log", log_float);

@@ -35,6 +35,8 @@ pub struct Shared {
     pub tls: ArcSwapOption<rustls::ServerConfig>,
     /// Recent AUTH failures per client address.
     pub auth_failures: FailureLimiter,
+    /// SPF, DKIM, DMARC, ARC and iprev checks, when `[auth] verify` is on.
+    pub verifier: crate::verify::SharedVerifier,
 }
 
 /// Accepts on `listener` until shutdown. With `implicit_tls` every connection starts with a

@@ -47,6 +47,12 @@ impl Session {
                 }
             }
         };
+        self.checks.spf = match &self.shared.verifier {
+            Some(verifier) if self.auth_user.is_none() => {
+                verifier.spf(self.remote_ip, self.helo.as_deref().unwrap_or(""), &sender).await
+            }
+            _ => Default::default(),
+        };
         self.tx = Some(Transaction { sender, utf8, ..Transaction::default() });
         let decision = self.run_stage(Stage::MailFrom, self.context(""), None).await;
         if let Some(reply) = decision.refusal() {

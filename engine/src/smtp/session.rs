@@ -81,6 +81,8 @@ pub struct Session {
     pub(super) tls: Option<TlsInfo>,
     /// Set after a successful AUTH; lifts the local-domains rule.
     pub(super) auth_user: Option<String>,
+    /// iprev and SPF verdicts (see [`crate::verify`]).
+    pub(super) checks: crate::verify::SessionChecks,
 }
 
 impl Session {
@@ -106,6 +108,7 @@ impl Session {
             refused: false,
             tls,
             auth_user: None,
+            checks: Default::default(),
         }
     }
 
@@ -124,6 +127,9 @@ impl Session {
 
     async fn serve(&mut self) -> std::io::Result<()> {
         let hostname = self.config.smtp.hostname.clone();
+        if let Some(verifier) = &self.shared.verifier {
+            self.checks.iprev = verifier.iprev(self.remote_ip).await;
+        }
         let decision = self.run_stage(Stage::Connect, self.context(""), None).await;
         match decision.verdict {
             Some(Verdict::Tempfail { .. }) => {
@@ -330,6 +336,8 @@ impl Session {
             sender,
             rcpt: rcpt.to_string(),
             recipients,
+            spf: self.checks.spf.clone(),
+            iprev: self.checks.iprev.clone(),
             ..Context::default()
         }
     }

@@ -38,6 +38,7 @@ fn contexts() -> Vec<ScriptCtx> {
         protocol: "imap".into(),
         mailbox: "INBOX".into(),
         uid: "42".into(),
+        ..Context::default()
     };
     let unicode =
         Context { helo: "ǅ ß İ ΐ ΟΔΟΣ".into(), sender: "ΐ@ΟΔΟΣ.example".into(), ..Context::default() };
