@@ -341,3 +341,38 @@ def test_verification_off(daemon, dns):
     assert seen(parsed, "DMARC") == "none none -"
     assert [v.split(";")[0].strip() for v in parsed.get_all("Authentication-Results")] == ["mx.test.example"]
     assert "spf=" not in parsed["Authentication-Results"]
+
+
+# --- examples/dmarc-gate in the daemon ----------------------------------------------------
+
+
+def test_dmarc_gate_example_in_the_daemon(daemon, dns, keys):
+    import shutil
+
+    from conftest import REPO
+
+    d = daemon(start=False, extra=f'[auth]\ndns_server = "{dns.address}"\ndns_timeout = "1s"\n')
+    shutil.rmtree(d.scripts_dir)
+    shutil.copytree(REPO / "examples" / "dmarc-gate" / "scripts", d.scripts_dir)
+    d.start()
+
+    def send(sender, msg):
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=20) as s:
+            s.ehlo("client.good.test")
+            s.mail(sender)
+            s.rcpt("user@example.org")
+            return s.data(msg)
+
+    # good.test publishes p=reject; unsigned, and SPF passes for other.test only: refused.
+    code, text = send("alice@other.test", message("alice@good.test", subject="phish"))
+    assert (code, text) == (550, b"5.7.1 good.test asks receivers to reject mail that fails DMARC")
+    assert send("alice@fail.test", message("alice@fail.test", subject="spf fails"))[0] == 250
+    assert send("alice@other.test", message("ceo@example.org", subject="favour"))[0] == 250
+    signed = sign(message("alice@good.test", subject="genuine"), keys["rsa"], "good.test", "rsa")
+    assert send("alice@other.test", signed)[0] == 250
+
+    junk = wait_for(lambda: d.messages("user@example.org", folder="Junk"), timeout=10)
+    inbox = wait_for(lambda: len(d.messages("user@example.org")) == 2 and d.messages("user@example.org"), timeout=10)
+    assert [email.message_from_bytes(p.read_bytes())["Subject"] for p in junk] == ["spf fails"]
+    subjects = sorted(email.message_from_bytes(p.read_bytes())["Subject"] for p in inbox)
+    assert subjects == ["[UNVERIFIED] favour", "genuine"]

@@ -160,7 +160,8 @@ impl Report<'_> {
             let dmarc = &self.message.dmarc;
             let mut line = format!("dmarc={}", dmarc.result);
             if !dmarc.domain.is_empty() {
-                line.push_str(&format!(" (p={}) header.from={}", dmarc.policy, value(&dmarc.domain)));
+                let aligned = if dmarc.aligned.is_empty() { "none".to_string() } else { dmarc.aligned.join(",") };
+                line.push_str(&format!(" (p={} aligned={aligned}) header.from={}", dmarc.policy, value(&dmarc.domain)));
             }
             parts.push(line);
             parts.push(format!("arc={}", self.message.arc.result));
@@ -176,6 +177,86 @@ impl Report<'_> {
         }
         out.push_str("\r\n");
         out
+    }
+}
+
+/// The verdicts an `Authentication-Results` field value written by [`Report::header`] holds:
+/// how `mailflow test` replays the checks of a message mailflow received (best effort: an
+/// unknown method or property is skipped).
+pub fn parse_header(field_value: &str) -> (IprevVerdict, SpfVerdict, MessageAuth) {
+    let (mut iprev, mut spf, mut message) = (IprevVerdict::default(), SpfVerdict::default(), MessageAuth::default());
+    let unfolded: String = field_value.split(['\r', '\n']).collect::<Vec<_>>().join(" ");
+    for part in unfolded.split(';').skip(1) {
+        let (comment, rest) = match (part.find('('), part.find(')')) {
+            (Some(open), Some(close)) if open < close => {
+                (&part[open + 1..close], format!("{} {}", &part[..open], &part[close + 1..]))
+            }
+            _ => ("", part.to_string()),
+        };
+        let mut words = rest.split_whitespace();
+        let Some((method, result)) = words.next().and_then(|w| w.split_once('=')) else {
+            continue;
+        };
+        let result = outcome_of(result);
+        let props: Vec<(&str, String)> =
+            words.filter_map(|w| w.split_once('=')).map(|(k, v)| (k, v.trim_matches('"').to_string())).collect();
+        let prop = |key: &str| props.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone());
+        match method.to_ascii_lowercase().as_str() {
+            "iprev" => iprev = IprevVerdict { result, name: comment.trim().to_string() },
+            "spf" => {
+                let helo = prop("smtp.helo");
+                spf = SpfVerdict {
+                    result,
+                    helo_identity: helo.is_some(),
+                    domain: prop("smtp.mailfrom").or(helo).unwrap_or_default(),
+                }
+            }
+            "dkim" if result != Outcome::None => message.dkim.push(DkimVerdict {
+                result,
+                domain: prop("header.d").unwrap_or_default(),
+                selector: prop("header.s").unwrap_or_default(),
+                algorithm: prop("header.a").unwrap_or_default(),
+                reason: String::new(),
+            }),
+            "dmarc" => {
+                let tag = |name: &str| {
+                    comment.split_whitespace().find_map(|t| t.strip_prefix(name)).unwrap_or("").to_string()
+                };
+                message.dmarc = DmarcVerdict {
+                    result,
+                    policy: match tag("p=").as_str() {
+                        "reject" => "reject",
+                        "quarantine" => "quarantine",
+                        _ => "none",
+                    },
+                    domain: prop("header.from").unwrap_or_default(),
+                    aligned: tag("aligned=")
+                        .split(',')
+                        .filter_map(|a| match a {
+                            "dkim" => Some("dkim"),
+                            "spf" => Some("spf"),
+                            _ => None,
+                        })
+                        .collect(),
+                };
+            }
+            "arc" => message.arc = ArcVerdict { result },
+            _ => {}
+        }
+    }
+    (iprev, spf, message)
+}
+
+fn outcome_of(word: &str) -> Outcome {
+    match word.to_ascii_lowercase().as_str() {
+        "pass" => Outcome::Pass,
+        "fail" | "hardfail" => Outcome::Fail,
+        "softfail" => Outcome::SoftFail,
+        "neutral" => Outcome::Neutral,
+        "temperror" => Outcome::TempError,
+        "permerror" => Outcome::PermError,
+        "policy" => Outcome::Policy,
+        _ => Outcome::None,
     }
 }
 
@@ -284,9 +365,46 @@ mod tests {
              \tiprev=pass policy.iprev=192.0.2.1 (mail.example.com);\r\n\
              \tspf=softfail smtp.mailfrom=example.com;\r\n\
              \tdkim=pass header.d=example.com header.s=s1 header.a=ed25519-sha256;\r\n\
-             \tdmarc=pass (p=reject) header.from=example.com;\r\n\
+             \tdmarc=pass (p=reject aligned=dkim) header.from=example.com;\r\n\
              \tarc=none\r\n"
         );
+    }
+
+    #[test]
+    fn a_written_header_parses_back() {
+        let message = MessageAuth {
+            dkim: vec![DkimVerdict {
+                result: Outcome::Fail,
+                domain: "example.com".into(),
+                selector: "s1".into(),
+                algorithm: "rsa-sha256".into(),
+                reason: "bad (really) signature".into(),
+            }],
+            dmarc: DmarcVerdict {
+                result: Outcome::Pass,
+                policy: "quarantine",
+                domain: "example.com".into(),
+                aligned: vec!["dkim", "spf"],
+            },
+            arc: ArcVerdict { result: Outcome::Pass },
+        };
+        let iprev = IprevVerdict { result: Outcome::Pass, name: "mail.example.com".into() };
+        let spf = SpfVerdict { result: Outcome::Pass, domain: "example.com".into(), helo_identity: false };
+        let report = Report {
+            authserv_id: "mx",
+            remote_ip: "192.0.2.1",
+            auth_user: None,
+            iprev: &iprev,
+            spf: &spf,
+            helo: "h",
+            message: &message,
+        };
+        let header = report.header();
+        let value = header.split_once(':').unwrap().1;
+        let (iprev2, spf2, mut message2) = parse_header(value);
+        assert_eq!((iprev2, spf2), (iprev, spf));
+        message2.dkim[0].reason = message.dkim[0].reason.clone();
+        assert_eq!(message2, message);
     }
 
     #[test]
