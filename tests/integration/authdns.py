@@ -17,11 +17,15 @@ import pytest
 try:
     import dkim
     import nacl.signing
-    from dnslib import A, PTR, QTYPE, RCODE, RR, TXT
+    from dnslib import A, PTR, QTYPE, RCODE, RR, SOA, TXT
     from dnslib.server import BaseResolver, DNSServer
 except ImportError as e:  # pragma: no cover - test.sh installs them
     pytest.fail(f"python package missing ({e}): run test.sh, which installs dnslib, dkimpy and pynacl")
 
+
+# The SOA of negative answers (RFC 2308), as a real server sends it: resolvers cache the
+# "no such name" for its minimum TTL.
+NEGATIVE = RR("test.", QTYPE.SOA, rdata=SOA("ns.test.", "hostmaster.test.", (1, 3600, 600, 86400, 300)), ttl=300)
 
 # The EDNS payload size clients advertise these days (DNS flag day 2020).
 UDP_PAYLOAD = 1232
@@ -70,9 +74,12 @@ class AuthDNS:
                     return reply
                 if not any(name == qname for name, _ in dns.zone):
                     reply.header.rcode = RCODE.NXDOMAIN
+                    reply.add_auth(NEGATIVE)
                     return reply
                 for rdata in dns.zone.get((qname, qtype), []):
                     reply.add_answer(RR(qname, getattr(QTYPE, qtype), rdata=rdata, ttl=300))
+                if not reply.rr:
+                    reply.add_auth(NEGATIVE)
                 if handler.protocol == "udp" and len(reply.pack()) > UDP_PAYLOAD:
                     # As a real server does: an answer too big for UDP is truncated (TC), and
                     # the client asks again over TCP.

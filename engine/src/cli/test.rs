@@ -317,7 +317,8 @@ fn emit(text: &str) {
 fn replayed_results(
     raw: &[u8],
     authserv_id: &str,
-) -> Option<(crate::proto::authres::IprevVerdict, crate::proto::authres::SpfVerdict, crate::proto::authres::MessageAuth)> {
+) -> Option<(crate::proto::authres::IprevVerdict, crate::proto::authres::SpfVerdict, crate::proto::authres::MessageAuth)>
+{
     use crate::proto::authres::{claims_authserv_id, parse_header};
     headers::fields(raw).into_iter().find_map(|(name, start, end)| {
         let line = &raw[start..end];

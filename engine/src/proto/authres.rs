@@ -150,7 +150,9 @@ impl Report<'_> {
                 if !dkim.reason.is_empty() {
                     line.push_str(&format!(" ({})", comment(&dkim.reason)));
                 }
-                for (key, v) in [("header.d", &dkim.domain), ("header.s", &dkim.selector), ("header.a", &dkim.algorithm)] {
+                for (key, v) in
+                    [("header.d", &dkim.domain), ("header.s", &dkim.selector), ("header.a", &dkim.algorithm)]
+                {
                     if !v.is_empty() {
                         line.push_str(&format!(" {key}={}", value(v)));
                     }

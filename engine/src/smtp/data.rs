@@ -177,8 +177,12 @@ impl Session {
         let verifier = self.shared.verifier.clone();
         let auth = match &verifier {
             Some(verifier) if self.auth_user.is_none() => {
-                let peer =
-                    Peer { ip: self.remote_ip, helo: helo.clone(), sender: tx.sender.clone(), spf: self.checks.spf.clone() };
+                let peer = Peer {
+                    ip: self.remote_ip,
+                    helo: helo.clone(),
+                    sender: tx.sender.clone(),
+                    spf: self.checks.spf.clone(),
+                };
                 Some(match &staged {
                     None => verifier.check_message(&outcome.body, &peer).await,
                     Some(file) => verifier.check_file(&file.tail(), peer).await,
@@ -204,7 +208,13 @@ impl Session {
         let cleaned = verifier.as_ref().and_then(|verifier| {
             let none = MessageAuth::default();
             let message = auth.as_ref().unwrap_or(&none);
-            header.push_str(&verifier.report_header(&self.checks, &remote_ip, &helo, self.auth_user.as_deref(), message));
+            header.push_str(&verifier.report_header(
+                &self.checks,
+                &remote_ip,
+                &helo,
+                self.auth_user.as_deref(),
+                message,
+            ));
             without_forged_results(header_part, verifier.authserv_id())
         });
         if let Some(cleaned) = &cleaned {

@@ -130,7 +130,8 @@ impl Verifier {
     }
 }
 
-/// One log line per message with every verdict.
+/// One log line per message with every verdict: at info when a check could not be completed
+/// (a DNS failure, a broken signature or record), else at debug (the header records them).
 fn log(auth: &MessageAuth) {
     let dkim: Vec<String> = auth
         .dkim
@@ -143,14 +144,13 @@ fn log(auth: &MessageAuth) {
             }
         })
         .collect();
-    tracing::info!(
-        dkim = %dkim.join(","),
-        dmarc = %auth.dmarc.result,
-        dmarc_domain = %auth.dmarc.domain,
-        dmarc_policy = auth.dmarc.policy,
-        arc = %auth.arc.result,
-        "authentication checked"
-    );
+    let troubled = |o: Outcome| matches!(o, Outcome::TempError | Outcome::PermError);
+    let fields = (dkim.join(","), auth.dmarc.result, &auth.dmarc.domain, auth.dmarc.policy, auth.arc.result);
+    if auth.dkim.iter().any(|d| troubled(d.result)) || troubled(auth.dmarc.result) || troubled(auth.arc.result) {
+        tracing::info!(dkim = %fields.0, dmarc = %fields.1, dmarc_domain = %fields.2, dmarc_policy = fields.3, arc = %fields.4, "authentication checked");
+    } else {
+        tracing::debug!(dkim = %fields.0, dmarc = %fields.1, dmarc_domain = %fields.2, dmarc_policy = fields.3, arc = %fields.4, "authentication checked");
+    }
 }
 
 fn dkim_outcome(result: &DkimResult) -> Outcome {
@@ -170,10 +170,9 @@ fn dkim_verdict(result: &DkimResult, signature: &mail_auth::dkim::Signature) -> 
     let mut outcome = dkim_outcome(result);
     let mut reason = match result {
         DkimResult::Pass | DkimResult::None => String::new(),
-        DkimResult::Fail(e)
-        | DkimResult::Neutral(e)
-        | DkimResult::PermError(e)
-        | DkimResult::TempError(e) => e.to_string(),
+        DkimResult::Fail(e) | DkimResult::Neutral(e) | DkimResult::PermError(e) | DkimResult::TempError(e) => {
+            e.to_string()
+        }
     };
     if signature.l != 0 && outcome != Outcome::TempError {
         outcome = Outcome::Policy;
@@ -294,6 +293,9 @@ mod tests {
     fn malformed_signatures_keep_their_names() {
         let v = malformed(b" v=1; a=rsa-sha256; d=Example.COM; s=sel\r\n 1; b=!!", &AuthError::Base64);
         assert_eq!(v.result, Outcome::PermError);
-        assert_eq!((v.domain.as_str(), v.selector.as_str(), v.algorithm.as_str()), ("example.com", "sel1", "rsa-sha256"));
+        assert_eq!(
+            (v.domain.as_str(), v.selector.as_str(), v.algorithm.as_str()),
+            ("example.com", "sel1", "rsa-sha256")
+        );
     }
 }

@@ -231,3 +231,54 @@ pub(crate) fn spf_outcome(result: SpfResult) -> Outcome {
 
 /// What the session holds: the checks when `[auth] verify` is on.
 pub type SharedVerifier = Option<Arc<Verifier>>;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A real socket that never answers: every lookup times out.
+    fn silent_server() -> (std::net::UdpSocket, Config) {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut config = Config::default();
+        config.auth.dns_server = silent.local_addr().unwrap().to_string();
+        config.auth.dns_timeout = Duration::from_millis(200);
+        (silent, config)
+    }
+
+    #[tokio::test]
+    async fn a_silent_dns_server_gives_temperror_within_the_deadline() {
+        let (_socket, config) = silent_server();
+        let verifier = Verifier::from_config(&config).unwrap().unwrap();
+        let limit = Duration::from_millis(200) * CHECK_ROUNDS + Duration::from_millis(300);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+
+        let started = Instant::now();
+        let spf = verifier.spf(ip, "client.example", "a@sender.example").await;
+        assert_eq!((spf.result, spf.domain.as_str()), (Outcome::TempError, "sender.example"));
+        assert!(started.elapsed() < limit, "{:?}", started.elapsed());
+
+        let started = Instant::now();
+        assert_eq!(verifier.iprev(ip).await.result, Outcome::TempError);
+        assert!(started.elapsed() < limit, "{:?}", started.elapsed());
+
+        let started = Instant::now();
+        let peer = Peer { ip, helo: "client.example".into(), sender: "a@sender.example".into(), spf };
+        let auth = verifier.check_message(b"From: <a@sender.example>\r\nSubject: x\r\n\r\nbody\r\n", &peer).await;
+        assert_eq!(auth.dmarc.result, Outcome::TempError);
+        assert!(auth.dkim.is_empty());
+        assert!(started.elapsed() < limit, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn off_means_no_verifier_and_the_id_defaults_to_the_hostname() {
+        let mut config = Config::default();
+        config.smtp.hostname = "mx.example.org".into();
+        config.auth.dns_server = "127.0.0.1:53".into();
+        let verifier = Verifier::from_config(&config).unwrap().unwrap();
+        assert_eq!(verifier.authserv_id(), "mx.example.org");
+        config.auth.verify = false;
+        assert!(Verifier::from_config(&config).unwrap().is_none());
+    }
+}
