@@ -56,6 +56,12 @@ if ! python3 -c "import dnslib" 2>/dev/null; then
     echo "== installing dnslib"
     pip_install dnslib
 fi
+# dkimpy (with PyNaCl for ed25519 and authres for ARC): the independent DKIM/ARC signer whose
+# messages the authentication tests verify mailflow against.
+if ! python3 -c "import dkim, nacl.signing, authres" 2>/dev/null; then
+    echo "== installing dkimpy pynacl authres"
+    pip_install dkimpy pynacl authres
+fi
 
 # dkimpy (+ PyNaCl for ed25519): the independent DKIM/ARC verifier of mailflow's signatures.
 if ! python3 -c "import dkim, nacl" 2>/dev/null; then

@@ -106,6 +106,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.smtp.max_connections));
     let tls = load_tls(&config)?;
+    let verifier = crate::verify::Verifier::from_config(&config)?.map(Arc::new);
     let shared = Arc::new(Shared {
         config: ArcSwap::new(config.clone()),
         scripts: scripts.clone(),
@@ -115,6 +116,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         tls: arc_swap::ArcSwapOption::new(tls),
         auth_failures: Default::default(),
         srs,
+        verifier,
     });
     let session_threads =
         SessionThreads::start(smtp::runtime::default_count()).context("cannot start the SMTP session threads")?;

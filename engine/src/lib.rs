@@ -35,3 +35,4 @@ pub mod script;
 pub mod smtp;
 pub mod spool;
 pub mod state;
+pub mod verify;

@@ -1,5 +1,5 @@
 """The script examples in the documentation compile: every ```rhai block of
-docs/scripting.md and of the README, every rustdoc example of the script API (engine/src/script/api.rs), and the
+docs/scripting.md and of the README, every rustdoc example of the script API (engine/src/script/api.rs and api_auth.rs), and the
 commented examples of the default scripts/00-default.rhai. Examples that do not compile teach
 users errors.
 """
@@ -70,6 +70,7 @@ def check_compiles(tmp_path, block):
 DOC_BLOCKS = markdown_blocks(DOC.read_text()) if DOC.exists() else []
 README_BLOCKS = markdown_blocks((REPO / "README.md").read_text())
 API_BLOCKS = rustdoc_blocks(API.read_text()) if API.exists() else []
+API_BLOCKS += rustdoc_blocks((API.parent / "api_auth.rs").read_text())
 
 
 def test_there_are_examples():

@@ -157,6 +157,7 @@ fn validate(config: &Config) -> Result<(), String> {
     if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(format!("[metrics] listen {listen:?} is not an address:port"));
     }
+    config.auth.validate()?;
     if config.scripts.timeout_ms == 0 {
         return Err("[scripts] timeout_ms must be > 0".into());
     }

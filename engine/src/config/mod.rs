@@ -5,6 +5,7 @@
 //! of the config file (the current folder when running on built-in defaults) by [`Config::load`],
 //! so the rest of the daemon only ever sees absolute paths.
 
+pub mod auth;
 pub mod duration;
 pub mod listeners;
 mod load;
@@ -43,6 +44,7 @@ pub struct Config {
     pub dkim: Vec<DkimConfig>,
     /// `[srs]`: present means forwards are sent with SRS envelope senders.
     pub srs: Option<SrsConfig>,
+    pub auth: auth::AuthConfig,
 }
 
 /// `[smtp]`: the receiver.

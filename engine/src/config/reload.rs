@@ -8,7 +8,7 @@
 //! Everything else names a socket, a folder or a component built once at start (listeners,
 //! `[[smtp.listeners]]`, `[[dkim]]` keys and `[srs]`, `hostname` and `local_domains`, which the deliverer and the outbound queue also hold,
 //! `max_connections`, the scripts `dir`, `[delivery]`, `[outbound]`, `[state]`, `[plugins]`,
-//! `[metrics]`): a change there is logged as "needs a restart" and the running value stays,
+//! `[metrics]`, `[auth]`): a change there is logged as "needs a restart" and the running value stays,
 //! so the daemon never runs half on the old settings and half on the new.
 
 use serde::Serialize;
@@ -46,6 +46,7 @@ pub fn merge(running: &Config, fresh: Config) -> Reloaded {
     check("state", differs(&running.state, &fresh.state));
     check("plugins", differs(&running.plugins, &fresh.plugins));
     check("metrics", differs(&running.metrics, &fresh.metrics));
+    check("auth", differs(&running.auth, &fresh.auth));
 
     let mut config = running.clone();
     let smtp = &mut config.smtp;

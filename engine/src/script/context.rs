@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::proto::authres::{IprevVerdict, SpfVerdict};
+
 /// The facts a stage call can see. Strings are "" when not applicable.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Context {
@@ -24,6 +26,10 @@ pub struct Context {
     pub protocol: String,
     pub mailbox: String,
     pub uid: String,
+    /// SPF of the envelope sender (from `mail_from` on; "none" when not checked).
+    pub spf: SpfVerdict,
+    /// iprev of the client (from `connect` on).
+    pub iprev: IprevVerdict,
 }
 
 /// The rhai-side handle: cheap to clone into every call.

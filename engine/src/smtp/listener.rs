@@ -38,6 +38,8 @@ pub struct Shared {
     pub auth_failures: FailureLimiter,
     /// `[srs]`: bounces to SRS addresses are verified at RCPT and sent back.
     pub srs: Option<Arc<crate::proto::srs::Srs>>,
+    /// SPF, DKIM, DMARC, ARC and iprev checks, when `[auth] verify` is on.
+    pub verifier: crate::verify::SharedVerifier,
 }
 
 /// Accepts on `listener` until shutdown. With implicit TLS every connection starts with a

@@ -14,6 +14,12 @@ use crate::message::MessageView;
 use crate::proto::srs::SrsError;
 
 impl<S: SessionStream> Session<S> {
+    /// Whether this client's mail is checked (SPF, iprev, DKIM, DMARC, ARC): mail from the
+    /// internet is; a submission listener's and an authenticated client's is not (it is ours).
+    pub(super) fn verifies(&self) -> bool {
+        self.listener.role == ListenerRole::Mx && self.auth_user.is_none()
+    }
+
     /// AUTH needs TLS: always, unless `allow_plain_auth`, and on a submission listener with
     /// `tls = "starttls"` even then (credentials never cross in clear there).
     pub(super) fn auth_needs_tls(&self) -> bool {

@@ -117,6 +117,8 @@ pub struct Session<S> {
     upgraded: bool,
     /// The listener's role and TLS mode (see `policy.rs`).
     pub(super) listener: crate::config::ListenerConfig,
+    /// iprev and SPF verdicts (see [`crate::verify`]).
+    pub(super) checks: crate::verify::SessionChecks,
 }
 
 impl<S: SessionStream> Session<S> {
@@ -148,6 +150,7 @@ impl<S: SessionStream> Session<S> {
                 role: crate::config::ListenerRole::Mx,
                 tls: crate::config::ListenerTls::Starttls,
             },
+            checks: Default::default(),
         }
     }
 
@@ -189,6 +192,9 @@ impl<S: SessionStream> Session<S> {
     async fn serve(&mut self, greet: bool) -> std::io::Result<Flow> {
         if greet {
             let hostname = self.config.smtp.hostname.clone();
+            if let Some(verifier) = self.shared.verifier.as_ref().filter(|_| self.verifies()) {
+                self.checks.iprev = Box::pin(verifier.iprev(self.remote_ip)).await;
+            }
             let decision = self.run_stage(Stage::Connect, self.context(""), None).await;
             match decision.verdict {
                 Some(Verdict::Tempfail { .. }) => {
@@ -262,9 +268,22 @@ impl<S: SessionStream> Session<S> {
             auth_user: _,
             upgraded: _,
             listener,
+            checks,
         } = self;
-        let detached =
-            Detached { inbuf, out, shared, config, scripts, shutdown, id, remote_ip, remote_text, refused, listener };
+        let detached = Detached {
+            inbuf,
+            out,
+            shared,
+            config,
+            scripts,
+            shutdown,
+            id,
+            remote_ip,
+            remote_text,
+            refused,
+            listener,
+            checks,
+        };
         (stream, detached)
     }
 
@@ -440,6 +459,8 @@ impl<S: SessionStream> Session<S> {
             sender,
             rcpt: rcpt.to_string(),
             recipients,
+            spf: self.checks.spf.clone(),
+            iprev: self.checks.iprev.clone(),
             ..Context::default()
         }
     }
@@ -489,13 +510,27 @@ pub(super) struct Detached {
     remote_text: String,
     refused: bool,
     listener: crate::config::ListenerConfig,
+    /// iprev belongs to the connection; SPF is taken again at the next MAIL.
+    checks: crate::verify::SessionChecks,
 }
 
 impl Detached {
     /// The session over `stream`, at its start: no HELO, no transaction, not authenticated.
     pub(super) fn with_stream<T>(self, stream: T) -> Session<T> {
-        let Detached { inbuf, out, shared, config, scripts, shutdown, id, remote_ip, remote_text, refused, listener } =
-            self;
+        let Detached {
+            inbuf,
+            out,
+            shared,
+            config,
+            scripts,
+            shutdown,
+            id,
+            remote_ip,
+            remote_text,
+            refused,
+            listener,
+            checks,
+        } = self;
         Session {
             stream,
             inbuf,
@@ -516,6 +551,7 @@ impl Detached {
             auth_user: None,
             upgraded: true,
             listener,
+            checks,
         }
     }
 }

@@ -40,6 +40,7 @@ pub(super) fn contexts() -> Vec<ScriptCtx> {
         protocol: "imap".into(),
         mailbox: "INBOX".into(),
         uid: "42".into(),
+        ..Context::default()
     };
     let unicode =
         Context { helo: "ǅ ß İ ΐ ΟΔΟΣ".into(), sender: "ΐ@ΟΔΟΣ.example".into(), ..Context::default() };

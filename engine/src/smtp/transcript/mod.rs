@@ -89,6 +89,7 @@ impl Harness {
             tls: ArcSwapOption::new(tls),
             auth_failures: Default::default(),
             srs: None,
+            verifier: None,
         });
         Harness { _dir: dir, shared, accepted, shutdown, cert }
     }
