@@ -19,6 +19,14 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # unprivileged user mfmail, on free loopback ports; the system instance is not used).
 [ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
 [ -x /usr/lib/dovecot/pop3 ] || need_apt+=(dovecot-pop3d)
+# Its submission service: the relay that accepts AUTH XOAUTH2 in the OAuth2 tests.
+[ -x /usr/lib/dovecot/submission ] || need_apt+=(dovecot-submissiond)
+# Spam scanners for the rspamd/spamd plugin tests (private instances on loopback): rspamd,
+# Redis for its Bayes statistics, SpamAssassin's spamd with its rules.
+[ -x /usr/bin/rspamd ] && [ -f /etc/rspamd/rspamd.conf ] || need_apt+=(rspamd)
+[ -x /usr/bin/redis-server ] || need_apt+=(redis-server)
+[ -x /usr/sbin/spamd ] || need_apt+=(spamd)
+[ -f /usr/share/spamassassin/20_body_tests.cf ] && perl -MMail::SpamAssassin -e1 2>/dev/null || need_apt+=(spamassassin)
 # valgrind: bench/check-hooks counts the script instructions per message (the hook budget).
 command -v valgrind >/dev/null || need_apt+=(valgrind)
 # GNU Mailutils imap4d/pop3d: the second IMAP/POP3 servers of the poller tests (private
@@ -49,6 +57,18 @@ fi
 if ! python3 -c "import dnslib" 2>/dev/null; then
     echo "== installing dnslib"
     pip_install dnslib
+fi
+# dkimpy (with PyNaCl for ed25519 and authres for ARC): the independent DKIM/ARC signer whose
+# messages the authentication tests verify mailflow against.
+if ! python3 -c "import dkim, nacl.signing, authres" 2>/dev/null; then
+    echo "== installing dkimpy pynacl authres"
+    pip_install dkimpy pynacl authres
+fi
+
+# dkimpy (+ PyNaCl for ed25519): the independent DKIM/ARC verifier of mailflow's signatures.
+if ! python3 -c "import dkim, nacl" 2>/dev/null; then
+    echo "== installing dkimpy"
+    pip_install dkimpy pynacl
 fi
 
 echo "== cargo build"

@@ -57,20 +57,30 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         }
     };
 
-    let transport =
-        Arc::new(Transport::from_config(&config.outbound, &config.smtp.hostname).map_err(anyhow::Error::msg)?);
+    let transport = Transport::from_config(&config.outbound, &config.smtp.hostname)
+        .map_err(anyhow::Error::msg)?
+        .with_relay_login(crate::oauth2::relay::RelayLogin::from_config(&config, &store));
+    let transport = Arc::new(transport);
+    let srs = crate::config::signing::load_srs(&config).map_err(anyhow::Error::msg)?.map(Arc::new);
     let settings = OutboundSettings {
         retry: config.outbound.retry.clone(),
         max_age: config.outbound.max_age,
         hostname: config.smtp.hostname.clone(),
         local: DeliveryTarget::from_config(&config),
         concurrency: config.outbound.concurrency,
+        srs: srs.clone(),
     };
     let queue_dir = config.queue_dir();
-    let (outbound, scheduler) = Outbound::start(&queue_dir, transport, settings)
+    let (signer, key_errors) = crate::outbound::Signer::from_config(&config);
+    for error in &key_errors {
+        // Not fatal: mail for that domain goes out unsigned (each message logs it again).
+        tracing::error!(error = %error, "DKIM key not loaded");
+    }
+    let signer = (!signer.is_empty()).then(|| Arc::new(signer));
+    let (outbound, scheduler) = Outbound::start(&queue_dir, transport, settings, signer)
         .with_context(|| format!("opening the outbound queue in {}", queue_dir.display()))?;
 
-    let delivery = Deliverer::from_config(&config, outbound, store.clone());
+    let delivery = Deliverer::from_config(&config, outbound, store.clone()).with_srs(srs.clone());
     let fetch_deps = FetchDeps {
         scripts: scripts.clone(),
         store: store.clone(),
@@ -100,6 +110,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.smtp.max_connections));
     let tls = load_tls(&config)?;
+    let verifier = crate::verify::Verifier::from_config(&config)?.map(Arc::new);
     let shared = Arc::new(Shared {
         config: ArcSwap::new(config.clone()),
         scripts: scripts.clone(),
@@ -108,22 +119,24 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         connections: connections.clone(),
         tls: arc_swap::ArcSwapOption::new(tls),
         auth_failures: Default::default(),
+        srs,
+        verifier,
     });
     let session_threads =
         SessionThreads::start(smtp::runtime::default_count()).context("cannot start the SMTP session threads")?;
     let mut listeners = Vec::new();
-    let plain = config.smtp.listen.iter().map(|a| (a, false));
-    for (addr, implicit_tls) in plain.chain(config.smtp.tls_listen.iter().map(|a| (a, true))) {
+    for spec in config.smtp.all_listeners() {
+        let addr = spec.address;
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let kind = if implicit_tls { "SMTP (implicit TLS) listening" } else { "SMTP listening" };
-        tracing::info!(addr = %listener.local_addr().unwrap_or(*addr), "{kind}");
+        let tls = if spec.tls == crate::config::ListenerTls::Implicit { " (implicit TLS)" } else { "" };
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), role = spec.role.name(), "SMTP{tls} listening");
         let listener = listener.into_std().with_context(|| format!("listening on {addr}"))?;
         for handle in session_threads.handles() {
-            let (listener, shared) =
-                (listener.try_clone().with_context(|| format!("listening on {addr}"))?, shared.clone());
+            let (listener, shared, spec) =
+                (listener.try_clone().with_context(|| format!("listening on {addr}"))?, shared.clone(), spec);
             listeners.push(handle.spawn(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => smtp::serve(listener, shared, implicit_tls).await,
+                    Ok(listener) => smtp::serve(listener, shared, spec).await,
                     Err(e) => tracing::error!(error = %e, "cannot accept on a session thread"),
                 }
             }));

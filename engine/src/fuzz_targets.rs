@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("imap_response", imap_response),
     ("spool_record", spool_record),
     ("config", config),
+    ("auth_results", auth_results),
 ];
 
 /// Lines as a reader that stops at LF sees them (LF kept); a last line without LF too.
@@ -455,4 +456,31 @@ pub fn config(data: &[u8]) {
     let reread = crate::config::load_str(&written, "written.toml")
         .unwrap_or_else(|e| panic!("a loaded config written back does not load: {e}\n{written}"));
     assert_eq!(toml::to_string(&reread).ok().as_deref(), Some(&*written), "config changed on a round trip");
+}
+
+/// The authentication code on any message: mail-auth's parse of DKIM/ARC headers and body
+/// hashes (no panic), the removal of `Authentication-Results` fields claiming our id (none
+/// left, nothing else lost), and the header values written from client names (one line of
+/// printable ASCII) and read back.
+pub fn auth_results(data: &[u8]) {
+    use crate::proto::authres::{claims_authserv_id, parse_header, value};
+    const ID: &str = "mx.example.org";
+    let _ = mail_auth::AuthenticatedMessage::parse_with_opts(data, None, false);
+    let _ = claims_authserv_id(data, ID);
+    let text = String::from_utf8_lossy(data);
+    let _ = parse_header(&text);
+    let written = value(&text);
+    assert!(written.bytes().all(|b| b == b' ' || b.is_ascii_graphic()), "{written:?}");
+    if let Some(cleaned) = crate::verify::message::without_forged_results(data, ID) {
+        assert!(cleaned.len() < data.len());
+        for (name, start, end) in headers::fields(&cleaned) {
+            let line = &cleaned[start..end];
+            let value = memchr::memchr(b':', line).map_or(&b""[..], |colon| &line[colon + 1..]);
+            assert!(
+                !(name.eq_ignore_ascii_case("Authentication-Results") && claims_authserv_id(value, ID)),
+                "a forged field survived: {:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
 }

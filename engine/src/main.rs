@@ -1,7 +1,7 @@
 //! The `mailflow` binary: parses the command line, sets up logging, runs the command.
 
 use clap::Parser;
-use mailflow::cli::{Cli, Command};
+use mailflow::cli::{Cli, Command, DkimAction};
 use mailflow::config::log::{LogConfig, LogFormat};
 use mailflow::config::LoadedConfig;
 use mailflow::logline::{JsonLayer, LineFields, LineFormat, LogSink};
@@ -24,6 +24,10 @@ fn main() {
         Command::Test(args) => logged(&|| mailflow::cli::test::run(config, &args)),
         Command::Queue { action } => logged(&|| mailflow::cli::queue::run(config, &action)),
         Command::HashPassword => logged(&hash_password),
+        Command::Dkim { action: DkimAction::Keygen(args) } => logged(&|| mailflow::cli::dkim::keygen(&args)),
+        Command::Oauth2 { action: mailflow::cli::Oauth2Action::Authorize { account } } => {
+            logged(&|| mailflow::cli::oauth2::run(config, &account))
+        }
     };
     std::process::exit(code);
 }

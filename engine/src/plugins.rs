@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailflow_plugin::{Host, MessageSource, Plugin, PluginContext, PluginError};
+use mailflow_plugin::{Envelope, Host, MessageSource, Plugin, PluginContext, PluginError};
 use rhai::Dynamic;
 
 use crate::config::PluginsConfig;
@@ -27,6 +27,8 @@ fn builder(name: &str) -> Option<Builder> {
         "kv" => Some(mailflow_plugin_kv::build),
         "http" => Some(mailflow_plugin_http::build),
         "exec" => Some(mailflow_plugin_exec::build),
+        "rspamd" => Some(mailflow_plugin_rspamd::build),
+        "spamd" => Some(mailflow_plugin_spamd::build),
         _ => None,
     }
 }
@@ -61,6 +63,18 @@ impl Host for EngineHost {
             stage => Err(format!("a message rewrite is only possible in the data and fetched stages, not {stage}")),
         }
     }
+
+    fn envelope(&self) -> Option<Envelope> {
+        let ctx = sandbox::with(|s| s.ctx.clone()).flatten()?;
+        let c = &ctx.0;
+        Some(Envelope {
+            sender: c.sender.clone(),
+            recipients: c.recipients.clone(),
+            remote_ip: c.remote_ip.clone(),
+            helo: c.helo.clone(),
+            auth_user: c.auth_user.clone(),
+        })
+    }
 }
 
 /// Builds the enabled plugins; an unknown name or a bad table is an error naming it.
@@ -81,6 +95,8 @@ pub fn build(
             "kv" => config.kv.as_ref(),
             "http" => config.http.as_ref(),
             "exec" => config.exec.as_ref(),
+            "rspamd" => config.rspamd.as_ref(),
+            "spamd" => config.spamd.as_ref(),
             _ => None,
         };
         plugins.push(build(table.unwrap_or(&empty), &ctx)?);
@@ -92,7 +108,13 @@ pub fn build(
 /// A table for a plugin that is not enabled is still checked (a typo in it is an error now, not
 /// when the plugin is switched on later): built once and dropped.
 fn check_disabled(config: &PluginsConfig, store: &Arc<redb::Database>, state_dir: &Path) -> Result<(), PluginError> {
-    let tables = [("kv", &config.kv), ("http", &config.http), ("exec", &config.exec)];
+    let tables = [
+        ("kv", &config.kv),
+        ("http", &config.http),
+        ("exec", &config.exec),
+        ("rspamd", &config.rspamd),
+        ("spamd", &config.spamd),
+    ];
     let disabled: Vec<String> = tables
         .iter()
         .filter(|(name, table)| table.is_some() && !config.enabled.iter().any(|e| e == name))

@@ -2,7 +2,8 @@
 
 Each `Dovecot` is its own instance: own config, `base_dir`, `state_dir`, `instance_name`, log,
 passwd-file and Maildirs in a fresh folder under /tmp, listening on free loopback ports, with
-plaintext LOGIN allowed and no TLS. It runs in the foreground (`dovecot -F`) as a child of the
+plaintext LOGIN allowed and no TLS — or, given a test certificate (testca.py), STARTTLS/STLS on
+the plain ports and implicit TLS on two more. It runs in the foreground (`dovecot -F`) as a child of the
 test, so stopping it is a signal to a PID we own.
 
 Run as root (CI, test.sh), the mail processes run as the unprivileged user `mfmail` (test.sh
@@ -58,7 +59,7 @@ class PortTaken(Exception):
 class Dovecot:
     """One private Dovecot instance. `users` maps user name → password."""
 
-    def __init__(self, users=None, imap_connections=50):
+    def __init__(self, users=None, imap_connections=50, oauth2_url=None, submission_relay=None, cert=None, apop=False):
         if not os.path.exists(DOVECOT):
             pytest.fail("dovecot is missing: run test.sh, which installs dovecot-imapd and dovecot-pop3d")
         self.login_user, self.uid, self.gid = _account()
@@ -68,8 +69,20 @@ class Dovecot:
         os.chmod(self.dir, 0o755)
         self.imap_port = free_port()
         self.pop3_port = free_port()
+        # With `cert` (testca.Cert): STARTTLS/STLS on the plain ports, implicit TLS on these.
+        self.cert = cert
+        self.imaps_port = free_port() if cert else 0
+        self.pop3s_port = free_port() if cert else 0
+        # APOP needs the plaintext password in the passdb (it is, `{PLAIN}`) and the mechanism.
+        self.apop = apop
         self.users = dict(users or {"me": "secret"})
         self.imap_connections = imap_connections
+        # OAuth2 token introspection endpoint (RFC 7662) for XOAUTH2/OAUTHBEARER logins.
+        self.oauth2_url = oauth2_url
+        # The port of an SMTP server that a submission service (dovecot-submissiond) relays
+        # to; None: no submission service.
+        self.submission_relay = submission_relay
+        self.submission_port = free_port() if submission_relay else None
         self.instance = f"mfdv-{self.dir.name}"
         self.config_path = self.dir / "dovecot.conf"
         self.log_path = self.dir / "dovecot.log"
@@ -79,6 +92,7 @@ class Dovecot:
             (self.dir / sub).mkdir()
         self._chown(self.dir / "mail")
         self._write_passwd()
+        self._write_oauth2()
         self._write_config()
         for user in self.users:
             self.maildir(user)
@@ -98,17 +112,39 @@ class Dovecot:
         path.write_text("".join(lines))
         os.chmod(path, 0o644)
 
+    def _write_oauth2(self):
+        if not self.oauth2_url:
+            return
+        path = self.dir / "oauth2.conf"
+        path.write_text(textwrap.dedent(f"""\
+            introspection_mode = post
+            introspection_url = {self.oauth2_url}
+            username_attribute = username
+            active_attribute = active
+            active_value = true
+            """))
+        os.chmod(path, 0o644)
+
+    def _oauth2_passdb(self):
+        if not self.oauth2_url:
+            return ""
+        return f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {self.dir}/oauth2.conf\n}}\n"
+
     def _write_config(self):
         d = self.dir
+        ssl = "yes" if self.cert else "no"
+        mechanisms = "plain login" + (" apop" if self.apop else "") + (" xoauth2 oauthbearer" if self.oauth2_url else "")
+        protocols = "imap pop3" + (" submission" if self.submission_relay else "")
         self.config_path.write_text(textwrap.dedent(f"""\
             base_dir = {d}/run
             state_dir = {d}/state
             instance_name = {self.instance}
-            protocols = imap pop3
+            protocols = {protocols}
             listen = 127.0.0.1
-            ssl = no
+            ssl = {ssl}
             disable_plaintext_auth = no
-            auth_mechanisms = plain login
+            auth_mechanisms = {mechanisms}
+            auth_verbose = yes
             mail_location = maildir:~/Maildir
             first_valid_uid = 1
             log_path = {self.log_path}
@@ -120,6 +156,7 @@ class Dovecot:
               driver = passwd-file
               args = scheme=PLAIN {d}/passwd
             }}
+            {{oauth2_passdb}}
             userdb {{
               driver = static
               args = uid={self.uid} gid={self.gid} home={d}/mail/%u
@@ -131,7 +168,8 @@ class Dovecot:
                 port = {self.imap_port}
               }}
               inet_listener imaps {{
-                port = 0
+                address = 127.0.0.1
+                port = {self.imaps_port}
               }}
             }}
             service pop3-login {{
@@ -141,7 +179,8 @@ class Dovecot:
                 port = {self.pop3_port}
               }}
               inet_listener pop3s {{
-                port = 0
+                address = 127.0.0.1
+                port = {self.pop3s_port}
               }}
             }}
             service anvil {{
@@ -153,7 +192,26 @@ class Dovecot:
             protocol pop3 {{
               mail_max_userip_connections = 50
             }}
-            """))
+            """).replace("{oauth2_passdb}", self._oauth2_passdb())
+            + self._submission()
+            + (f"ssl_cert = <{self.cert.cert}\nssl_key = <{self.cert.key}\n" if self.cert else ""))
+
+    def _submission(self):
+        if not self.submission_relay:
+            return ""
+        return textwrap.dedent(f"""\
+            hostname = submission.test.example
+            submission_relay_host = 127.0.0.1
+            submission_relay_port = {self.submission_relay}
+            submission_relay_trusted = yes
+            service submission-login {{
+              chroot =
+              inet_listener submission {{
+                address = 127.0.0.1
+                port = {self.submission_port}
+              }}
+            }}
+            """)
 
     def set_password(self, user, password):
         """Changes a password (the passwd-file is re-read on the next login)."""
@@ -174,6 +232,10 @@ class Dovecot:
                 if attempt == attempts - 1 or self.started_once:
                     pytest.fail(f"dovecot: ports {self.imap_port}/{self.pop3_port} are taken:\n{self.errors()}")
                 self.imap_port, self.pop3_port = free_port(), free_port()
+                if self.submission_port:
+                    self.submission_port = free_port()
+                if self.cert:
+                    self.imaps_port, self.pop3s_port = free_port(), free_port()
                 self._write_config()
 
     def _start(self, timeout):
@@ -182,8 +244,8 @@ class Dovecot:
             [DOVECOT, "-F", "-c", str(self.config_path)], stdout=self.log_file, stderr=subprocess.STDOUT
         )
         deadline = time.time() + timeout
-        for port in (self.imap_port, self.pop3_port):
-            while True:
+        for port in (self.imap_port, self.pop3_port, self.submission_port):
+            while port is not None:
                 if self.proc.poll() is not None:
                     self.log_file.close()
                     if "Address already in use" in self.errors():
@@ -193,7 +255,7 @@ class Dovecot:
                     with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                         s.settimeout(5)
                         greeting = s.recv(200)
-                    if greeting.startswith((b"* OK", b"+OK")):
+                    if greeting.startswith((b"* OK", b"+OK", b"220 ")):
                         break
                 except OSError:
                     pass
@@ -229,7 +291,9 @@ class Dovecot:
                     pass
             time.sleep(0.05)
         # The master is gone; wait until the ports are really free for a restart.
-        for port in (self.imap_port, self.pop3_port):
+        for port in (self.imap_port, self.pop3_port, self.imaps_port, self.pop3s_port):
+            if not port:
+                continue
             deadline = time.time() + timeout
             while time.time() < deadline:
                 try:
@@ -238,6 +302,10 @@ class Dovecot:
                 except OSError:
                     break
                 time.sleep(0.05)
+
+    def settle(self):
+        """Dovecot never rewrites a message file as a session ends: nothing to wait for (see
+        mailutils.py)."""
 
     @staticmethod
     def _instance_pids(marker):
@@ -271,9 +339,13 @@ class Dovecot:
 
     # --- mailflow configuration -----------------------------------------------------------
 
-    def account(self, name="dv", protocol="imap", user="me", password=None, **keys):
-        """An `[[accounts]]` table for mailflow.toml pointing at this instance."""
-        port = self.imap_port if protocol == "imap" else self.pop3_port
+    def account(self, name="dv", protocol="imap", user="me", password=None, tls="none", **keys):
+        """An `[[accounts]]` table for mailflow.toml pointing at this instance (`tls =
+        "implicit"` uses the imaps/pop3s port)."""
+        if tls == "implicit":
+            port = self.imaps_port if protocol == "imap" else self.pop3s_port
+        else:
+            port = self.imap_port if protocol == "imap" else self.pop3_port
         password = self.users[user] if password is None else password
         lines = [
             "[[accounts]]",
@@ -281,7 +353,7 @@ class Dovecot:
             f'protocol = "{protocol}"',
             'host = "127.0.0.1"',
             f"port = {port}",
-            'tls = "none"',
+            f'tls = "{tls}"',
             f'username = "{user}"',
             f'password = "{password}"',
         ]
@@ -408,12 +480,16 @@ def quote(mailbox):
 
 @pytest.fixture
 def dovecot():
-    """Factory: dovecot(users={"me": "secret", ...}, imap_connections=50) → a started private
-    instance, stopped and removed after the test."""
+    """Factory: dovecot(users={"me": "secret", ...}, imap_connections=50, oauth2_url=None,
+    submission_relay=None, cert=None, apop=False) → a started private instance, stopped and
+    removed after the test. With `oauth2_url` (a token introspection endpoint) it also accepts
+    XOAUTH2 and OAUTHBEARER; with `submission_relay` (an SMTP port) it also runs a submission
+    service relaying there (`submission_port`); with `cert` (testca.Cert) STARTTLS/STLS on the
+    plain ports and implicit TLS on two more; with `apop`, APOP."""
     made = []
 
-    def factory(users=None, imap_connections=50):
-        d = Dovecot(users, imap_connections)
+    def factory(users=None, imap_connections=50, oauth2_url=None, submission_relay=None, cert=None, apop=False):
+        d = Dovecot(users, imap_connections, oauth2_url, submission_relay, cert=cert, apop=apop)
         made.append(d)
         return d.start()
 

@@ -155,15 +155,26 @@ def queue_id(reply: Reply):
 
 
 def split_trace(raw: bytes):
-    """Splits a delivered file into (Return-Path line, Received header, the rest)."""
+    """Splits a delivered file into (Return-Path line, Received header, the rest). With
+    [auth] verify on (the default) mailflow's Authentication-Results header follows its
+    Received header: it is left out of both (see test_auth_verify.py for its content)."""
     assert raw.startswith(b"Return-Path: <"), raw[:80]
     end = raw.index(b"\r\n") + 2
     return_path, rest = raw[:end], raw[end:]
     assert rest.startswith(b"Received: from "), rest[:80]
-    i = rest.index(b"\r\n") + 2
-    while rest[i : i + 1] in (b" ", b"\t"):
-        i = rest.index(b"\r\n", i) + 2
-    return return_path, rest[:i], rest[i:]
+    received_end = field_end(rest, 0)
+    i = received_end
+    if rest[i:].startswith(b"Authentication-Results: "):
+        i = field_end(rest, i)
+    return return_path, rest[:received_end], rest[i:]
+
+
+def field_end(raw: bytes, start: int) -> int:
+    """The end of the header field starting at `start` (continuation lines included)."""
+    i = raw.index(b"\r\n", start) + 2
+    while raw[i : i + 1] in (b" ", b"\t"):
+        i = raw.index(b"\r\n", i) + 2
+    return i
 
 
 def body_of(path) -> bytes:

@@ -1,5 +1,5 @@
 """The script examples in the documentation compile: every ```rhai block of
-docs/scripting.md and of the README, every rustdoc example of the script API (engine/src/script/api.rs), and the
+docs/scripting.md and of the README, every rustdoc example of the script API (engine/src/script/api.rs and api_auth.rs), and the
 commented examples of the default scripts/00-default.rhai. Examples that do not compile teach
 users errors.
 """
@@ -58,7 +58,7 @@ def check_compiles(tmp_path, block):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     config = tmp_path / "mailflow.toml"
-    plugins = sorted(set(re.findall(r"\b(kv|http|exec)::", block)))
+    plugins = sorted(set(re.findall(r"\b(kv|http|exec|rspamd|spamd)::", block)))
     config.write_text(
         '[smtp]\nlocal_domains = ["example.org"]\n'
         + (f"[plugins]\nenabled = {plugins!r}\n".replace("'", '"') if plugins else "")
@@ -70,6 +70,7 @@ def check_compiles(tmp_path, block):
 DOC_BLOCKS = markdown_blocks(DOC.read_text()) if DOC.exists() else []
 README_BLOCKS = markdown_blocks((REPO / "README.md").read_text())
 API_BLOCKS = rustdoc_blocks(API.read_text()) if API.exists() else []
+API_BLOCKS += rustdoc_blocks((API.parent / "api_auth.rs").read_text())
 
 
 def test_there_are_examples():

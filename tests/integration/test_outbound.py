@@ -1128,8 +1128,12 @@ def test_forwarder_example_in_the_daemon(tmp_path, sinks, instances):
         ("<me@new-home.example>", "Long time no see"),
         ("<me@sms-gateway.example>", "[ALERT] db1 disk 95% full"),
     ]
+    senders = {c["eml"]: c["from"] for c in example_cases("forwarder")}
     for m in sent:
-        assert m["mail"].split()[0] == "<forwarder@example.org>"  # forward_sender
+        # [srs]: the author's address in SRS form, in our domain (SPF passes at the next hop).
+        sender = m["mail"].split()[0]
+        assert re.fullmatch(r"<SRS0=[^=]{4}=[A-Z2-7]{2}=[^=]+=[^@]+@example\.org>", sender), sender
+        assert any(sender.endswith(f"={a.split('@')[1]}={a.split('@')[0]}@example.org>") for a in senders.values())
         assert m["msg"]["X-Loop"] == "mx.example.org"
     assert sorted(parse(p)["Subject"] for p in d.messages("me@example.org")) == [
         "Project timeline", "[ALERT] db1 disk 95% full"]

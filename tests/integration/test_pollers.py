@@ -428,6 +428,13 @@ def test_kill_9_mid_batch_processes_every_message_exactly_once(daemon, server):
 
 
 def test_wrong_password_on_one_account_does_not_affect_another(daemon, dovecot):
+    """Dovecot only: here an IMAP and a POP3 account read the same mailbox at the same time,
+    which GNU Mailutils does not survive. pop3d rewrites every message file of the Maildir as
+    its session ends (an `X-UIDL:` header, a new file name), and an imap4d session that had the
+    folder selected before keeps the old names: from then on it answers every `UID FETCH` with
+    `RFC822.SIZE 0 BODY[] ""` and OK, even after NOOP, until it logs out (seen with imaplib
+    and poplib alone, no mailflow involved). The IMAP poller then gets an empty message (no
+    Message-ID) — see docs/accounts.md, "One mailbox, two readers"."""
     dv = dovecot(users={"me": "secret", "other": "pw-other"})
     dv.seed([message(1)], user="me")
     dv.seed([message(2)], user="other")
@@ -597,8 +604,8 @@ def test_pop3_dot_stuffing_and_long_lines_survive_intact(daemon, dovecot):
     assert text == message(1, body=body), text[:500]
 
 
-def test_pop3_kill_9_mid_round_leaves_one_local_copy_each(daemon, dovecot):
-    dv = dovecot()
+def test_pop3_kill_9_mid_round_leaves_one_local_copy_each(daemon, server):
+    dv = server()
     total = 300
     dv.seed([message(n) for n in range(total)])
     d = start(
@@ -611,6 +618,9 @@ def test_pop3_kill_9_mid_round_leaves_one_local_copy_each(daemon, dovecot):
     d.kill()
     print(f"killed after {len(processed(d))} hooks")
     assert len(processed(d)) < total
+    # pop3d rewrites the Maildir as the killed poller's session ends; a listing made meanwhile
+    # may miss a message (the server's doing, not a deletion): list once it is done.
+    dv.settle()
     assert len(pop_ids(dv)) == total  # no DELE before the round's commit
     d.start()
     wait_processed(d, {f"{n}@test.example" for n in range(total)}, timeout=120)

@@ -5,6 +5,9 @@
 //! until COUNT messages are done in all. For every message it takes the time from writing the
 //! final `.` to reading the whole `250` reply — what smtp-source cannot measure. Prints one
 //! JSON object: `{"latencies_us": [...], "errors": [...], "wall_s": S}`.
+//! With `LOADCLIENT_MESSAGE=FILE` the message is that file, sent as it is (CRLF line ends, no
+//! line starting with a dot), instead of a generated one (the authentication benchmark sends
+//! a DKIM-signed message this way).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -26,7 +29,16 @@ fn main() {
     }
     let (port, sessions, count) = (arg(1, 25) as u16, arg(2, 1).max(1) as usize, arg(3, 1000) as usize);
     let (size, timeout) = (arg(4, 4096) as usize, Duration::from_secs(arg(5, 120)));
-    let body = Arc::new(message(size));
+    let body = match std::env::var_os("LOADCLIENT_MESSAGE") {
+        Some(path) => match std::fs::read(&path) {
+            Ok(bytes) => Arc::new(bytes),
+            Err(e) => {
+                eprintln!("LOADCLIENT_MESSAGE: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => Arc::new(message(size)),
+    };
     let left = Arc::new(AtomicUsize::new(count));
     let results = Arc::new(Mutex::new(Results { latencies_us: Vec::with_capacity(count), errors: Vec::new() }));
     let started = Instant::now();

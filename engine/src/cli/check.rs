@@ -32,6 +32,18 @@ pub fn run(config: Option<&std::path::Path>, explain: bool) -> i32 {
             return 1;
         }
     }
+    // Every DKIM key must load (at run time a bad one only means unsigned mail: found here).
+    let (_, key_errors) = crate::outbound::Signer::from_config(&loaded.config);
+    if !key_errors.is_empty() {
+        for e in key_errors {
+            errln!("{}: {e}", loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+        }
+        return 1;
+    }
+    if let Err(e) = crate::config::signing::check_srs(&loaded.config) {
+        errln!("{}: {e}", loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+        return 1;
+    }
     match ScriptSet::compile(&loaded.config.scripts, extend.as_deref()) {
         Ok(set) => {
             let names = set.file_names();

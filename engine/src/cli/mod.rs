@@ -3,6 +3,8 @@
 //! command quietly.
 
 pub mod check;
+pub mod dkim;
+pub mod oauth2;
 pub mod output;
 pub mod queue;
 pub mod test;
@@ -42,6 +44,32 @@ pub enum Command {
     },
     /// Read a password on stdin, print a hash for `auth_users`.
     HashPassword,
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
+    },
+    /// OAuth2 for `[[accounts]]` with an `[accounts.oauth2]` table.
+    Oauth2 {
+        #[command(subcommand)]
+        action: Oauth2Action,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DkimAction {
+    /// Write a new private key (mode 0600) and print the DNS TXT record to publish.
+    Keygen(dkim::KeygenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Oauth2Action {
+    /// Ask for the user's consent (device code or browser) and store the refresh token.
+    Authorize {
+        /// The `[[accounts]]` name.
+        #[arg(long, value_name = "NAME")]
+        account: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -130,6 +130,15 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
     let fetched = args.stage == Stage::Fetched;
     let view = MessageView::with_flags(Arc::new(raw.clone()), if fetched { args.flags.clone() } else { Vec::new() });
     let only_fetched = |value: &String| if fetched { value.clone() } else { String::new() };
+    // A message mailflow received carries its verdicts: replay them (docs/authentication.md).
+    let config = &loaded.config;
+    let (iprev, spf) = match replayed_results(&raw, config.auth.authserv_id_or(&config.smtp.hostname)) {
+        Some((iprev, spf, auth)) if !fetched => {
+            view.set_auth(auth);
+            (iprev, spf)
+        }
+        _ => Default::default(),
+    };
     let base = Context {
         remote_ip: if fetched { String::new() } else { args.remote_ip.clone() },
         helo: if matches!(args.stage, Stage::Connect | Stage::Fetched) { String::new() } else { args.helo.clone() },
@@ -141,6 +150,8 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
         protocol: only_fetched(&args.protocol),
         mailbox: only_fetched(&args.mailbox),
         uid: only_fetched(&args.uid),
+        spf: if matches!(args.stage, Stage::MailFrom | Stage::RcptTo | Stage::Data) { spf } else { Default::default() },
+        iprev,
         ..Context::default()
     };
     let msg = matches!(args.stage, Stage::Data | Stage::Fetched).then_some(&view);
@@ -300,4 +311,19 @@ fn print_text(report: &Report) {
 /// Prints to stdout; a reader that went away ends the command quietly.
 fn emit(text: &str) {
     crate::cli::output::write_out(format_args!("{text}"));
+}
+
+/// The verdicts of the first `Authentication-Results` field of `raw` that names `authserv_id`.
+fn replayed_results(
+    raw: &[u8],
+    authserv_id: &str,
+) -> Option<(crate::proto::authres::IprevVerdict, crate::proto::authres::SpfVerdict, crate::proto::authres::MessageAuth)>
+{
+    use crate::proto::authres::{claims_authserv_id, parse_header};
+    headers::fields(raw).into_iter().find_map(|(name, start, end)| {
+        let line = &raw[start..end];
+        let value = &line[memchr::memchr(b':', line)? + 1..];
+        (name.eq_ignore_ascii_case("Authentication-Results") && claims_authserv_id(value, authserv_id))
+            .then(|| parse_header(&String::from_utf8_lossy(value)))
+    })
 }

@@ -57,7 +57,8 @@ impl LoadedConfig {
 /// Parses and validates the text of a config file, as [`LoadedConfig::load`] does before it
 /// resolves relative paths; `shown` names the source in errors.
 pub fn load_str(text: &str, shown: &str) -> Result<Config, ConfigError> {
-    let config = parse(text, shown)?;
+    let mut config = parse(text, shown)?;
+    config.accounts.iter_mut().for_each(super::oauth2::apply_provider);
     validate(&config).map_err(|message| match locate(text, &message) {
         Some((line, col)) => ConfigError::Syntax { path: shown.to_string(), line, col, message },
         None => ConfigError::Invalid { path: shown.to_string(), message },
@@ -98,9 +99,8 @@ pub fn check_password_hash(hash: &str) -> Result<(), String> {
 /// Checks that cannot be expressed as types.
 fn validate(config: &Config) -> Result<(), String> {
     let smtp = &config.smtp;
-    if smtp.listen.is_empty() && smtp.tls_listen.is_empty() {
-        return Err("[smtp] listen and tls_listen are both empty: nothing to listen on".into());
-    }
+    super::listeners::validate(smtp)?;
+    super::signing::validate(config)?;
     if smtp.hostname.trim().is_empty() {
         return Err("[smtp] hostname is empty".into());
     }
@@ -130,8 +130,8 @@ fn validate(config: &Config) -> Result<(), String> {
     if smtp.tls_cert.is_some() != smtp.tls_key.is_some() {
         return Err("[smtp] tls_cert and tls_key must be set together".into());
     }
-    for (user, hash) in &smtp.auth_users {
-        check_password_hash(hash)
+    for (user, entry) in &smtp.auth_users {
+        check_password_hash(entry.hash())
             .map_err(|e| format!("[smtp] auth_users {user:?}: {e}; make one with `mailflow hash-password`"))?;
     }
     if !smtp.tls_listen.is_empty() && smtp.tls_cert.is_none() {
@@ -141,6 +141,7 @@ fn validate(config: &Config) -> Result<(), String> {
     if outbound.mode == super::OutboundMode::Relay {
         super::relay::parse_relay(outbound)?;
     }
+    super::oauth2::validate_relay_account(config)?;
     if !outbound.dns_server.is_empty() && outbound.dns_server.parse::<std::net::SocketAddr>().is_err() {
         return Err(format!("[outbound] dns_server {:?}: use ip:port", outbound.dns_server));
     }
@@ -159,6 +160,7 @@ fn validate(config: &Config) -> Result<(), String> {
     if let Some(module) = config.log.bad_filter() {
         return Err(format!("[log] filters: {module:?} is not a module name"));
     }
+    config.auth.validate()?;
     if config.scripts.timeout_ms == 0 {
         return Err("[scripts] timeout_ms must be > 0".into());
     }
@@ -170,8 +172,9 @@ fn validate(config: &Config) -> Result<(), String> {
         if !names.insert(account.name.as_str()) {
             return Err(format!("[[accounts]] name {:?} is used twice", account.name));
         }
-        if account.password.is_some() == account.password_command.is_some() {
-            return Err(format!("[[accounts]] {:?}: set exactly one of password and password_command", account.name));
+        super::oauth2::validate_account(account)?;
+        if account.tls_ca.is_some() && account.tls == super::AccountTls::None {
+            return Err(format!("[[accounts]] tls_ca of {:?} needs tls = \"implicit\" or \"starttls\"", account.name));
         }
     }
     Ok(())
@@ -226,6 +229,12 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     if let Some(p) = config.smtp.tls_key.as_mut() {
         abs(p);
     }
+    for dkim in &mut config.dkim {
+        abs(&mut dkim.key);
+    }
+    if let Some(path) = config.srs.as_mut().and_then(|srs| srs.secret_file.as_mut()) {
+        abs(path);
+    }
     let maildir = PathBuf::from(&config.delivery.maildir);
     if maildir.is_relative() {
         config.delivery.maildir = base.join(maildir).to_string_lossy().into_owned();
@@ -242,6 +251,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     for account in &mut config.accounts {
         if !account.deliver.is_empty() && PathBuf::from(&account.deliver).is_relative() {
             account.deliver = base.join(&account.deliver).to_string_lossy().into_owned();
+        }
+        if let Some(p) = account.tls_ca.as_mut() {
+            abs(p);
         }
     }
 }

@@ -5,13 +5,20 @@
 //! of the config file (the current folder when running on built-in defaults) by [`Config::load`],
 //! so the rest of the daemon only ever sees absolute paths.
 
+pub mod auth;
 pub mod duration;
+pub mod listeners;
 mod load;
 pub mod log;
+pub mod oauth2;
 pub mod relay;
 pub mod reload;
+pub mod signing;
 
+pub use listeners::{AuthUser, ListenerConfig, ListenerRole, ListenerTls};
 pub use load::{check_password_hash, load_str, ConfigError, LoadedConfig};
+pub use oauth2::{AuthMethod, OAuth2Config, Provider};
+pub use signing::{DkimAlgorithm, DkimConfig, SrsConfig};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,6 +42,11 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub metrics: MetricsConfig,
     pub log: log::LogConfig,
+    /// `[[dkim]]`: signing identities for what mailflow sends.
+    pub dkim: Vec<DkimConfig>,
+    /// `[srs]`: present means forwards are sent with SRS envelope senders.
+    pub srs: Option<SrsConfig>,
+    pub auth: auth::AuthConfig,
 }
 
 /// `[smtp]`: the receiver.
@@ -45,6 +57,8 @@ pub struct SmtpConfig {
     pub listen: Vec<SocketAddr>,
     /// Implicit-TLS listeners (RFC 8314), e.g. port 465.
     pub tls_listen: Vec<SocketAddr>,
+    /// Listeners with a role (`mx` or `submission`) and a TLS mode, besides the two above.
+    pub listeners: Vec<ListenerConfig>,
     /// Name in the greeting and in `Received:` headers.
     pub hostname: String,
     /// Mail for these domains is delivered locally; unauthenticated clients may only name
@@ -61,7 +75,7 @@ pub struct SmtpConfig {
     pub max_received_headers: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    pub auth_users: BTreeMap<String, String>,
+    pub auth_users: BTreeMap<String, AuthUser>,
     pub allow_plain_auth: bool,
     /// Waiting for a command (RFC 5321 §4.5.3.2: at least 5 minutes).
     #[serde(with = "serde_duration")]
@@ -84,6 +98,7 @@ impl Default for SmtpConfig {
         SmtpConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
             tls_listen: Vec::new(),
+            listeners: Vec::new(),
             hostname,
             local_domains,
             max_message_size: 26_214_400,
@@ -161,6 +176,9 @@ pub struct OutboundConfig {
     pub relay: String,
     pub relay_user: String,
     pub relay_password: String,
+    /// Log in to the relay with `AUTH XOAUTH2` and the OAuth2 token of this `[[accounts]]`
+    /// entry (its user name unless `relay_user` is set).
+    pub relay_account: String,
     pub starttls: StartTlsPolicy,
     /// Pins the relay's certificate: hex SHA-256 of its DER form (colons allowed). When set,
     /// that certificate is accepted whoever signed it (a self-signed one too) and no other.
@@ -187,6 +205,7 @@ impl Default for OutboundConfig {
             relay: "smtp://127.0.0.1:2526".to_string(),
             relay_user: String::new(),
             relay_password: String::new(),
+            relay_account: String::new(),
             starttls: StartTlsPolicy::Opportunistic,
             relay_cert_sha256: String::new(),
             retry: vec![minutes(1), minutes(5), minutes(15), minutes(60), minutes(240)],
@@ -220,6 +239,8 @@ pub enum StartTlsPolicy {
 pub struct AccountConfig {
     pub name: String,
     pub protocol: AccountProtocol,
+    /// Required unless `provider` fills it.
+    #[serde(default)]
     pub host: String,
     pub port: Option<u16>,
     #[serde(default = "default_account_tls")]
@@ -241,6 +262,30 @@ pub struct AccountConfig {
     pub delete_after_fetch: bool,
     #[serde(default)]
     pub deliver: String,
+    /// A PEM file of CA certificates the server's certificate must chain to, instead of the
+    /// system's trust store (a self-hosted server with a private CA).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// How to log in; unset: `password`, or what `provider` and `[accounts.oauth2]` imply.
+    #[serde(default)]
+    pub auth: Option<AuthMethod>,
+    /// A mail service whose host, port, TLS, auth method and folder names are filled in.
+    #[serde(default)]
+    pub provider: Option<Provider>,
+    /// The built-in OAuth2 refresh-token flow (`mailflow oauth2 authorize`).
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
+    /// Folder names scripts use → the server's names (`provider` fills the special folders:
+    /// Gmail's `Junk` is `[Gmail]/Spam`).
+    #[serde(default)]
+    pub folders: BTreeMap<String, String>,
+}
+
+impl AccountConfig {
+    /// The login method, after `provider` and `[accounts.oauth2]` were taken into account.
+    pub fn auth_method(&self) -> AuthMethod {
+        self.auth.unwrap_or_default()
+    }
 }
 
 fn default_account_tls() -> AccountTls {
@@ -283,7 +328,7 @@ impl Default for StateConfig {
 
 /// The plugins compiled into this binary: the names `[plugins] enabled` may list (each has a
 /// table of its own below).
-pub const AVAILABLE_PLUGINS: [&str; 3] = ["kv", "http", "exec"];
+pub const AVAILABLE_PLUGINS: [&str; 5] = ["kv", "http", "exec", "rspamd", "spamd"];
 
 /// `[plugins]`: which compiled-in plugins scripts may use, and each one's own table.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -293,6 +338,8 @@ pub struct PluginsConfig {
     pub kv: Option<toml::Table>,
     pub http: Option<toml::Table>,
     pub exec: Option<toml::Table>,
+    pub rspamd: Option<toml::Table>,
+    pub spamd: Option<toml::Table>,
 }
 
 /// `[metrics]`: Prometheus text exposition.

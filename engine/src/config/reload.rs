@@ -6,9 +6,9 @@
 //! `auth_users`, `allow_plain_auth`, the certificate paths, timeouts, `shutdown_grace` — and
 //! `[scripts]` limits (`timeout_ms`, `max_operations`, `on_error`), and `[[accounts]]`.
 //! Everything else names a socket, a folder or a component built once at start (listeners,
-//! `hostname` and `local_domains`, which the deliverer and the outbound queue also hold,
+//! `[[smtp.listeners]]`, `[[dkim]]` keys and `[srs]`, `hostname` and `local_domains`, which the deliverer and the outbound queue also hold,
 //! `max_connections`, the scripts `dir`, `[delivery]`, `[outbound]`, `[state]`, `[plugins]`,
-//! `[metrics]`, `[log]`): a change there is logged as "needs a restart" and the running value stays,
+//! `[metrics]`, `[auth]`, `[log]`): a change there is logged as "needs a restart" and the running value stays,
 //! so the daemon never runs half on the old settings and half on the new.
 
 use serde::Serialize;
@@ -34,6 +34,9 @@ pub fn merge(running: &Config, fresh: Config) -> Reloaded {
     let (old, new) = (&running.smtp, &fresh.smtp);
     check("smtp.listen", old.listen != new.listen);
     check("smtp.tls_listen", old.tls_listen != new.tls_listen);
+    check("smtp.listeners", differs(&old.listeners, &new.listeners));
+    check("dkim", differs(&running.dkim, &fresh.dkim));
+    check("srs", differs(&running.srs, &fresh.srs));
     check("smtp.hostname", old.hostname != new.hostname);
     check("smtp.local_domains", old.local_domains != new.local_domains);
     check("smtp.max_connections", old.max_connections != new.max_connections);
@@ -44,6 +47,7 @@ pub fn merge(running: &Config, fresh: Config) -> Reloaded {
     check("plugins", differs(&running.plugins, &fresh.plugins));
     check("metrics", differs(&running.metrics, &fresh.metrics));
     check("log", running.log != fresh.log);
+    check("auth", differs(&running.auth, &fresh.auth));
 
     let mut config = running.clone();
     let smtp = &mut config.smtp;
@@ -58,7 +62,8 @@ pub fn merge(running: &Config, fresh: Config) -> Reloaded {
     smtp.data_timeout = new.data_timeout;
     smtp.shutdown_grace = new.shutdown_grace;
     // An implicit-TLS listener cannot lose its certificate without a restart.
-    if new.tls_cert.is_some() || config.smtp.tls_listen.is_empty() {
+    let implicit = config.smtp.all_listeners().iter().any(|l| l.tls == super::ListenerTls::Implicit);
+    if new.tls_cert.is_some() || !implicit {
         config.smtp.tls_cert = new.tls_cert;
         config.smtp.tls_key = new.tls_key;
     } else if config.smtp.tls_cert.is_some() {

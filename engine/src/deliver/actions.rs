@@ -6,7 +6,7 @@ use super::Deliverer;
 use crate::message::stored::Tail;
 use crate::message::MessageView;
 use crate::outbound::autoreply::{self, Suppressed};
-use crate::outbound::EntryKind;
+use crate::outbound::{EntryKind, Seal};
 use crate::script::Action;
 use crate::spool::SpooledMessage;
 
@@ -32,6 +32,10 @@ pub struct Outgoing<'a> {
     pub body: &'a [u8],
     /// A large message's file: copied into the queue, never read into memory.
     pub tail: Option<&'a Tail>,
+    /// The SMTP client's account, "" if none: only its relayed mail is DKIM-signed.
+    pub auth_user: &'a str,
+    /// The SMTP client's address, "" for a poller: ARC seals name it.
+    pub remote_ip: &'a str,
 }
 
 /// [`carry_out`] for a spooled message.
@@ -51,6 +55,8 @@ pub fn carry_out_spooled(deliverer: &Deliverer, message: &SpooledMessage) -> Out
         actions: &record.actions,
         body: &message.body,
         tail: record.tail.as_ref(),
+        auth_user: &record.envelope.auth_user,
+        remote_ip: &record.envelope.remote_ip,
     };
     carry_out(deliverer, &outgoing, &view, None)
 }
@@ -63,14 +69,13 @@ pub fn carry_out(deliverer: &Deliverer, message: &Outgoing<'_>, view: &MessageVi
     let target = &deliverer.target;
     let mut outcome = Outcome { queued_ok: true, queued: 0, redirect_suppressed: false };
     let mut queue =
-        |kind: EntryKind, sender: &str, rcpts: &[String], parts: &[&[u8]], tail: Option<&Tail>| match deliverer
-            .outbound
-            .enqueue_parts(kind, sender, rcpts, parts, tail, message.id)
-        {
-            Ok(_) => outcome.queued += 1,
-            Err(e) => {
-                tracing::error!(error = %e, kind = ?kind, "cannot queue outbound mail; will retry");
-                outcome.queued_ok = false;
+        |kind: EntryKind, sender: &str, rcpts: &[String], parts: &[&[u8]], tail: Option<&Tail>, seal: Seal| {
+            match deliverer.outbound.enqueue_parts(kind, sender, rcpts, parts, tail, message.id, seal) {
+                Ok(_) => outcome.queued += 1,
+                Err(e) => {
+                    tracing::error!(error = %e, kind = ?kind, "cannot queue outbound mail; will retry");
+                    outcome.queued_ok = false;
+                }
             }
         };
     let tail = message.tail;
@@ -78,7 +83,10 @@ pub fn carry_out(deliverer: &Deliverer, message: &Outgoing<'_>, view: &MessageVi
 
     let foreign: Vec<String> = message.recipients.iter().filter(|r| !target.is_local(r)).cloned().collect();
     if !foreign.is_empty() {
-        queue(EntryKind::Relay, sender, &foreign, &[message.body], tail);
+        // Signed only for an authenticated client: mail from the internet that a script sends
+        // on (or a bounce routed back through SRS) is not ours to vouch for.
+        let seal = if message.auth_user.is_empty() { Seal::None } else { Seal::Dkim };
+        queue(EntryKind::Relay, sender, &foreign, &[message.body], tail, seal);
     }
 
     let loop_marker = target.hostname.to_ascii_lowercase();
@@ -102,8 +110,9 @@ pub fn carry_out(deliverer: &Deliverer, message: &Outgoing<'_>, view: &MessageVi
                     continue;
                 }
                 let x_loop = format!("X-Loop: {}\r\n", target.hostname);
-                let sender = deliverer.forward_sender.as_deref().unwrap_or(sender);
-                queue(kind, sender, std::slice::from_ref(addr), &[x_loop.as_bytes(), message.body], tail);
+                let sender = deliverer.forward_sender_for(sender);
+                let seal = Seal::Arc { remote_ip: message.remote_ip.parse().ok() };
+                queue(kind, &sender, std::slice::from_ref(addr), &[x_loop.as_bytes(), message.body], tail, seal);
             }
             Action::Reply(spec) => {
                 let Some(rcpt) = first_local.as_deref() else { continue };
@@ -112,7 +121,9 @@ pub fn carry_out(deliverer: &Deliverer, message: &Outgoing<'_>, view: &MessageVi
                     Ok(()) => {
                         let from = autoreply::reply_from(spec, rcpt);
                         match autoreply::build(view, &from, sender, spec.subject.as_deref(), &spec.body) {
-                            Ok(bytes) => queue(EntryKind::Reply, "", &[sender.to_string()], &[&bytes], None),
+                            Ok(bytes) => {
+                                queue(EntryKind::Reply, "", &[sender.to_string()], &[&bytes], None, Seal::Dkim)
+                            }
                             Err(e) => tracing::error!(error = %e, "cannot build the reply"),
                         }
                     }
@@ -136,7 +147,9 @@ pub fn carry_out(deliverer: &Deliverer, message: &Outgoing<'_>, view: &MessageVi
                     Ok(()) => {
                         let from = spec.from.clone().unwrap_or_else(|| rcpt.to_string());
                         match autoreply::build(view, &from, sender, spec.subject.as_deref(), &spec.body) {
-                            Ok(bytes) => queue(EntryKind::Vacation, "", &[sender.to_string()], &[&bytes], None),
+                            Ok(bytes) => {
+                                queue(EntryKind::Vacation, "", &[sender.to_string()], &[&bytes], None, Seal::Dkim)
+                            }
                             Err(e) => tracing::error!(error = %e, "cannot build the vacation notice"),
                         }
                     }

@@ -52,6 +52,8 @@ pub struct Deliverer {
     pub forward_sender: Option<String>,
     /// This daemon's own addresses: never auto-answered (see [`own_addresses`]).
     pub own: Vec<String>,
+    /// `[srs]`: forwards of foreign senders go out with an SRS envelope sender.
+    pub srs: Option<Arc<crate::proto::srs::Srs>>,
 }
 
 impl Deliverer {
@@ -62,7 +64,32 @@ impl Deliverer {
         };
         let target = DeliveryTarget::from_config(config);
         let own = own_addresses(&target.hostname, &target.local_domains);
-        Deliverer { target, outbound, store, forward_sender, own }
+        Deliverer { target, outbound, store, forward_sender, own, srs: None }
+    }
+
+    /// With the SRS codec forwards use.
+    pub fn with_srs(mut self, srs: Option<Arc<crate::proto::srs::Srs>>) -> Deliverer {
+        self.srs = srs;
+        self
+    }
+
+    /// The envelope sender of a forward or redirect of mail from `sender`: `forward_sender`
+    /// if set, else `sender` itself, in SRS form when it is not one of our domains.
+    pub fn forward_sender_for(&self, sender: &str) -> String {
+        if let Some(fixed) = &self.forward_sender {
+            return fixed.clone();
+        }
+        match &self.srs {
+            Some(srs) if !sender.is_empty() && !self.is_our_address(sender, srs) => {
+                srs.forward(sender, crate::spool::unix_now())
+            }
+            _ => sender.to_string(),
+        }
+    }
+
+    fn is_our_address(&self, sender: &str, srs: &crate::proto::srs::Srs) -> bool {
+        let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
+        domain.eq_ignore_ascii_case(srs.domain()) || self.target.is_local(sender)
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Targets {
     pub delimiter: Option<String>,
     /// The polled mailbox's name on the server.
     pub polled: String,
+    /// The account's `folders`: script names of special folders → server names.
+    pub folders: std::collections::BTreeMap<String, String>,
 }
 
 impl Targets {
@@ -94,6 +96,7 @@ impl Targets {
         for action in &decision.actions {
             match action {
                 Action::FileInto { folder } if !self.local_mode && out.move_to.is_none() => {
+                    let folder = crate::config::oauth2::folder_alias(&self.folders, folder);
                     let target = super::imap::server_name(folder, self.delimiter.as_deref());
                     if super::imap::same_mailbox(&target, &self.polled) {
                         tracing::debug!(folder, "file_into names the polled mailbox: nothing to move");

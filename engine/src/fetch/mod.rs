@@ -12,6 +12,7 @@
 
 mod hooks;
 pub mod imap;
+pub mod login;
 pub mod net;
 pub mod pop3;
 pub mod process;
@@ -126,20 +127,29 @@ pub fn start(deps: &FetchDeps, account: AccountConfig) -> AccountTasks {
 
 async fn run_imap(deps: FetchDeps, account: AccountConfig, mailbox: String, mut stop: watch::Receiver<bool>) {
     let mut backoff = Backoff::default();
+    let mut credentials = login::Credentials::new(&deps, &account);
     loop {
         let mut good_round = false;
-        let result = match password(&account).await {
+        let result = match credentials.next(&account, &mut stop).await {
             // A panic in the session is a failed connection, not a dead poller: imap-proto
             // 0.17 panics on some malformed server responses (a response code followed by a
             // non-ASCII character: `A1 OK [ALERT]\u{e9}`), and the task would end silently.
             Ok(password) => {
                 let session = imap::session(&deps, &account, &mailbox, &password, &mut stop, &mut good_round);
                 match AssertUnwindSafe(session).catch_unwind().await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
                     Err(_) => Err("the IMAP session panicked (malformed server response?)".to_string()),
+                    Ok(Err(imap::ImapError::LoginRefused(e))) if credentials.login_refused(&password) => {
+                        tracing::warn!(error = %short_error(&e), "IMAP login refused; retrying with a refreshed token");
+                        continue;
+                    }
+                    Ok(result) => {
+                        credentials.login_accepted();
+                        result.map_err(|e| e.to_string())
+                    }
                 }
             }
-            Err(e) => Err(e),
+            Err(login::CredentialError::Stopped) => return,
+            Err(e) => Err(e.to_string()),
         };
         let wait = match result {
             Ok(()) => return,
@@ -161,12 +171,21 @@ async fn run_imap(deps: FetchDeps, account: AccountConfig, mailbox: String, mut 
 async fn run_pop3(deps: FetchDeps, account: AccountConfig, mut stop: watch::Receiver<bool>) {
     let mut backoff = Backoff::default();
     let mut warned = Warned::default();
+    let mut credentials = login::Credentials::new(&deps, &account);
     loop {
-        let result = match password(&account).await {
-            Ok(password) => {
-                pop3::round(&deps, &account, &password, &stop, &mut warned).await.map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e),
+        let result = match credentials.next(&account, &mut stop).await {
+            Ok(password) => match pop3::round(&deps, &account, &password, &stop, &mut warned).await {
+                Err(pop3::Pop3Error::LoginRefused(e)) if credentials.login_refused(&password) => {
+                    tracing::warn!(error = %short_error(&e), "POP3 login refused; retrying with a refreshed token");
+                    continue;
+                }
+                result => {
+                    credentials.login_accepted();
+                    result.map_err(|e| e.to_string())
+                }
+            },
+            Err(login::CredentialError::Stopped) => return,
+            Err(e) => Err(e.to_string()),
         };
         let wait = match result {
             Ok(_) => {
@@ -200,27 +219,4 @@ async fn wait_or_stop(wait: Duration, stop: &mut watch::Receiver<bool>) -> bool 
 fn jitter(base: Duration) -> Duration {
     let factor = rand::rng().random_range(0.8..1.2);
     base.mul_f64(factor)
-}
-
-/// The account's password: `password`, or the first line of `password_command`'s output
-/// (run with `sh -c`, like fetchmail's and mbsync's `PassCmd`).
-async fn password(account: &AccountConfig) -> Result<String, String> {
-    if let Some(password) = &account.password {
-        return Ok(password.clone());
-    }
-    let Some(command) = account.password_command.clone() else {
-        return Err("no password or password_command".into());
-    };
-    let output = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new("sh").arg("-c").arg(&command).output(),
-    )
-    .await
-    .map_err(|_| "password_command timed out".to_string())?
-    .map_err(|e| format!("password_command: {e}"))?;
-    if !output.status.success() {
-        return Err(format!("password_command exited with {}", output.status));
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text.lines().next().unwrap_or("").to_string())
 }

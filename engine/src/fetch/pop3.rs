@@ -6,6 +6,7 @@
 //! durable state → DELE (when `delete_after_fetch` or a script's `delete()`) → QUIT commits.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,6 +41,9 @@ pub enum Pop3Error {
     Negative(String),
     #[error("protocol: {0}")]
     Protocol(String),
+    /// `AUTH` was refused (an OAuth2 token is then refreshed and tried once more).
+    #[error("login refused: {0}")]
+    LoginRefused(String),
 }
 
 /// One POP3 connection.
@@ -50,18 +54,23 @@ pub struct Pop3Client {
 }
 
 impl Pop3Client {
-    pub async fn connect(host: &str, port: u16, tls: AccountTls) -> Result<Pop3Client, Pop3Error> {
+    /// `ca`: the account's `tls_ca` (see [`ClientStream::into_tls`]).
+    pub async fn connect(host: &str, port: u16, tls: AccountTls, ca: Option<&Path>) -> Result<Pop3Client, Pop3Error> {
         let mut stream = ClientStream::connect(host, port).await?;
         if tls == AccountTls::Implicit {
-            stream = stream.into_tls(host).await?;
+            stream = stream.into_tls(host, ca).await?;
         }
         let mut client = Pop3Client { stream: BufReader::new(stream), timestamp: None };
         let greeting = client.status_line().await?;
         client.timestamp = apop_timestamp(&greeting);
         if tls == AccountTls::Starttls {
-            client.command("STLS").await?;
+            client.command("STLS").await.map_err(|e| {
+                Pop3Error::Protocol(format!(
+                    "the server refused STLS ({e}); tls = \"starttls\" never falls back to plain text"
+                ))
+            })?;
             // Anything buffered before the handshake is dropped with the reader.
-            let stream = client.stream.into_inner().into_tls(host).await?;
+            let stream = client.stream.into_inner().into_tls(host, ca).await?;
             client = Pop3Client { stream: BufReader::new(stream), timestamp: None };
         }
         Ok(client)
@@ -81,6 +90,40 @@ impl Pop3Client {
             Pop3Error::Negative(_) => Pop3Error::Negative("authentication failed".into()),
             other => other,
         })
+    }
+
+    /// `AUTH` with an OAuth2 mechanism (RFC 5034): the initial response on the command line
+    /// when that stays within 255 octets, else after the server's `+`.
+    pub async fn auth(&mut self, sasl: &mut crate::oauth2::Sasl) -> Result<(), Pop3Error> {
+        use base64::Engine as _;
+        let inline = format!("AUTH {} {}", sasl.mechanism(), sasl.initial_base64());
+        let mut next = if inline.len() <= 255 {
+            sasl.sent_inline();
+            inline
+        } else {
+            format!("AUTH {}", sasl.mechanism())
+        };
+        // Initial response, then at most an error challenge and its acknowledgement.
+        for _ in 0..3 {
+            let stream = self.stream.get_mut();
+            stream.write_all(next.as_bytes()).await?;
+            stream.write_all(b"\r\n").await?;
+            stream.flush().await?;
+            let line = self.line().await?;
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            let Some(challenge) = text.strip_prefix('+').filter(|_| !text.starts_with("+OK")) else {
+                return status(&line).map(|_| ()).map_err(|e| match e {
+                    Pop3Error::Negative(reason) => {
+                        let detail = sasl.error.take().map(|e| format!(" ({e})")).unwrap_or_default();
+                        Pop3Error::LoginRefused(format!("AUTH {}: {reason}{detail}", sasl.mechanism()))
+                    }
+                    other => other,
+                });
+            };
+            let challenge = base64::engine::general_purpose::STANDARD.decode(challenge.trim()).unwrap_or_default();
+            next = base64::engine::general_purpose::STANDARD.encode(sasl.respond(&challenge));
+        }
+        Err(Pop3Error::Protocol("AUTH: too many challenges".into()))
     }
 
     /// `LIST`: (message number, size in octets) for every message.
@@ -288,9 +331,22 @@ pub async fn round(
     warned: &mut Warned,
 ) -> Result<usize, Pop3Error> {
     let port = account.port.unwrap_or(if account.tls == AccountTls::Implicit { 995 } else { 110 });
-    let mut client = Pop3Client::connect(&account.host, port, account.tls).await?;
-    client.login(&account.username, password, account.tls != AccountTls::None).await?;
+    let mut client = Pop3Client::connect(&account.host, port, account.tls, account.tls_ca.as_deref()).await?;
+    match account.auth_method() {
+        crate::config::AuthMethod::Password => {
+            client.login(&account.username, password, account.tls != AccountTls::None).await?
+        }
+        oauth => {
+            client.auth(&mut crate::oauth2::Sasl::new(oauth, &account.username, password, &account.host, port)).await?
+        }
+    }
+    // What the server says it holds, against what UIDL lists: a listing that misses messages
+    // (a server rewriting its mailbox while another session ends) is said, not silent.
+    let (count, _) = client.stat().await?;
     let listing = client.uidl().await?;
+    if listing.len() != count as usize {
+        tracing::warn!(stat = count, uidl = listing.len(), "STAT and UIDL disagree on the number of messages");
+    }
     // Sizes first: a message over MAX_MESSAGE would fail RETR every round; say so once a day.
     let sizes: std::collections::HashMap<u32, u64> = client.list().await?.into_iter().collect();
     let key = state::pop3_key(&account.name);

@@ -173,6 +173,8 @@ pub fn local_effects(
             actions: &outbound,
             body: &body,
             tail: tail.as_ref(),
+            auth_user: "",
+            remote_ip: "",
         };
         let outcome = actions::carry_out(deliverer, &message, view, me.as_deref());
         if !outcome.queued_ok {

@@ -31,6 +31,8 @@ struct Inner {
     /// A large message kept in a file: `raw` is `prefix` and the header block; the whole
     /// message is `prefix ++ tail`, loaded on first use.
     spilled: Option<Spilled>,
+    /// The authentication verdicts of the receiving session (`msg.auth`), when checked.
+    auth: OnceLock<crate::proto::authres::MessageAuth>,
 }
 
 /// The parts of a message kept in a file (see [`MessageView::file_parts`]).
@@ -102,6 +104,7 @@ impl MessageView {
                 flags,
                 full_size: None,
                 spilled: None,
+                auth: OnceLock::new(),
             }),
         }
     }
@@ -118,6 +121,7 @@ impl MessageView {
                 flags,
                 full_size: Some(full_size),
                 spilled: None,
+                auth: OnceLock::new(),
             }),
         }
     }
@@ -142,6 +146,7 @@ impl MessageView {
                 flags,
                 full_size: Some(size),
                 spilled: Some(Spilled { prefix, tail, block_end, full: OnceLock::new() }),
+                auth: OnceLock::new(),
             }),
         }
     }
@@ -190,6 +195,16 @@ impl MessageView {
         head.extend_from_slice(&prefix);
         head.extend_from_slice(&block);
         Ok(MessageView::spilled(prefix, Arc::new(head), tail, block_end, flags))
+    }
+
+    /// Attaches the verdicts of the checks on receipt; the first call wins.
+    pub fn set_auth(&self, auth: crate::proto::authres::MessageAuth) {
+        let _ = self.inner.auth.set(auth);
+    }
+
+    /// The verdicts of the checks on receipt; `None` when no check ran.
+    pub fn auth(&self) -> Option<&crate::proto::authres::MessageAuth> {
+        self.inner.auth.get()
     }
 
     /// The message's size in bytes (the server's figure for a header-only view).

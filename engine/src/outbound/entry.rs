@@ -93,20 +93,63 @@ fn write_durable_with(
     result
 }
 
+/// Header lines to put in front of a message, computed from its bytes (DKIM, ARC).
+pub type Sign<'a> = &'a (dyn Fn(&[u8]) -> Vec<u8> + Sync);
+
 /// Stores a new entry and its message durably: `parts` then, for a large message, its file
-/// part copied file to file. Blocking.
-pub fn create(dir: &Path, entry: &QueueEntry, parts: &[&[u8]], tail: Option<&Tail>) -> std::io::Result<()> {
+/// part copied file to file. With `sign`, the header lines it computes from the whole
+/// message go in front. Blocking.
+pub fn create(
+    dir: &Path,
+    entry: &QueueEntry,
+    parts: &[&[u8]],
+    tail: Option<&Tail>,
+    sign: Option<Sign<'_>>,
+) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
-    write_durable_with(dir, &format!("{}.msg", entry.id), |file| {
-        for part in parts {
-            file.write_all(part)?;
+    let name = format!("{}.msg", entry.id);
+    match (sign, tail) {
+        (None, _) => write_durable_with(dir, &name, |file| write_parts(file, parts, tail))?,
+        (Some(sign), None) => {
+            // Small: the parts are in memory already; one contiguous copy to sign.
+            let whole = parts.concat();
+            let headers = sign(&whole);
+            write_durable_with(dir, &name, |file| {
+                file.write_all(&headers)?;
+                file.write_all(&whole)
+            })?;
         }
-        match tail {
-            Some(tail) => tail.copy_to(file),
-            None => Ok(()),
+        (Some(sign), Some(_)) => {
+            // Large: written once unsigned, mapped (page cache, not the heap), signed, and
+            // copied behind the signature; never read into memory as a whole.
+            let unsigned = dir.join(format!(".{}.unsigned", entry.id));
+            let result = (|| {
+                let mut file = File::create(&unsigned)?;
+                write_parts(&mut file, parts, tail)?;
+                drop(file);
+                let map = super::mapped::map_file(&File::open(&unsigned)?)?;
+                let bytes: &[u8] = map.as_deref().unwrap_or_default();
+                let headers = sign(bytes);
+                write_durable_with(dir, &name, |file| {
+                    file.write_all(&headers)?;
+                    file.write_all(bytes)
+                })
+            })();
+            let _ = fs::remove_file(&unsigned);
+            result?;
         }
-    })?;
+    }
     save(dir, entry)
+}
+
+fn write_parts(file: &mut File, parts: &[&[u8]], tail: Option<&Tail>) -> std::io::Result<()> {
+    for part in parts {
+        file.write_all(part)?;
+    }
+    match tail {
+        Some(tail) => tail.copy_to(file),
+        None => Ok(()),
+    }
 }
 
 /// Rewrites an entry's state durably. Blocking.

@@ -14,10 +14,12 @@
 pub mod autoreply;
 pub mod dsn;
 pub mod entry;
+mod mapped;
 pub mod mx;
 pub mod normalize;
 mod pool;
 mod scheduler;
+pub mod signing;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +33,7 @@ use crate::message::stored::Tail;
 pub use crate::config::relay::{parse_relay, RelayUrl};
 pub use entry::{EntryKind, QueueEntry, RcptState, RcptStatus};
 pub use scheduler::Settings;
+pub use signing::{Seal, Signer};
 pub use transport::Transport;
 
 /// Handle to the queue: cheap to clone, usable from blocking code.
@@ -38,6 +41,8 @@ pub use transport::Transport;
 pub struct Outbound {
     dir: PathBuf,
     wake: mpsc::UnboundedSender<()>,
+    /// DKIM keys and the ARC sealer; `None` when no `[[dkim]]` is configured.
+    signer: Option<Arc<Signer>>,
 }
 
 impl Outbound {
@@ -46,10 +51,11 @@ impl Outbound {
         dir: &Path,
         transport: Arc<Transport>,
         settings: Settings,
+        signer: Option<Arc<Signer>>,
     ) -> std::io::Result<(Outbound, tokio::task::JoinHandle<()>)> {
         std::fs::create_dir_all(dir)?;
         let (wake, wake_rx) = mpsc::unbounded_channel();
-        let outbound = Outbound { dir: dir.to_path_buf(), wake };
+        let outbound = Outbound { dir: dir.to_path_buf(), wake, signer };
         let handle = tokio::spawn(scheduler::run(outbound.clone(), transport, settings, wake_rx));
         Ok((outbound, handle))
     }
@@ -59,7 +65,8 @@ impl Outbound {
     }
 
     /// Queues `message` for `recipients` durably (blocking: call off the async runtime) and
-    /// wakes the scheduler. Returns the new entry's id.
+    /// wakes the scheduler. Returns the new entry's id. What mailflow writes itself (replies,
+    /// notices, bounces) is DKIM-signed.
     pub fn enqueue(
         &self,
         kind: EntryKind,
@@ -68,12 +75,18 @@ impl Outbound {
         message: &[u8],
         origin: &str,
     ) -> std::io::Result<String> {
-        self.enqueue_parts(kind, sender, recipients, &[message], None, origin)
+        let seal = match kind {
+            EntryKind::Reply | EntryKind::Vacation | EntryKind::Bounce => Seal::Dkim,
+            _ => Seal::None,
+        };
+        self.enqueue_parts(kind, sender, recipients, &[message], None, origin, seal)
     }
 
     /// [`Outbound::enqueue`] for a message in parts: `parts` (CRLF line ends) and, for a large
     /// message, the file part after them (CRLF by the DATA reader's rules), which is copied
-    /// file to file and never read into memory.
+    /// file to file and never read into memory. `seal` says whether it is DKIM-signed or
+    /// ARC-sealed on the way into the queue.
+    #[allow(clippy::too_many_arguments)]
     pub fn enqueue_parts(
         &self,
         kind: EntryKind,
@@ -82,6 +95,7 @@ impl Outbound {
         parts: &[&[u8]],
         tail: Option<&Tail>,
         origin: &str,
+        seal: Seal,
     ) -> std::io::Result<String> {
         // Parts from a poller may have bare line ends; what DATA accepted (every tail) has none.
         let normalized: Vec<std::borrow::Cow<'_, [u8]>> = parts
@@ -112,7 +126,9 @@ impl Outbound {
             last_error: String::new(),
             origin: origin.to_string(),
         };
-        entry::create(&self.dir, &entry, parts, tail)?;
+        let signer = self.signer.as_deref().filter(|_| seal != Seal::None);
+        let sign = signer.map(|signer| move |message: &[u8]| signer.headers_for(seal, message));
+        entry::create(&self.dir, &entry, parts, tail, sign.as_ref().map(|f| f as entry::Sign<'_>))?;
         tracing::info!(queue_id = %id, origin = %origin, kind = ?kind, sender = %sender, recipients = %recipients.join(","), "queued for sending");
         let _ = self.wake.send(());
         Ok(id)
@@ -167,7 +183,7 @@ mod tests {
     fn the_same_action_of_the_same_message_is_queued_once() {
         let dir = tempfile::tempdir().unwrap();
         let (wake, _rx) = mpsc::unbounded_channel();
-        let outbound = Outbound { dir: dir.path().to_path_buf(), wake };
+        let outbound = Outbound { dir: dir.path().to_path_buf(), wake, signer: None };
         let rcpt = ["bob@far.example".to_string()];
         let first = outbound.enqueue(EntryKind::Forward, "a@x", &rcpt, b"m1", "SPOOLID").unwrap();
         // A replayed spool segment carries the action out again: same entry, no second copy.

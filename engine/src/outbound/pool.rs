@@ -45,6 +45,8 @@ pub struct Destination {
     pub tls_name: String,
     pub starttls: StartTls,
     pub credentials: Option<Credentials>,
+    /// `AUTH XOAUTH2` with a fresh token per connection (`[outbound] relay_account`).
+    pub oauth2: Option<std::sync::Arc<crate::oauth2::relay::RelayLogin>>,
     /// The SHA-256 of the only certificate accepted (`relay_cert_sha256`).
     pub cert_sha256: Option<[u8; 32]>,
 }
@@ -192,6 +194,17 @@ impl Pool {
                 if let Err(e) = conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await {
                     conn.abort().await;
                     return Err((login_refused(&target, &e).unwrap_or_else(|| smtp_error(e).0), false));
+                }
+            }
+            if let Some(login) = &d.oauth2 {
+                // A refused or unobtainable token is the operator's problem: the mail waits.
+                let token = login.token().await.map_err(|e| (SendError::transient(format!("{target}: {e}")), false))?;
+                let credentials = Credentials::new(login.user.clone(), token.clone());
+                if let Err(e) = conn.auth(&[Mechanism::Xoauth2], &credentials).await {
+                    login.refused(&token);
+                    conn.abort().await;
+                    let error = SendError::transient(format!("{target}: AUTH XOAUTH2 refused: {e}"));
+                    return Err((error, false));
                 }
             }
             Ok(conn)

@@ -24,6 +24,8 @@ pub struct Settings {
     pub local: DeliveryTarget,
     /// Entries sent at the same time (`[outbound] concurrency`).
     pub concurrency: usize,
+    /// `[srs]`: a bounce of a forward goes to the original sender, not to our SRS address.
+    pub srs: Option<Arc<crate::proto::srs::Srs>>,
 }
 
 pub(super) async fn run(
@@ -188,7 +190,17 @@ async fn bounce(outbound: &Outbound, settings: &Settings, entry: &QueueEntry, or
             return true;
         }
     };
-    let (outbound, sender, origin) = (outbound.clone(), entry.sender.clone(), entry.id.clone());
+    let sender = match &settings.srs {
+        Some(srs) if srs.is_srs(&entry.sender) => match srs.reverse(&entry.sender, crate::spool::unix_now()) {
+            Ok(original) => original,
+            Err(e) => {
+                tracing::warn!(sender = %entry.sender, error = %e, "no bounce: the SRS sender does not reverse");
+                return true;
+            }
+        },
+        _ => entry.sender.clone(),
+    };
+    let (outbound, origin) = (outbound.clone(), entry.id.clone());
     // A small file write; do it off the runtime like every queue write.
     let queued =
         tokio::task::spawn_blocking(move || outbound.enqueue(EntryKind::Bounce, "", &[sender], &report, &origin)).await;
@@ -224,15 +236,9 @@ impl Queued {
 
 fn map_message(path: &std::path::Path) -> std::io::Result<Arc<Queued>> {
     let file = std::fs::File::open(path)?;
-    if file.metadata()?.len() == 0 {
+    let Some(map) = super::mapped::map_file(&file)? else {
         return Ok(Arc::new(Queued::Copied(Vec::new())));
-    }
-    // SAFETY: the one `unsafe` of the daemon. A mapping is undefined behaviour only if the
-    // file changes under it; queue files are written once (temp file, fsync, rename), never
-    // changed in place, and removed only by unlinking (the mapping keeps the data). A disk
-    // error while a page is read, or someone else truncating the file, raises SIGBUS.
-    #[allow(unsafe_code)]
-    let map = unsafe { memmap2::Mmap::map(&file)? };
+    };
     if normalize::is_crlf(&map) {
         Ok(Arc::new(Queued::Mapped(map)))
     } else {

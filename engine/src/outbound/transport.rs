@@ -116,6 +116,7 @@ impl Transport {
                             tls_name: host.clone(),
                             starttls: *starttls,
                             credentials: None,
+                            oauth2: None,
                             cert_sha256: None,
                         };
                         match pool.send(&destination, &envelope, message).await {
@@ -143,6 +144,16 @@ fn wire_body(message: &[u8]) -> &[u8] {
     message.strip_suffix(b"\r\n").unwrap_or(message)
 }
 
+impl Transport {
+    /// Makes the relay log in with XOAUTH2 (`[outbound] relay_account`).
+    pub fn with_relay_login(mut self, login: Option<std::sync::Arc<crate::oauth2::relay::RelayLogin>>) -> Transport {
+        if let (Transport::Relay(relay), Some(login)) = (&mut self, login) {
+            relay.1.oauth2 = Some(login);
+        }
+        self
+    }
+}
+
 fn relay(config: &OutboundConfig, hostname: &str) -> Result<Transport, String> {
     let RelayUrl { implicit_tls, host, port, credentials, cert_sha256 } = parse_relay(config)?;
     let credentials = credentials.map(|(user, password)| Credentials::new(user, password));
@@ -152,7 +163,8 @@ fn relay(config: &OutboundConfig, hostname: &str) -> Result<Transport, String> {
         StartTlsPolicy::Opportunistic => StartTls::Opportunistic { verify: true },
         StartTlsPolicy::Required => StartTls::Required,
     };
-    let destination = Destination { host: host.clone(), port, tls_name: host, starttls, credentials, cert_sha256 };
+    let destination =
+        Destination { host: host.clone(), port, tls_name: host, starttls, credentials, cert_sha256, oauth2: None };
     Ok(Transport::Relay(Box::new((Pool::new(hostname), destination))))
 }
 

@@ -118,6 +118,16 @@ pub(crate) fn ctx_auth_user(c: &Context) -> &str {
     &c.auth_user
 }
 
+/// `ctx.listener`: the role of the listener the client connected to, `"mx"` (mail from the
+/// internet) or `"submission"` (our own users, after AUTH); `""` for fetched mail.
+///
+/// ```rhai
+/// fn data(ctx, msg) { if ctx.listener == "submission" { msg.add_header("X-Submitted-By", ctx.auth_user); } }
+/// ```
+pub(crate) fn ctx_listener(c: &Context) -> &str {
+    &c.listener
+}
+
 /// `ctx.sender`: the envelope sender (MAIL FROM), "" for the null sender (bounces).
 ///
 /// ```rhai

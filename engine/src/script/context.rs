@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::proto::authres::{IprevVerdict, SpfVerdict};
+
 /// The facts a stage call can see. Strings are "" when not applicable.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Context {
@@ -12,6 +14,8 @@ pub struct Context {
     pub helo: String,
     pub tls: bool,
     pub auth_user: String,
+    /// The role of the SMTP listener: "mx" or "submission" ("" for pollers).
+    pub listener: String,
     /// Envelope MAIL FROM, "" for the null sender.
     pub sender: String,
     /// The recipient being checked (`rcpt_to`).
@@ -22,6 +26,10 @@ pub struct Context {
     pub protocol: String,
     pub mailbox: String,
     pub uid: String,
+    /// SPF of the envelope sender (from `mail_from` on; "none" when not checked).
+    pub spf: SpfVerdict,
+    /// iprev of the client (from `connect` on).
+    pub iprev: IprevVerdict,
 }
 
 /// The rhai-side handle: cheap to clone into every call.

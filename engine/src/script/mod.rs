@@ -10,6 +10,7 @@
 
 pub mod analysis;
 pub mod api;
+pub mod api_auth;
 pub mod apply;
 pub mod catalog;
 pub mod context;

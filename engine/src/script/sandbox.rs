@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
+use super::context::ScriptCtx;
 use super::decision::{Action, LogLine, Stage};
 
 /// What one hook call has collected so far.
@@ -19,6 +20,8 @@ pub struct CallState {
     pub leash: Option<Instant>,
     pub file: std::sync::Arc<str>,
     pub stage: Stage,
+    /// The call's `ctx`, for plugins that pass the envelope on (`None` while compiling).
+    pub ctx: Option<ScriptCtx>,
     pub actions: Vec<Action>,
     pub logs: Vec<LogLine>,
     /// Set by the progress callback when it stopped the script for the deadline.

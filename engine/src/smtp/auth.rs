@@ -35,7 +35,7 @@ impl<S: SessionStream> Session<S> {
     /// Whether AUTH may be advertised and used on this connection now.
     pub(super) fn auth_offered(&self) -> bool {
         let smtp = &self.config.smtp;
-        !smtp.auth_users.is_empty() && (self.tls.is_some() || smtp.allow_plain_auth)
+        !smtp.auth_users.is_empty() && (self.tls.is_some() || !self.auth_needs_tls())
     }
 
     pub(super) async fn handle_auth(&mut self, mechanism: u64, initial: String) -> std::io::Result<Flow> {
@@ -44,7 +44,7 @@ impl<S: SessionStream> Session<S> {
             self.reply(Reply::new(502, "5.5.1", "AUTH not available"));
             return Ok(Flow::Continue);
         }
-        if self.tls.is_none() && !smtp.allow_plain_auth {
+        if self.tls.is_none() && self.auth_needs_tls() {
             self.reply(Reply::new(538, "5.7.11", "Encryption required for requested authentication mechanism"));
             return Ok(Flow::Continue);
         }

@@ -14,6 +14,8 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
+use crate::config::AuthUser;
+
 /// Failures from one address within this window count together.
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Past this many recent failures an address may not try AUTH at all until the window passes.
@@ -67,12 +69,12 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 }
 
 /// Whether `user`/`password` match `auth_users`. Blocking (argon2 is deliberately slow).
-pub fn verify(users: &BTreeMap<String, String>, user: &str, password: &str) -> bool {
+pub fn verify(users: &BTreeMap<String, AuthUser>, user: &str, password: &str) -> bool {
     // A fixed hash to burn the same time for unknown users.
     const DUMMY: &str =
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$1PpG7dEgg9n0E2MtkL4HmNIjvsmsWAi6lmD6Ah8Vc4k";
     let (hash, known) = match users.get(user) {
-        Some(hash) => (hash.as_str(), true),
+        Some(entry) => (entry.hash(), true),
         None => (DUMMY, false),
     };
     let Ok(parsed) = PasswordHash::new(hash) else {
@@ -116,7 +118,7 @@ fn verify_phc(hash: &PasswordHash<'_>, password: &[u8], memory: &mut Vec<Block>)
 
 /// [`verify`] off the async threads, at most [`MAX_CONCURRENT_VERIFY`] at a time. `None` when no
 /// slot came free in time (the server is busy: a temporary failure, not a wrong password).
-pub async fn verify_bounded(users: BTreeMap<String, String>, user: String, password: String) -> Option<bool> {
+pub async fn verify_bounded(users: BTreeMap<String, AuthUser>, user: String, password: String) -> Option<bool> {
     let _permit = tokio::time::timeout(VERIFY_QUEUE_TIMEOUT, VERIFY_SLOTS.acquire()).await.ok()?.ok()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
@@ -174,7 +176,7 @@ mod tests {
     fn hash_and_verify() {
         let hash = hash_password("s3cret").unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        let users = BTreeMap::from([("me".to_string(), hash)]);
+        let users = BTreeMap::from([("me".to_string(), hash.into())]);
         assert!(verify(&users, "me", "s3cret"));
         assert!(!verify(&users, "me", "wrong"));
         assert!(!verify(&users, "nobody", "s3cret"));
@@ -195,7 +197,7 @@ mod tests {
             hashes.push(argon2.hash_password(b"pw", &salt).unwrap().to_string());
         }
         for hash in hashes {
-            let users = BTreeMap::from([("me".to_string(), hash.clone())]);
+            let users = BTreeMap::from([("me".to_string(), hash.clone().into())]);
             let parsed = PasswordHash::new(&hash).unwrap();
             for password in ["pw", "pw ", "", "PW"] {
                 let reference = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
@@ -204,14 +206,13 @@ mod tests {
             }
         }
         // A hash whose output was tampered with, or with no output, never verifies.
-        let mut users = BTreeMap::from([("me".to_string(), hash_password("pw").unwrap())]);
-        let hash = users.get_mut("me").unwrap();
+        let mut hash = hash_password("pw").unwrap();
+        let truncated = hash.rsplit_once('$').unwrap().0.to_string();
         let last = hash.pop().unwrap();
         hash.push(if last == 'A' { 'B' } else { 'A' });
-        assert!(!verify(&users, "me", "pw"));
-        let truncated = users["me"].rsplit_once('$').unwrap().0.to_string();
-        users.insert("me".into(), truncated);
-        assert!(!verify(&users, "me", "pw"));
+        let users = |hash: &str| BTreeMap::from([("me".to_string(), AuthUser::from(hash))]);
+        assert!(!verify(&users(&hash), "me", "pw"));
+        assert!(!verify(&users(&truncated), "me", "pw"));
     }
 
     #[test]
@@ -227,7 +228,7 @@ mod tests {
 
     #[tokio::test]
     async fn verify_bounded_verifies() {
-        let users = BTreeMap::from([("me".to_string(), hash_password("s3cret").unwrap())]);
+        let users = BTreeMap::from([("me".to_string(), hash_password("s3cret").unwrap().into())]);
         assert_eq!(verify_bounded(users.clone(), "me".into(), "s3cret".into()).await, Some(true));
         assert_eq!(verify_bounded(users, "me".into(), "nope".into()).await, Some(false));
     }

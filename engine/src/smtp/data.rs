@@ -11,9 +11,12 @@ use super::reply::Reply;
 use super::session::{Flow, ReadError, Session, SessionStream, State};
 use crate::message::stored::{self, Held, BUDGET, SPILL_AT};
 use crate::message::{headers, MessageView};
+use crate::proto::authres::MessageAuth;
 use crate::script::{apply, Action, Stage, Verdict};
 use crate::spool::large::Staged;
 use crate::spool::{new_id, unix_now, Envelope, SpoolRecord};
+use crate::verify::message::without_forged_results;
+use crate::verify::Peer;
 
 /// Where the bytes of a message being read went besides the reader's buffer.
 #[derive(Debug)]
@@ -175,6 +178,23 @@ impl<S: SessionStream> Session<S> {
         }
         let helo = self.helo.clone().unwrap_or_default();
         let remote_ip = self.remote_text.clone();
+        // Checks on receipt (docs/authentication.md), on the message as it arrived.
+        let verifier = self.shared.verifier.clone();
+        let auth = match &verifier {
+            Some(verifier) if self.verifies() => {
+                let peer = Peer {
+                    ip: self.remote_ip,
+                    helo: helo.clone(),
+                    sender: tx.sender.clone(),
+                    spf: self.checks.spf.clone(),
+                };
+                Some(match &staged {
+                    None => verifier.check_message(&outcome.body, &peer).await,
+                    Some(file) => verifier.check_file(&file.tail(), peer).await,
+                })
+            }
+            _ => None,
+        };
         let trace = Trace {
             helo: &helo,
             remote_ip: &remote_ip,
@@ -184,25 +204,59 @@ impl<S: SessionStream> Session<S> {
             id: &id,
             single_recipient: (tx.recipients.len() == 1).then(|| tx.recipients[0].as_str()),
         };
-        let header = trace.header();
+        let mut header = trace.header();
+        let mut tail = staged.as_ref().map(Staged::tail);
+        let mut block_end = file_head.as_ref().and_then(|(end, _)| *end);
+        let mut header_part = header_part;
+        // With a header block cleaned of forged results, the prefix holds the whole block.
+        let mut cleaned_block = false;
+        let cleaned = verifier.as_ref().and_then(|verifier| {
+            let none = MessageAuth::default();
+            let message = auth.as_ref().unwrap_or(&none);
+            header.push_str(&verifier.report_header(
+                &self.checks,
+                &remote_ip,
+                &helo,
+                self.auth_user.as_deref(),
+                message,
+            ));
+            without_forged_results(header_part, verifier.authserv_id())
+        });
+        if let Some(cleaned) = &cleaned {
+            match (&mut tail, block_end) {
+                (None, _) => header_part = cleaned,
+                (Some(file_tail), Some(end)) => {
+                    *file_tail = file_tail.skip(end as u64);
+                    block_end = Some(0);
+                    header_part = cleaned;
+                    cleaned_block = true;
+                }
+                (Some(_), None) => tracing::warn!("header block too large: forged Authentication-Results kept"),
+            }
+        }
         let mut head = Vec::with_capacity(header.len() + header_part.len());
         head.extend_from_slice(header.as_bytes());
         head.extend_from_slice(header_part);
         let head = Arc::new(head);
-        let tail = staged.as_ref().map(Staged::tail);
         let view = match &tail {
             None => MessageView::new(head.clone()),
             Some(tail) => MessageView::spilled(
-                Arc::new(header.into_bytes()),
+                if cleaned_block { head.clone() } else { Arc::new(header.into_bytes()) },
                 head.clone(),
                 tail.clone(),
-                file_head.as_ref().and_then(|(end, _)| *end),
+                block_end,
                 Vec::new(),
             ),
         };
+        if let Some(auth) = auth {
+            view.set_auth(auth);
+        }
         drop(outcome);
         held.set(head.len());
 
+        if let Some(reply) = self.header_from_policy(&view) {
+            return reply;
+        }
         let mut context = self.context("");
         context.sender = tx.sender.clone();
         context.recipients = tx.recipients.clone();

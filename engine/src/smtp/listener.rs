@@ -17,7 +17,7 @@ use super::credentials::FailureLimiter;
 use super::session::Session;
 use super::starttls::HANDSHAKE_TIMEOUT;
 use super::tls::TlsInfo;
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig, ListenerTls};
 use crate::script::ScriptHost;
 use crate::spool::{new_id, Spool};
 
@@ -36,11 +36,16 @@ pub struct Shared {
     pub tls: ArcSwapOption<rustls::ServerConfig>,
     /// Recent AUTH failures per client address.
     pub auth_failures: FailureLimiter,
+    /// `[srs]`: bounces to SRS addresses are verified at RCPT and sent back.
+    pub srs: Option<Arc<crate::proto::srs::Srs>>,
+    /// SPF, DKIM, DMARC, ARC and iprev checks, when `[auth] verify` is on.
+    pub verifier: crate::verify::SharedVerifier,
 }
 
-/// Accepts on `listener` until shutdown. With `implicit_tls` every connection starts with a
-/// TLS handshake (RFC 8314, port 465).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: bool) {
+/// Accepts on `listener` until shutdown. With implicit TLS every connection starts with a
+/// TLS handshake (RFC 8314, port 465); `spec.role` decides the session's policy.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, spec: ListenerConfig) {
+    let implicit_tls = spec.tls == ListenerTls::Implicit;
     let mut shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -68,12 +73,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
                 tokio::spawn(
                     async move {
                         tracing::debug!("connected");
+                        // Boxed, so that each connection's task is not sized for the TLS
+                        // session's future.
                         if implicit_tls {
-                            if let Some((stream, tls)) = handshake(&shared, stream).await {
-                                Session::new(stream, shared, peer.ip(), id, Some(tls)).run_tls().await;
+                            if let Some((stream, tls)) = Box::pin(handshake(&shared, stream)).await {
+                                let session = Session::new(stream, shared, peer.ip(), id, Some(tls));
+                                Box::pin(session.with_listener(&spec).run_tls()).await;
                             }
                         } else {
-                            Session::new(stream, shared, peer.ip(), id, None).run().await;
+                            Session::new(stream, shared, peer.ip(), id, None).with_listener(&spec).run().await;
                         }
                         tracing::debug!("disconnected");
                         drop(permit);

@@ -47,6 +47,16 @@ impl<S: SessionStream> Session<S> {
                 }
             }
         };
+        if let Some(reply) = self.mail_policy(&sender) {
+            self.reply(reply);
+            return Flow::Continue;
+        }
+        self.checks.spf = match &self.shared.verifier {
+            Some(verifier) if self.verifies() => {
+                Box::pin(verifier.spf(self.remote_ip, self.helo.as_deref().unwrap_or(""), &sender)).await
+            }
+            _ => Default::default(),
+        };
         self.tx = Some(Transaction { sender, utf8, ..Transaction::default() });
         let decision = self.run_stage(Stage::MailFrom, self.context(""), None).await;
         if let Some(reply) = decision.refusal() {

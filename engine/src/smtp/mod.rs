@@ -19,6 +19,7 @@ pub mod data_reader;
 pub mod helo;
 pub mod listener;
 pub mod mail;
+pub mod policy;
 pub mod rcpt;
 pub mod received;
 pub use crate::proto::reply;

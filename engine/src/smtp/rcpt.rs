@@ -26,7 +26,18 @@ impl<S: SessionStream> Session<S> {
             let domain = config.local_domains.first().cloned().unwrap_or_else(|| config.hostname.clone());
             format!("postmaster@{domain}")
         } else {
-            match parse_mailbox(&text, tx.utf8) {
+            let parsed = parse_mailbox(&text, tx.utf8);
+            // A bounce to one of our SRS addresses goes back to the sender it stands for.
+            let srs = parsed.as_ref().ok().and_then(|m| self.srs_recipient(&m.as_string()));
+            match parsed {
+                Ok(_) if srs.is_some() => match srs {
+                    Some(Ok(original)) => original,
+                    Some(Err(reply)) => {
+                        self.reply(reply);
+                        return Flow::Continue;
+                    }
+                    None => return Flow::Continue,
+                },
                 // An authenticated client may send anywhere (submission); everyone else only to
                 // local domains, over TLS or not.
                 Ok(mailbox) if config.is_local_domain(&mailbox.domain) || self.auth_user.is_some() => {

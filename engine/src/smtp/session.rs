@@ -115,6 +115,10 @@ pub struct Session<S> {
     pub(super) auth_user: Option<String>,
     /// This session came out of STARTTLS: no second greeting.
     upgraded: bool,
+    /// The listener's role and TLS mode (see `policy.rs`).
+    pub(super) listener: crate::config::ListenerConfig,
+    /// iprev and SPF verdicts (see [`crate::verify`]).
+    pub(super) checks: crate::verify::SessionChecks,
 }
 
 impl<S: SessionStream> Session<S> {
@@ -141,7 +145,19 @@ impl<S: SessionStream> Session<S> {
             tls,
             auth_user: None,
             upgraded: false,
+            listener: crate::config::ListenerConfig {
+                address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                role: crate::config::ListenerRole::Mx,
+                tls: crate::config::ListenerTls::Starttls,
+            },
+            checks: Default::default(),
         }
+    }
+
+    /// The session of a connection to `listener` (its role decides the policy).
+    pub fn with_listener(mut self, listener: &crate::config::ListenerConfig) -> Session<S> {
+        self.listener = *listener;
+        self
     }
 
     /// Runs a plaintext session to its end, through STARTTLS if the client asks for it. I/O
@@ -149,8 +165,10 @@ impl<S: SessionStream> Session<S> {
     pub async fn run(mut self) {
         match self.serve(true).await {
             Ok(Flow::StartTls) => {
-                if let Some(tls) = self.into_tls().await {
-                    tls.run_tls().await;
+                // Boxed: the TLS session's future is several times a plaintext one's, and
+                // every connection's task would otherwise be sized (and copied) for it.
+                if let Some(tls) = Box::pin(self.into_tls()).await {
+                    Box::pin(tls.run_tls()).await;
                 }
             }
             Ok(_) => {}
@@ -174,6 +192,9 @@ impl<S: SessionStream> Session<S> {
     async fn serve(&mut self, greet: bool) -> std::io::Result<Flow> {
         if greet {
             let hostname = self.config.smtp.hostname.clone();
+            if let Some(verifier) = self.shared.verifier.as_ref().filter(|_| self.verifies()) {
+                self.checks.iprev = Box::pin(verifier.iprev(self.remote_ip)).await;
+            }
             let decision = self.run_stage(Stage::Connect, self.context(""), None).await;
             match decision.verdict {
                 Some(Verdict::Tempfail { .. }) => {
@@ -246,8 +267,24 @@ impl<S: SessionStream> Session<S> {
             tls: _,
             auth_user: _,
             upgraded: _,
+            listener,
+            checks,
         } = self;
-        (stream, Detached { inbuf, out, shared, config, scripts, shutdown, id, remote_ip, remote_text, refused })
+        let detached = Detached {
+            inbuf,
+            out,
+            shared,
+            config,
+            scripts,
+            shutdown,
+            id,
+            remote_ip,
+            remote_text,
+            refused,
+            listener,
+            checks,
+        };
+        (stream, detached)
     }
 
     /// Parses and dispatches one command line (with its line end).
@@ -277,9 +314,11 @@ impl<S: SessionStream> Session<S> {
             Request::Helo { host } => self.handle_helo(host, false).await,
             Request::Mail { from } => self.handle_mail(from, &raw).await,
             Request::Rcpt { to } => self.handle_rcpt(to, &raw).await,
-            Request::Data => self.handle_data().await?,
+            Request::Data => Box::pin(self.handle_data()).await?,
             Request::StartTls => self.handle_starttls().await?,
-            Request::Auth { mechanism, initial_response } => self.handle_auth(mechanism, initial_response).await?,
+            Request::Auth { mechanism, initial_response } => {
+                Box::pin(self.handle_auth(mechanism, initial_response)).await?
+            }
             Request::Rset => {
                 self.tx = None;
                 self.reply(Reply::new(250, "2.0.0", "Reset OK"));
@@ -416,9 +455,12 @@ impl<S: SessionStream> Session<S> {
             helo: self.helo.clone().unwrap_or_default(),
             tls: self.tls.is_some(),
             auth_user: self.auth_user.clone().unwrap_or_default(),
+            listener: self.listener.role.name().to_string(),
             sender,
             rcpt: rcpt.to_string(),
             recipients,
+            spf: self.checks.spf.clone(),
+            iprev: self.checks.iprev.clone(),
             ..Context::default()
         }
     }
@@ -467,12 +509,28 @@ pub(super) struct Detached {
     remote_ip: IpAddr,
     remote_text: String,
     refused: bool,
+    listener: crate::config::ListenerConfig,
+    /// iprev belongs to the connection; SPF is taken again at the next MAIL.
+    checks: crate::verify::SessionChecks,
 }
 
 impl Detached {
     /// The session over `stream`, at its start: no HELO, no transaction, not authenticated.
     pub(super) fn with_stream<T>(self, stream: T) -> Session<T> {
-        let Detached { inbuf, out, shared, config, scripts, shutdown, id, remote_ip, remote_text, refused } = self;
+        let Detached {
+            inbuf,
+            out,
+            shared,
+            config,
+            scripts,
+            shutdown,
+            id,
+            remote_ip,
+            remote_text,
+            refused,
+            listener,
+            checks,
+        } = self;
         Session {
             stream,
             inbuf,
@@ -492,6 +550,8 @@ impl Detached {
             tls: None,
             auth_user: None,
             upgraded: true,
+            listener,
+            checks,
         }
     }
 }

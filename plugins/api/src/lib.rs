@@ -62,6 +62,25 @@ pub trait Host: Send + Sync {
     /// as an action, applied before the message is stored. Errors outside a `data`/`fetched`
     /// call.
     fn rewrite_message(&self, bytes: Vec<u8>) -> Result<(), String>;
+
+    /// The envelope and client facts of the running hook call (what the script sees as
+    /// `ctx`), for plugins that pass them on (a spam scanner); `None` outside a hook call.
+    fn envelope(&self) -> Option<Envelope> {
+        None
+    }
+}
+
+/// Who sent a message and to whom, as the running hook call knows it. Strings are "" when
+/// not known at this stage (a fetched message has no client IP or HELO).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// MAIL FROM ("" for the null sender); for a fetched message, its Return-Path or From.
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub remote_ip: String,
+    pub helo: String,
+    /// The SMTP AUTH user name.
+    pub auth_user: String,
 }
 
 /// A message to stream: its bytes in memory, or `prefix` followed by `len` bytes from
@@ -85,6 +104,19 @@ impl MessageSource {
         self.len() == 0
     }
 
+    /// The whole message as a reader (a file part read as it is consumed, never loaded whole).
+    pub fn reader(&self) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        use std::io::{Cursor, Read, Seek};
+        match self {
+            MessageSource::Memory(bytes) => Ok(Box::new(Cursor::new(ArcBytes(bytes.clone())))),
+            MessageSource::File { prefix, path, offset, len } => {
+                let mut file = std::fs::File::open(path)?;
+                file.seek(std::io::SeekFrom::Start(*offset))?;
+                Ok(Box::new(Cursor::new(ArcBytes(prefix.clone())).chain(file.take(*len))))
+            }
+        }
+    }
+
     /// Writes the whole message to `out`, a file part in 64 KB reads.
     pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         match self {
@@ -104,6 +136,15 @@ impl MessageSource {
                 Ok(())
             }
         }
+    }
+}
+
+/// Shared bytes readable through a `Cursor` without copying them.
+struct ArcBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -168,6 +209,19 @@ mod tests {
     #[allow(dead_code)]
     struct Conf {
         timeout_ms: u64,
+    }
+
+    #[test]
+    fn a_file_source_reads_prefix_then_its_part() {
+        use std::io::Read;
+        let path = std::env::temp_dir().join(format!("mf-api-reader-{}", std::process::id()));
+        std::fs::write(&path, b"xxBODY\nzz").unwrap();
+        let source =
+            MessageSource::File { prefix: Arc::new(b"H: 1\n".to_vec()), path: path.clone(), offset: 2, len: 5 };
+        let mut out = Vec::new();
+        source.reader().unwrap().read_to_end(&mut out).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(out, b"H: 1\nBODY\n");
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub enum ImapError {
     Imap(#[from] async_imap::error::Error),
     #[error("{0}")]
     Other(String),
+    /// The server refused the login (an OAuth2 token is then refreshed and tried once more).
+    #[error("login refused: {0}")]
+    LoginRefused(String),
 }
 
 /// One mailbox's poller within a session.
@@ -234,17 +237,21 @@ async fn login(account: &AccountConfig, password: &str) -> Result<ImapSession, I
     });
     let mut stream = ClientStream::connect(&account.host, port).await?;
     if account.tls == AccountTls::Implicit {
-        stream = stream.into_tls(&account.host).await?;
+        stream = stream.into_tls(&account.host, account.tls_ca.as_deref()).await?;
     }
     let mut client = Client::new(untagged::Filtered::new(stream));
     timed(COMMAND_TIMEOUT, async { Ok(client.read_response().await?) })
         .await?
         .ok_or_else(|| ImapError::Other("connection closed before the greeting".into()))?;
     if account.tls == AccountTls::Starttls {
-        timed(COMMAND_TIMEOUT, client.run_command_and_check_ok("STARTTLS", None)).await?;
+        timed(COMMAND_TIMEOUT, client.run_command_and_check_ok("STARTTLS", None)).await.map_err(|e| {
+            ImapError::Other(format!(
+                "the server refused STARTTLS ({e}); tls = \"starttls\" never falls back to plain text"
+            ))
+        })?;
         // Whatever the server sent before the handshake is dropped with the old client.
-        let stream = client.into_inner().into_inner().into_tls(&account.host).await?;
+        let stream = client.into_inner().into_inner().into_tls(&account.host, account.tls_ca.as_deref()).await?;
         client = Client::new(untagged::Filtered::new(stream));
     }
-    Ok(timed(COMMAND_TIMEOUT, async { client.login(&account.username, password).await.map_err(|(e, _)| e) }).await?)
+    super::login::imap(client, account, port, password).await
 }

@@ -76,6 +76,7 @@ impl Poller<'_> {
                 local_mode: process::local_root(self.account).is_some(),
                 delimiter: self.delimiter.clone(),
                 polled: self.server_mailbox.clone(),
+                folders: self.account.folders.clone(),
             },
             dedupe_below: state.dedupe_below,
             store: self.deps.store.clone(),
@@ -263,6 +264,14 @@ impl Poller<'_> {
             let (Some(uid), Some(raw)) = (fetch.uid, raw) else { continue };
             if state.is_done(uid) {
                 continue;
+            }
+            if raw.is_empty() {
+                // GNU Mailutils imap4d does this, with OK, for a folder whose files another
+                // program renamed since SELECT (pop3d adding X-UIDL): say so, it is not mail.
+                tracing::warn!(
+                    uid,
+                    "the server sent this message as empty (0 bytes): is another program rewriting the mailbox?"
+                );
             }
             let flags: Vec<String> = fetch.flags().map(|f| flag_name(&f)).collect();
             let view = if headers_only {

@@ -32,6 +32,7 @@ pub(super) fn contexts() -> Vec<ScriptCtx> {
         helo: "localhost".into(),
         tls: true,
         auth_user: "bob".into(),
+        listener: "mx".into(),
         sender: String::new(),
         rcpt: "postmaster@example.org".into(),
         recipients: vec!["postmaster@example.org".into()],
@@ -39,6 +40,7 @@ pub(super) fn contexts() -> Vec<ScriptCtx> {
         protocol: "imap".into(),
         mailbox: "INBOX".into(),
         uid: "42".into(),
+        ..Context::default()
     };
     let unicode =
         Context { helo: "ǅ ß İ ΐ ΟΔΟΣ".into(), sender: "ΐ@ΟΔΟΣ.example".into(), ..Context::default() };

@@ -88,6 +88,8 @@ impl Harness {
             shutdown: shutdown_rx,
             tls: ArcSwapOption::new(tls),
             auth_failures: Default::default(),
+            srs: None,
+            verifier: None,
         });
         Harness { _dir: dir, shared, accepted, shutdown, cert }
     }
