@@ -464,13 +464,16 @@ def test_failure_delay_grows_per_address(tls_daemon):
         c.starttls(d.cert.context())
         c.ehlo()
         r, t = timed_wrong_auth(c)
-        assert r.code == 535 and t < t2, (t, t2)
+        assert r.code == 535, r
     # A new connection from the first address keeps its count: the third failure waits >= 1.5 s.
     with Client(d.port, source="127.0.0.2") as c:
         c.starttls(d.cert.context())
         c.ehlo()
         r, t3 = timed_wrong_auth(c)
         assert r.code == 535 and t3 >= 1.45, t3
+    # 127.0.0.3's first failure waited the first step (0.5 s), not 127.0.0.2's third (1.5 s):
+    # a full second apart, more than the password check's own time varies on a loaded machine.
+    assert t < t3 - 0.5, (t, t3)
 
 
 def test_too_many_failures_454_for_that_address_only(tls_daemon):
