@@ -278,6 +278,8 @@ def huge_message(conn, reader):
             conn.sendall(b"+OK\r\n1 uid-huge\r\n.\r\n")
         elif verb == "LIST":
             conn.sendall(b"+OK\r\n1 9223372036854775807\r\n.\r\n")
+        elif verb == "STAT":
+            conn.sendall(b"+OK 1 9223372036854775807\r\n")
         elif verb == "QUIT":
             conn.sendall(b"+OK bye\r\n")
             return

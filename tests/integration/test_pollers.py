@@ -621,7 +621,7 @@ def test_pop3_kill_9_mid_round_leaves_one_local_copy_each(daemon, server):
     # pop3d rewrites the Maildir as the killed poller's session ends; a listing made meanwhile
     # may miss a message (the server's doing, not a deletion): list once it is done.
     dv.settle()
-    assert len(pop_ids(dv)) == total  # no DELE before the round's commit
+    assert len(pop_ids(dv)) == total  # no QUIT, so no deletion, before the round's commit
     d.start()
     wait_processed(d, {f"{n}@test.example" for n in range(total)}, timeout=120)
     assert wait_for(lambda: pop_ids(dv) == [], timeout=10)

@@ -1,27 +1,22 @@
-//! A small POP3 client (RFC 1939, RFC 2449 CAPA, RFC 2595 STLS) and the POP3 poller.
+//! A small POP3 client (RFC 1939, RFC 2449 CAPA, RFC 2595 STLS, RFC 5034 AUTH).
 //!
-//! No sound maintained crate exists (see DEPENDENCIES.md), so this is ours: every read is
-//! bounded (line length, UIDL length, message size), so a hostile server gets an error, not
-//! a crash or an unbounded buffer. Order per round: UIDL → RETR new → hook → actions →
-//! durable state → DELE (when `delete_after_fetch` or a script's `delete()`) → QUIT commits.
+//! No sound maintained crate exists (see DEPENDENCIES.md), so this is ours. Input: the
+//! server's lines; output: parsed listings and message bytes. Every read is bounded (line
+//! length, UIDL length, message size, header block size), so a hostile server gets an error,
+//! not a crash or an unbounded buffer. The client knows whether a response is still being
+//! read ([`Pop3Client::usable`]): only between two responses may RSET and QUIT be sent.
+//!
+//! Security: every byte from the server is untrusted.
 
-use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::watch;
 
-use super::net::{ClientStream, CONNECT_TIMEOUT};
-use super::retry::{excerpt, Warned};
-use super::state::{self, Done, Journal};
-use super::{process, FetchDeps};
-use crate::config::{AccountConfig, AccountTls};
-use crate::message::MessageView;
-use crate::script::Action;
-use crate::spool::large::{Spill, Spilled};
+use crate::config::AccountTls;
+use crate::fetch::net::{ClientStream, CONNECT_TIMEOUT};
+use crate::fetch::retry::excerpt;
 
 /// RFC 1939 allows 512 octets per response line; be generous, but bounded.
 pub const MAX_LINE: usize = 8192;
@@ -32,6 +27,8 @@ pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 /// Longest line of a message held while it is read (RFC 5322 allows 998 octets; a server
 /// that sends more in one line is broken or hostile).
 pub const MAX_MESSAGE_LINE: usize = 4 * 1024 * 1024;
+/// Largest header block accepted from `TOP n 0` (held in memory; real ones are a few KiB).
+pub const MAX_HEADER: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Pop3Error {
@@ -51,6 +48,13 @@ pub struct Pop3Client {
     stream: BufReader<ClientStream>,
     /// The APOP timestamp from the greeting, when the server offers APOP.
     timestamp: Option<String>,
+    /// A command was sent and its response not read to the end (or the connection failed
+    /// meanwhile): nothing more may be sent.
+    in_response: bool,
+    /// When the server last finished a response: how long the session has been silent.
+    last_response: Instant,
+    /// `DELE`s sent since the session began or the last `RSET`.
+    marked: usize,
 }
 
 impl Pop3Client {
@@ -60,20 +64,30 @@ impl Pop3Client {
         if tls == AccountTls::Implicit {
             stream = stream.into_tls(host, ca).await?;
         }
-        let mut client = Pop3Client { stream: BufReader::new(stream), timestamp: None };
+        let mut client = Pop3Client::new(stream);
         let greeting = client.status_line().await?;
         client.timestamp = apop_timestamp(&greeting);
         if tls == AccountTls::Starttls {
-            client.command("STLS").await.map_err(|e| {
+            client.command("STLS", false).await.map_err(|e| {
                 Pop3Error::Protocol(format!(
                     "the server refused STLS ({e}); tls = \"starttls\" never falls back to plain text"
                 ))
             })?;
             // Anything buffered before the handshake is dropped with the reader.
             let stream = client.stream.into_inner().into_tls(host, ca).await?;
-            client = Pop3Client { stream: BufReader::new(stream), timestamp: None };
+            client = Pop3Client::new(stream);
         }
         Ok(client)
+    }
+
+    fn new(stream: ClientStream) -> Pop3Client {
+        Pop3Client {
+            stream: BufReader::new(stream),
+            timestamp: None,
+            in_response: false,
+            last_response: Instant::now(),
+            marked: 0,
+        }
     }
 
     /// USER/PASS, or APOP when the server offered it on a connection without TLS.
@@ -81,12 +95,12 @@ impl Pop3Client {
         if let (Some(timestamp), false) = (self.timestamp.clone(), tls) {
             let digest = Md5::digest(format!("{timestamp}{password}").as_bytes());
             let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            if self.command(&format!("APOP {user} {hex}")).await.is_ok() {
+            if self.command(&format!("APOP {user} {hex}"), false).await.is_ok() {
                 return Ok(());
             }
         }
-        self.command(&format!("USER {user}")).await?;
-        self.command(&format!("PASS {password}")).await.map(|_| ()).map_err(|e| match e {
+        self.command(&format!("USER {user}"), false).await?;
+        self.command(&format!("PASS {password}"), false).await.map(|_| ()).map_err(|e| match e {
             Pop3Error::Negative(_) => Pop3Error::Negative("authentication failed".into()),
             other => other,
         })
@@ -128,62 +142,116 @@ impl Pop3Client {
 
     /// `LIST`: (message number, size in octets) for every message.
     pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, Pop3Error> {
-        self.command("LIST").await?;
+        self.command("LIST", true).await?;
         self.multiline_lines().await?.iter().map(|line| list_entry(line)).collect()
     }
 
     /// `UIDL`: (message number, unique id) for every message.
     pub async fn uidl(&mut self) -> Result<Vec<(u32, String)>, Pop3Error> {
-        self.command("UIDL").await?;
+        self.command("UIDL", true).await?;
         self.multiline_lines().await?.iter().map(|line| uidl_entry(line)).collect()
     }
 
-    /// `RETR n`: the message, dot-unstuffed, line ends as sent.
-    pub async fn retr(&mut self, n: u32) -> Result<Vec<u8>, Pop3Error> {
-        self.command(&format!("RETR {n}")).await?;
-        self.multiline_bytes(MAX_MESSAGE).await
-    }
-
     /// `RETR n` into `out` as it arrives (a large message then never sits in memory whole).
+    /// When writing to `out` fails (a full disk), the rest of the message is read and thrown
+    /// away, so the session stays usable, and the write error is returned.
     pub async fn retr_into(&mut self, n: u32, out: &mut impl std::io::Write) -> Result<(), Pop3Error> {
-        self.command(&format!("RETR {n}")).await?;
+        self.command(&format!("RETR {n}"), true).await?;
         self.multiline_into(MAX_MESSAGE, out).await
     }
 
-    /// `TOP n lines`.
+    /// `TOP n lines`: the header block of message `n`, the empty line after it and the first
+    /// `lines` lines of the body; at most [`MAX_HEADER`] bytes.
     pub async fn top(&mut self, n: u32, lines: u32) -> Result<Vec<u8>, Pop3Error> {
-        self.command(&format!("TOP {n} {lines}")).await?;
-        self.multiline_bytes(MAX_MESSAGE).await
+        self.command(&format!("TOP {n} {lines}"), true).await?;
+        self.multiline_bytes(MAX_HEADER).await
     }
 
     pub async fn stat(&mut self) -> Result<(u32, u64), Pop3Error> {
-        let line = self.command("STAT").await?;
+        let line = self.command("STAT", false).await?;
         stat_counts(&line)
     }
 
+    /// `DELE n`: marks the message; the server deletes it at `QUIT`, not if `RSET` comes first.
     pub async fn dele(&mut self, n: u32) -> Result<(), Pop3Error> {
-        self.command(&format!("DELE {n}")).await.map(|_| ())
+        self.command(&format!("DELE {n}"), false).await?;
+        self.marked += 1;
+        Ok(())
     }
 
+    /// `RSET`: takes back every `DELE` of the session.
     pub async fn rset(&mut self) -> Result<(), Pop3Error> {
-        self.command("RSET").await.map(|_| ())
+        self.command("RSET", false).await?;
+        self.marked = 0;
+        Ok(())
     }
 
     pub async fn noop(&mut self) -> Result<(), Pop3Error> {
-        self.command("NOOP").await.map(|_| ())
+        self.command("NOOP", false).await.map(|_| ())
     }
 
     /// `QUIT`: the server commits DELEs only now.
     pub async fn quit(mut self) -> Result<(), Pop3Error> {
-        self.command("QUIT").await.map(|_| ())
+        self.command("QUIT", false).await.map(|_| ())
     }
 
-    async fn command(&mut self, command: &str) -> Result<String, Pop3Error> {
+    /// Whether the connection is between two responses, so a command may be sent.
+    pub fn usable(&self) -> bool {
+        !self.in_response
+    }
+
+    /// `DELE`s that `QUIT` would commit.
+    pub fn marked(&self) -> usize {
+        self.marked
+    }
+
+    /// How long since the server last finished a response.
+    pub fn silent_for(&self) -> Duration {
+        self.last_response.elapsed()
+    }
+
+    /// Ends a session whose round failed: `RSET` when messages were marked for deletion (so
+    /// the server deletes nothing this round), then `QUIT`, so the server ends the session
+    /// and releases the mailbox at once. Nothing is sent on a connection mid-response or
+    /// broken; errors are only logged: the round's own error is what counts.
+    pub async fn abandon(mut self) {
+        if !self.usable() {
+            return;
+        }
+        if self.marked > 0 {
+            let marked = self.marked;
+            match self.rset().await {
+                Ok(()) => tracing::info!(marked, "round failed: RSET, the server keeps every message"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "round failed and RSET failed: ending without QUIT, so nothing is deleted");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.quit().await {
+            tracing::debug!(error = %e, "QUIT after a failed round");
+        }
+    }
+
+    /// Sends `command`; returns its status line. For a multi-line response (`multiline`), the
+    /// response stays open until its body has been read.
+    async fn command(&mut self, command: &str, multiline: bool) -> Result<String, Pop3Error> {
+        self.in_response = true;
         let stream = self.stream.get_mut();
         stream.write_all(command.as_bytes()).await?;
         stream.write_all(b"\r\n").await?;
         stream.flush().await?;
-        self.status_line().await
+        let status = self.status_line().await;
+        // An unexpected line (neither +OK nor -ERR) leaves the session in an unknown state.
+        if matches!(status, Err(Pop3Error::Negative(_))) || (status.is_ok() && !multiline) {
+            self.response_done();
+        }
+        status
+    }
+
+    fn response_done(&mut self) {
+        self.in_response = false;
+        self.last_response = Instant::now();
     }
 
     async fn status_line(&mut self) -> Result<String, Pop3Error> {
@@ -227,15 +295,28 @@ impl Pop3Client {
     }
 
     /// [`Self::multiline_bytes`] written to `out` line by line; at most `max` bytes in all,
-    /// and no line longer than [`MAX_MESSAGE_LINE`] is held.
+    /// and no line longer than [`MAX_MESSAGE_LINE`] is held. A failed write to `out` does not
+    /// stop the reading: the rest goes nowhere, and the write error comes at the end.
     async fn multiline_into(&mut self, max: usize, out: &mut impl std::io::Write) -> Result<(), Pop3Error> {
         let mut written = 0;
+        let mut local: Option<std::io::Error> = None;
         loop {
             // Message lines may be longer than a status line (mail is not always RFC 5322
             // clean); the response as a whole stays bounded by `max`.
             let line = self.line_up_to((max - written).clamp(MAX_LINE, MAX_MESSAGE_LINE) + 2).await?;
-            if multiline_line(out, &mut written, &line, max)? {
-                return Ok(());
+            let end = match local {
+                None => match multiline_line(out, &mut written, &line, max) {
+                    Err(Pop3Error::Io(e)) => {
+                        local = Some(e);
+                        false
+                    }
+                    other => other?,
+                },
+                Some(_) => multiline_line(&mut std::io::sink(), &mut written, &line, max)?,
+            };
+            if end {
+                self.response_done();
+                return local.map_or(Ok(()), |e| Err(Pop3Error::Io(e)));
             }
         }
     }
@@ -318,142 +399,4 @@ pub fn stat_counts(line: &str) -> Result<(u32, u64), Pop3Error> {
     let count = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
     let size = parts.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
     Ok((count, size))
-}
-
-/// One POP3 round: replay the journal of an interrupted round, fetch what is new, process it
-/// (journaling each message), commit durably, DELE, QUIT. Stops early, cleanly, when asked.
-/// `warned` remembers, across rounds, which messages left on the server were reported.
-pub async fn round(
-    deps: &FetchDeps,
-    account: &AccountConfig,
-    password: &str,
-    shutdown: &watch::Receiver<bool>,
-    warned: &mut Warned,
-) -> Result<usize, Pop3Error> {
-    let port = account.port.unwrap_or(if account.tls == AccountTls::Implicit { 995 } else { 110 });
-    let mut client = Pop3Client::connect(&account.host, port, account.tls, account.tls_ca.as_deref()).await?;
-    match account.auth_method() {
-        crate::config::AuthMethod::Password => {
-            client.login(&account.username, password, account.tls != AccountTls::None).await?
-        }
-        oauth => {
-            client.auth(&mut crate::oauth2::Sasl::new(oauth, &account.username, password, &account.host, port)).await?
-        }
-    }
-    // What the server says it holds, against what UIDL lists: a listing that misses messages
-    // (a server rewriting its mailbox while another session ends) is said, not silent.
-    let (count, _) = client.stat().await?;
-    let listing = client.uidl().await?;
-    if listing.len() != count as usize {
-        tracing::warn!(stat = count, uidl = listing.len(), "STAT and UIDL disagree on the number of messages");
-    }
-    // Sizes first: a message over MAX_MESSAGE would fail RETR every round; say so once a day.
-    let sizes: std::collections::HashMap<u32, u64> = client.list().await?.into_iter().collect();
-    let key = state::pop3_key(&account.name);
-    let (store, key2) = (deps.store.clone(), key.clone());
-    let mut state = tokio::task::spawn_blocking(move || state::load(&store, &key2))
-        .await
-        .map_err(|e| Pop3Error::Protocol(e.to_string()))?
-        .map_err(Pop3Error::Protocol)?;
-    let mut journal = Journal::open(&deps.journal_dir, &key);
-    let replay = journal.read();
-    let mut message_ids = Vec::new();
-    let mut dirs = BTreeSet::new();
-    for record in &replay {
-        dirs.extend(state::finish_copies(&record.copies)?);
-        state.done_uidls.insert(record.uidl.clone());
-        if record.act.delete {
-            state.delete_uidls.insert(record.uidl.clone());
-        }
-        message_ids.push(record.mid.clone());
-    }
-    if !replay.is_empty() {
-        tracing::info!(messages = replay.len(), "resuming an interrupted round from the journal");
-    }
-    let set = deps.scripts.current();
-    let mut to_delete = Vec::new();
-    let mut processed = 0;
-    for (n, uidl) in &listing {
-        if state.done_uidls.contains(uidl) {
-            if state.delete_uidls.contains(uidl) {
-                // Done in an earlier round whose DELE did not complete: finish it now.
-                to_delete.push(*n);
-            }
-            continue;
-        }
-        if *shutdown.borrow() {
-            break;
-        }
-        if let Some(&size) = sizes.get(n).filter(|&&size| size > MAX_MESSAGE as u64) {
-            if warned.due(uidl, Instant::now()) {
-                tracing::warn!(uidl = %uidl, size, "message larger than the fetch limit: left on the server (said once a day)");
-            } else {
-                tracing::debug!(uidl = %uidl, size, "message larger than the fetch limit: left on the server");
-            }
-            continue;
-        }
-        let mut spill = Spill::new(&deps.journal_dir);
-        client.retr_into(*n, &mut spill).await?;
-        // `_file` (a large message's file) lives until the message is handled.
-        let (view, _file) = match spill.finish()? {
-            Spilled::Memory(raw) => (MessageView::new(Arc::new(raw)), None),
-            Spilled::File(file) => (MessageView::from_file(Arc::new(Vec::new()), file.tail(), Vec::new())?, Some(file)),
-        };
-        let span = tracing::info_span!("fetched", uidl = %uidl);
-        let _enter = span.enter();
-        let mut record = Done { uidl: uidl.clone(), ..Done::default() };
-        let handled = match process::handle(deps, &set, account, "pop3", "INBOX", uidl, &view).await {
-            Ok(handled) => handled,
-            Err(error) => {
-                crate::prometheus::fetched("pop3", "failed");
-                if state.failed(uidl.clone(), &error) {
-                    // Skipped, never deleted: it stays on the server untouched.
-                    journal.append(&record)?;
-                    state.done_uidls.insert(uidl.clone());
-                }
-                continue;
-            }
-        };
-        let scripted_delete = !process::dropped(&handled.decision)
-            && handled.decision.actions.iter().any(|a| matches!(a, Action::Delete));
-        record.act.delete = account.delete_after_fetch || scripted_delete;
-        record.mid = view.message_id().to_string();
-        record.copies = handled.copies;
-        journal.append(&record)?;
-        dirs.extend(state::finish_copies(&record.copies)?);
-        if record.act.delete {
-            to_delete.push(*n);
-            state.delete_uidls.insert(uidl.clone());
-        }
-        state.done_uidls.insert(uidl.clone());
-        state.attempts.remove(uidl);
-        message_ids.push(record.mid);
-        processed += 1;
-        crate::prometheus::fetched("pop3", "done");
-    }
-    // Forget UIDLs the server no longer has, then make the state durable before any DELE.
-    let present: BTreeSet<&String> = listing.iter().map(|(_, u)| u).collect();
-    state.done_uidls.retain(|u| present.contains(u));
-    state.delete_uidls.retain(|u| present.contains(u));
-    state.attempts.retain(|u, _| present.contains(u));
-    let (store, key2, snapshot) = (deps.store.clone(), key.clone(), state.clone());
-    let busy = deps.busy_guard();
-    tokio::task::spawn_blocking(move || {
-        let _busy = busy;
-        state::sync_dirs(&dirs).map_err(|e| format!("local copies: {e}"))?;
-        let ids: Vec<String> = message_ids.into_iter().filter(|m| !m.is_empty()).collect();
-        state::save(&store, &key2, &snapshot, &ids)
-    })
-    .await
-    .map_err(|e| Pop3Error::Protocol(e.to_string()))?
-    .map_err(Pop3Error::Protocol)?;
-    journal.clear()?;
-    for n in &to_delete {
-        client.dele(*n).await?;
-    }
-    client.quit().await?;
-    if processed > 0 || !to_delete.is_empty() {
-        tracing::info!(processed, deleted = to_delete.len(), "POP3 round done");
-    }
-    Ok(processed)
 }
