@@ -84,9 +84,17 @@ async fn transact(
 ) -> Result<(usize, usize), Pop3Error> {
     // What the server says it holds, against what UIDL lists: a listing that misses messages
     // (a server rewriting its mailbox while another session ends) is said, not silent.
-    let (count, _) = client.stat().await?;
+    // Only a cross-check: a server whose STAT answer does not parse is still served.
+    let stat = match client.stat().await {
+        Ok((count, _)) => Some(count),
+        Err(Pop3Error::Protocol(e)) => {
+            tracing::debug!(error = %e, "STAT answer not understood; not cross-checked with UIDL");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let listing = client.uidl().await?;
-    if listing.len() != count as usize {
+    if let Some(count) = stat.filter(|&count| listing.len() != count as usize) {
         tracing::warn!(stat = count, uidl = listing.len(), "STAT and UIDL disagree on the number of messages");
     }
     // Sizes first: a message over MAX_MESSAGE would fail RETR every round; say so once a day.
