@@ -52,6 +52,29 @@ def _account():
     return pw.pw_name, pw.pw_uid, pw.pw_gid
 
 
+def seed_maildir(base, messages, chown):
+    """Writes `messages` (str or bytes, LF line ends as a Maildir holds them) into `base`/new
+    the way a delivery agent does (tmp/ then rename), making the folder if needed; `chown`
+    gives each new path to the mail user. Returns how many were written."""
+    for sub in ("", "new", "cur", "tmp"):
+        p = base / sub
+        if not p.exists():
+            p.mkdir()
+            chown(p)
+    stamp = int(time.time())
+    n = 0
+    for i, message in enumerate(messages):
+        data = message.encode() if isinstance(message, str) else message
+        data = data.replace(b"\r\n", b"\n")
+        name = f"{stamp}.M{i}P{os.getpid()}R{os.urandom(4).hex()}.seed"
+        tmp = base / "tmp" / name
+        tmp.write_bytes(data)
+        chown(tmp)
+        os.rename(tmp, base / "new" / name)
+        n += 1
+    return n
+
+
 class PortTaken(Exception):
     pass
 
@@ -384,23 +407,7 @@ class Dovecot:
         would); Dovecot indexes them at the next SELECT/STAT. Returns how many were written."""
         root = self.maildir(user)
         base = root if folder is None else root / ("." + folder.replace("/", "."))
-        for sub in ("", "new", "cur", "tmp"):
-            p = base / sub
-            if not p.exists():
-                p.mkdir()
-                self._chown(p)
-        n = 0
-        stamp = int(time.time())
-        for i, message in enumerate(messages):
-            data = message.encode() if isinstance(message, str) else message
-            data = data.replace(b"\r\n", b"\n")
-            name = f"{stamp}.M{i}P{os.getpid()}R{os.urandom(4).hex()}.seed"
-            tmp = base / "tmp" / name
-            tmp.write_bytes(data)
-            self._chown(tmp)
-            os.rename(tmp, base / "new" / name)
-            n += 1
-        return n
+        return seed_maildir(base, messages, self._chown)
 
     def imap(self, user="me"):
         """A logged-in imaplib client."""

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from dovecot import Dovecot, _account
+from dovecot import Dovecot, _account, seed_maildir
 
 IMAP4D = shutil.which("imap4d") or "/usr/sbin/imap4d"
 POP3D = shutil.which("pop3d") or "/usr/sbin/pop3d"
@@ -225,23 +225,7 @@ class Mailutils(Dovecot):
     def seed(self, messages, user="me", folder=None):
         root = self.maildir(user)
         base = root if folder is None else root.parent / folder
-        for sub in ("", "new", "cur", "tmp"):
-            p = base / sub
-            if not p.exists():
-                p.mkdir()
-                self._chown(p)
-        n = 0
-        stamp = int(time.time())
-        for i, message in enumerate(messages):
-            data = message.encode() if isinstance(message, str) else message
-            data = data.replace(b"\r\n", b"\n")
-            name = f"{stamp}.M{i}P{os.getpid()}R{os.urandom(4).hex()}.seed"
-            tmp = base / "tmp" / name
-            tmp.write_bytes(data)
-            self._chown(tmp)
-            os.rename(tmp, base / "new" / name)
-            n += 1
-        return n
+        return seed_maildir(base, messages, self._chown)
 
     def imap(self, user="me"):
         import imaplib
