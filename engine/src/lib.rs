@@ -34,3 +34,5 @@ pub mod script;
 pub mod smtp;
 pub mod spool;
 pub mod state;
+pub mod trace;
+pub mod web;

@@ -17,6 +17,7 @@ fn main() {
         Command::Test(args) => mailflow::cli::test::run(config, &args),
         Command::Queue { action } => mailflow::cli::queue::run(config, &action),
         Command::HashPassword => hash_password(),
+        Command::Trace { id, json } => mailflow::cli::trace::run(config, &id, json),
     };
     if let Some(sink) = sink {
         sink.flush();

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod queue;
 pub mod test;
+pub mod trace;
 
 use std::path::PathBuf;
 
@@ -37,8 +38,30 @@ pub enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
-    /// Read a password on stdin, print a hash for `auth_users`.
+    /// Read a password on stdin, print a hash for `auth_users` or `[web] password_hash`.
     HashPassword,
+    /// What happened to a message: stages, verdicts, actions and their outcomes.
+    Trace {
+        /// A queue id, a Message-ID, or the id of an outbound queue entry the message made.
+        id: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Writes `text` to stdout; a reader that went away (`| head`) ends the command quietly.
+pub fn print(text: &str) -> i32 {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("cannot write: {e}");
+            1
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@ pub mod duration;
 mod load;
 pub mod relay;
 pub mod reload;
+pub mod web;
 
 pub use load::{check_password_hash, load_str, ConfigError, LoadedConfig};
 
@@ -33,6 +34,7 @@ pub struct Config {
     pub state: StateConfig,
     pub plugins: PluginsConfig,
     pub metrics: MetricsConfig,
+    pub web: web::WebConfig,
 }
 
 /// `[smtp]`: the receiver.

@@ -277,3 +277,22 @@ impl Decision {
         }
     }
 }
+
+impl Decision {
+    /// This decision as a step of the message's trace (see [`crate::trace`]).
+    pub fn trace_step(&self, stage: Stage, elapsed: std::time::Duration) -> crate::trace::Step {
+        crate::trace::Step {
+            stage: stage.name().to_string(),
+            verdict: self.verdict.as_ref().map_or_else(|| "none".to_string(), |v| crate::trace::cut(&v.to_string())),
+            decided_by: self.decided_by.clone(),
+            error: self.error.as_ref().map(|e| crate::trace::cut(&e.to_string())),
+            actions: self
+                .actions
+                .iter()
+                .take(crate::trace::MAX_EVENTS)
+                .map(|a| crate::trace::cut(&a.to_string()))
+                .collect(),
+            micros: elapsed.as_micros() as u64,
+        }
+    }
+}
