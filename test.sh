@@ -25,11 +25,10 @@ command -v valgrind >/dev/null || need_apt+=(valgrind)
 # instances on loopback, like Dovecot's); popauth (mailutils-pop3d) makes their APOP database.
 [ -x /usr/sbin/imap4d ] || need_apt+=(mailutils-imap4d)
 { [ -x /usr/sbin/pop3d ] && [ -x /usr/bin/popauth ]; } || need_apt+=(mailutils-pop3d)
-# Headless Chromium, its WebDriver and Selenium: the status page's browser tests (no browser
-# download: Selenium drives the Debian chromium through /usr/bin/chromedriver).
+# Headless Chromium and its WebDriver: the status page's browser tests (no browser download:
+# Selenium, from PyPI below, drives the Debian chromium through /usr/bin/chromedriver).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
-python3 -c "import selenium.webdriver.chrome.service" 2>/dev/null || need_apt+=(python3-selenium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing: ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -52,6 +51,11 @@ fi
 if ! python3 -c "import dnslib" 2>/dev/null; then
     echo "== installing dnslib"
     pip_install dnslib
+fi
+
+if ! python3 -c "import selenium.webdriver.chrome.service" 2>/dev/null; then
+    echo "== installing selenium"
+    pip_install selenium
 fi
 
 echo "== cargo build"
