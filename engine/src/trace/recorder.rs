@@ -389,3 +389,56 @@ fn trace_size(trace: &Trace) -> usize {
         + trace.steps.iter().map(step_size).sum::<usize>()
         + trace.events.iter().map(|e| e.detail.len() + 64).sum::<usize>()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(stage: &str, verdict: &str) -> Step {
+        Step { stage: stage.into(), verdict: verdict.into(), micros: 5, ..Step::default() }
+    }
+
+    #[test]
+    fn session_steps_join_the_message_and_events_follow_it() {
+        install();
+        let summary = Summary {
+            source: "smtp",
+            sender: "a@x",
+            recipients: &["b@y".into()],
+            head: b"Subject: hi\r\n\r\n",
+            size: 9,
+        };
+        stage("sess-t1", step("connect", "none"));
+        stage("sess-t1", step("mail_from", "none"));
+        stage("msg-t1", step("data", "accept"));
+        received("msg-t1", Some("sess-t1"), &summary);
+        event("msg-t1", "forwarded", "forward to c@z queued", "Q1");
+        event("msg-t1", "sent", "forward to c@z sent", "Q1");
+        let t = find("msg-t1").unwrap();
+        let stages: Vec<&str> = t.steps.iter().map(|s| s.stage.as_str()).collect();
+        assert_eq!(stages, ["connect", "mail_from", "data"]);
+        assert_eq!((t.subject.as_str(), t.outcome.as_str()), ("hi", "sent"));
+        assert_eq!(find("Q1").unwrap().id, "msg-t1");
+        // The next message of the session keeps the connection step only.
+        stage("msg-t2", step("data", "reject 550 5.7.1 no"));
+        refused("msg-t2", Some("sess-t1"), &summary, "rejected");
+        let stages: Vec<String> = find("msg-t2").unwrap().steps.into_iter().map(|s| s.stage).collect();
+        assert_eq!(stages, ["connect", "data"]);
+        assert!(stage_stats().iter().any(|(s, st)| s == "data" && st.calls >= 2));
+    }
+
+    #[test]
+    fn the_recent_list_is_bounded() {
+        install();
+        let summary = Summary { source: "smtp", sender: "a@x", recipients: &[], head: b"", size: 1 };
+        for n in 0..MAX_RECENT + 50 {
+            received(&format!("bound-{n}"), None, &summary);
+        }
+        assert!(find("bound-0").is_none());
+        assert!(find(&format!("bound-{}", MAX_RECENT + 49)).is_some());
+        let (shown, matched) = recent("bound-", 10);
+        assert_eq!(shown.len(), 10);
+        assert!(matched <= MAX_RECENT);
+        assert_eq!(shown[0].id, format!("bound-{}", MAX_RECENT + 49));
+    }
+}

@@ -111,7 +111,7 @@ pub async fn delete(
 
 async fn queue_change(web: &Web, headers: &HeaderMap, id: &str, csrf: &str, retry: bool) -> Response {
     if let Err(refused) = web.check_post(headers, csrf) {
-        return refused;
+        return *refused;
     }
     if !valid_id(id) {
         return (StatusCode::NOT_FOUND, "no such queue entry\n").into_response();
@@ -192,7 +192,7 @@ fn try_page(session: &super::auth::Session, form: &TryForm, result: Option<(Stri
 pub async fn try_run(State(web): State<Arc<Web>>, headers: HeaderMap, Form(form): Form<TryForm>) -> Response {
     let session = match web.check_post(&headers, &form.csrf) {
         Ok(session) => session,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let result = match Stage::parse(&form.stage) {
         None => (format!("unknown stage {:?}", form.stage), true),

@@ -93,20 +93,20 @@ impl Web {
     }
 
     /// The session of a POST whose form carries its CSRF token; otherwise the refusal.
-    pub fn check_post(&self, headers: &HeaderMap, csrf: &str) -> Result<Session, Response> {
+    pub fn check_post(&self, headers: &HeaderMap, csrf: &str) -> Result<Session, Box<Response>> {
         let Some(session) = self.session(headers) else {
-            return Err((StatusCode::FORBIDDEN, "not logged in\n").into_response());
+            return Err(Box::new((StatusCode::FORBIDDEN, "not logged in\n").into_response()));
         };
         if !same(&session.csrf, csrf) {
-            return Err((StatusCode::FORBIDDEN, "bad or missing CSRF token\n").into_response());
+            return Err(Box::new((StatusCode::FORBIDDEN, "bad or missing CSRF token\n").into_response()));
         }
         Ok(session)
     }
 }
 
 /// A GET of a page that needs a login: the session, or a redirect to the login form.
-pub fn need_login(web: &Web, headers: &HeaderMap) -> Result<Session, Response> {
-    web.session(headers).ok_or_else(|| Redirect::to("/login").into_response())
+pub fn need_login(web: &Web, headers: &HeaderMap) -> Result<Session, Box<Response>> {
+    web.session(headers).ok_or_else(|| Box::new(Redirect::to("/login").into_response()))
 }
 
 /// Whether the browser reached us over HTTPS (through a proxy that says so).
@@ -174,7 +174,7 @@ pub struct CsrfForm {
 
 pub async fn logout(State(web): State<Arc<Web>>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
     if let Err(refused) = web.check_post(&headers, &form.csrf) {
-        return refused;
+        return *refused;
     }
     if let Some(token) = cookie_token(&headers) {
         web.sessions.remove(&token);

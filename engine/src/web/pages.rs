@@ -19,7 +19,7 @@ macro_rules! login {
     ($web:expr, $headers:expr) => {
         match super::auth::need_login(&$web, &$headers) {
             Ok(session) => session,
-            Err(redirect) => return redirect,
+            Err(redirect) => return *redirect,
         }
     };
 }
