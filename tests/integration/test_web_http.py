@@ -139,7 +139,7 @@ def test_mailflow_trace_text_json_and_after_a_restart(daemon):
     out = mailflow("trace", "--config", d.config_path, qid)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "data       accept by 10-junk.rhai" in text
+    assert "data       accept by 10-junk.rhai:8" in text
     assert 'action: file_into("Junk")' in text
     assert "delivered  to bob@example.org in Junk" in text
     assert f"forward to boss@remote.example queued [{entry['id']}]" in text
@@ -149,7 +149,7 @@ def test_mailflow_trace_text_json_and_after_a_restart(daemon):
     doc = json.loads(mailflow("trace", "--config", d.config_path, qid, "--json").stdout)
     steps = {s["stage"]: s for s in doc["steps"]}
     assert steps["mail_from"]["verdict"] == "none" and steps["mail_from"]["decided_by"] is None
-    assert steps["data"]["decided_by"] == "10-junk.rhai" and doc["subject"] == "junk offer"
+    assert steps["data"]["decided_by"] == "10-junk.rhai:8" and doc["subject"] == "junk offer"
     assert {e["kind"] for e in doc["events"]} >= {"delivered", "forwarded", "deferred"}
     assert d.stop() == 0
     # The daemon is gone: read from the state store.

@@ -121,6 +121,7 @@ impl ScriptSet {
                 timed_out: false,
                 leash: None,
                 preempted: false,
+                verdict_line: 0,
             });
             let compiled = engine.compile_into_self_contained(&Scope::new(), &source);
             let timed_out = sandbox::end().is_some_and(|s| s.timed_out);
@@ -309,6 +310,7 @@ impl ScriptSet {
                 logs: Vec::new(),
                 timed_out: false,
                 preempted: false,
+                verdict_line: 0,
             });
             let result = match (stage.arity(), msg) {
                 (2, None) => Err("internal: stage needs a message".into()),
@@ -325,7 +327,8 @@ impl ScriptSet {
             if state.as_ref().is_some_and(|s| s.preempted) {
                 return None;
             }
-            let (actions, logs, timed_out) = state.map(|s| (s.actions, s.logs, s.timed_out)).unwrap_or_default();
+            let (actions, logs, timed_out, verdict_line) =
+                state.map(|s| (s.actions, s.logs, s.timed_out, s.verdict_line)).unwrap_or_default();
             decision.logs.extend(logs);
             let outcome = match result {
                 Ok(value) if value.is::<Verdict>() => Ok(value.try_cast::<Verdict>()),
@@ -347,6 +350,7 @@ impl ScriptSet {
                     decision.actions.extend(actions);
                     decision.verdict = Some(verdict);
                     decision.decided_by = Some(file.name.to_string());
+                    decision.decided_at = (verdict_line > 0).then_some(verdict_line);
                     break;
                 }
                 Err(error) => {
@@ -362,6 +366,7 @@ impl ScriptSet {
                         OnError::Accept => None,
                     };
                     decision.decided_by = Some(file.name.to_string());
+                    decision.decided_at = (error.line > 0 && *error.file == *file.name).then_some(error.line);
                     decision.error = Some(error);
                     break;
                 }
@@ -443,6 +448,23 @@ mod tests {
     fn data(set: &ScriptSet) -> Decision {
         let msg = MessageView::new(Arc::new(b"Subject: x\r\n\r\nbody\r\n".to_vec()));
         set.call(Stage::Data, &ScriptCtx::new(Context::default()), Some(&msg), "t")
+    }
+
+    #[test]
+    fn the_decision_names_the_line_of_the_verdict_natively_and_in_rhai() {
+        let native = "fn data(ctx, msg) {\n    if msg.subject == \"y\" { return accept(); }\n    if msg.subject == \"x\" {\n        return reject(\"5.7.1 no\");\n    }\n}\n";
+        let rhai_only = "fn data(ctx, msg) {\n    for i in 0..2 { log(\"x\"); }\n    tempfail();\n}\n";
+        for (source, line) in [(native, 4), (rhai_only, 3)] {
+            let dir = folder(&[("10-a.rhai", source)]);
+            let native_set = ScriptSet::compile(&config(dir.path()), None).unwrap();
+            let rhai_set = ScriptSet::compile(&config(dir.path()), None).unwrap().rhai_only();
+            for set in [&native_set, &rhai_set] {
+                let decision = data(set);
+                assert_eq!((decision.decided_by.as_deref(), decision.decided_at), (Some("10-a.rhai"), Some(line)));
+                let step = decision.trace_step(Stage::Data, Duration::ZERO);
+                assert_eq!(step.decided_by, Some(format!("10-a.rhai:{line}")));
+            }
+        }
     }
 
     #[test]
