@@ -7,7 +7,7 @@ Issue #27, docs/web.md.
 import json
 import time
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 from smtpclient import mailflow, transaction
 from webpage import Client, queue_entries, send, start, wait_queue
 
@@ -165,3 +165,23 @@ def test_no_traces_and_no_page_when_turned_off(daemon):
     time.sleep(1)
     assert mailflow("trace", "--config", d.config_path, qid).returncode == 1
     assert "status page listening" not in d.log()
+
+
+def test_accounts_show_a_poller_backing_off_with_its_error(daemon):
+    dead = free_port()
+    account = f"""
+[[accounts]]
+name = "work"
+protocol = "imap"
+host = "127.0.0.1"
+port = {dead}
+tls = "none"
+username = "me@example.org"
+password = "x"
+"""
+    d, base = start(daemon, extra_web=account)
+    c = Client(base)
+    c.login()
+    assert wait_for(lambda: "backing off" in c.get("/accounts")[2], timeout=10)
+    body = c.get("/accounts")[2]
+    assert "work" in body and "refused" in body.lower() and "in " in body
