@@ -35,7 +35,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         tracing::info!(addr = %addr, "metrics listening at /metrics");
     }
     let store = crate::state::open(&config.state.dir)?;
-    let tracing_on = start_traces(&config, &store)?;
+    let trace_store = start_traces(&config)?;
     let extend = crate::plugins::hook_for(&config, store.clone())?;
     let scripts = match ScriptHost::load(config.scripts.clone(), extend) {
         Ok(host) => Arc::new(host),
@@ -189,8 +189,8 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         tracing::warn!("deliveries still running at exit: they resume from the spool on next start");
     }
     scheduler.abort();
-    if tracing_on {
-        if let Err(e) = crate::trace::store::flush(&store) {
+    if let Some(store) = &trace_store {
+        if let Err(e) = crate::trace::store::flush(store) {
             tracing::warn!(error = %e, "last traces not saved");
         }
         let _ = std::fs::remove_file(crate::trace::socket::path(&config.state.dir));
@@ -200,18 +200,19 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
 }
 
 /// Starts recording decision traces unless `[web] trace_retention` is zero: the recorder, its
-/// store writer and the socket `mailflow trace` asks. Returns whether they run.
-fn start_traces(config: &crate::config::Config, store: &Arc<redb::Database>) -> anyhow::Result<bool> {
+/// store writer and the socket `mailflow trace` asks. Returns their store when they run.
+fn start_traces(config: &crate::config::Config) -> anyhow::Result<Option<Arc<redb::Database>>> {
     if config.web.trace_retention.is_zero() {
-        return Ok(false);
+        return Ok(None);
     }
+    let store = crate::state::open_file(&config.state.dir, crate::state::TRACE_FILE)?;
     crate::trace::install();
     crate::trace::store::spawn_writer(store.clone(), config.web.trace_retention)
         .context("cannot start the trace writer")?;
     if let Err(e) = crate::trace::socket::serve(&config.state.dir, store.clone()) {
         tracing::warn!(error = %e, "mailflow trace cannot ask this daemon (it reads the store once the daemon stops)");
     }
-    Ok(true)
+    Ok(Some(store))
 }
 
 /// The TLS configuration from `tls_cert`/`tls_key`, if set.

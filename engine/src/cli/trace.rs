@@ -48,9 +48,9 @@ pub fn run(config: Option<&Path>, id: &str, json: bool) -> i32 {
 }
 
 fn read_store(dir: &Path, id: &str) -> Result<Option<crate::trace::Trace>, String> {
-    if !dir.join(crate::state::STORE_FILE).exists() {
+    if !dir.join(crate::state::TRACE_FILE).exists() {
         return Ok(None);
     }
-    let db = crate::state::open(dir).map_err(|e| e.to_string())?;
+    let db = crate::state::open_file(dir, crate::state::TRACE_FILE).map_err(|e| e.to_string())?;
     crate::trace::store::load(&db, id).map_err(|e| e.to_string())
 }

@@ -30,7 +30,11 @@ pub fn serve(state_dir: &Path, db: Arc<redb::Database>) -> std::io::Result<()> {
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors, most likely: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
             let db = db.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
