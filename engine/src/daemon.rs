@@ -190,7 +190,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     }
     scheduler.abort();
     if let Some(store) = &trace_store {
-        if let Err(e) = crate::trace::store::flush(store) {
+        if let Err(e) = crate::trace::store::flush(store, true) {
             tracing::warn!(error = %e, "last traces not saved");
         }
         let _ = std::fs::remove_file(crate::trace::socket::path(&config.state.dir));

@@ -20,6 +20,8 @@ const ALIASES: TableDefinition<&str, &str> = TableDefinition::new("trace_alias")
 pub const MAX_STORED: u64 = 200_000;
 /// How often the writer saves.
 const WRITE_EVERY: Duration = Duration::from_millis(500);
+/// Every how many batches the writer syncs (10: every 5 seconds).
+const SYNC_EVERY: u64 = 10;
 /// How often old traces are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Most traces dropped per prune (a transaction stays short).
@@ -37,9 +39,11 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 pub fn spawn_writer(db: Arc<Database>, retention: Duration) -> std::io::Result<()> {
     std::thread::Builder::new().name("trace-writer".into()).spawn(move || {
         let mut last_prune = std::time::Instant::now() - PRUNE_EVERY;
+        let mut batches = 0u64;
         loop {
             std::thread::sleep(WRITE_EVERY);
-            if let Err(e) = flush(&db) {
+            batches += 1;
+            if let Err(e) = flush(&db, batches % SYNC_EVERY == 0) {
                 tracing::warn!(error = %e, "traces not saved");
             }
             if last_prune.elapsed() >= PRUNE_EVERY {
@@ -53,13 +57,18 @@ pub fn spawn_writer(db: Arc<Database>, retention: Duration) -> std::io::Result<(
     Ok(())
 }
 
-/// Saves what changed since the last call. Returns how many records were written.
-pub fn flush(db: &Database) -> Result<usize, StoreError> {
+/// Saves what changed since the last call; `durable` makes this and the batches before it
+/// survive a crash (the others are written without a sync: a trace is worth a few seconds
+/// of loss at a crash, not an fsync twice a second). Returns how many records were written.
+pub fn flush(db: &Database, durable: bool) -> Result<usize, StoreError> {
     let (traces, orphans) = recorder::take_changes();
     if traces.is_empty() && orphans.is_empty() {
         return Ok(0);
     }
-    let txn = db.begin_write().map_err(db_err)?;
+    let mut txn = db.begin_write().map_err(db_err)?;
+    if !durable {
+        txn.set_durability(redb::Durability::None).map_err(db_err)?;
+    }
     let mut written = 0;
     {
         let mut table = txn.open_table(TRACES).map_err(db_err)?;
