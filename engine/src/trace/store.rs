@@ -43,7 +43,7 @@ pub fn spawn_writer(db: Arc<Database>, retention: Duration) -> std::io::Result<(
         loop {
             std::thread::sleep(WRITE_EVERY);
             batches += 1;
-            if let Err(e) = flush(&db, batches % SYNC_EVERY == 0) {
+            if let Err(e) = flush(&db, batches.is_multiple_of(SYNC_EVERY)) {
                 tracing::warn!(error = %e, "traces not saved");
             }
             if last_prune.elapsed() >= PRUNE_EVERY {
