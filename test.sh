@@ -35,6 +35,10 @@ command -v valgrind >/dev/null || need_apt+=(valgrind)
 { [ -x /usr/sbin/pop3d ] && [ -x /usr/bin/popauth ]; } || need_apt+=(mailutils-pop3d)
 # systemd-analyze: `verify` checks the unit in contrib/ (the package is not started here).
 systemd-analyze --version >/dev/null 2>&1 || need_apt+=(systemd)
+# Headless Chromium and its WebDriver: the status page's browser tests (no browser download:
+# Selenium, from PyPI below, drives the Debian chromium through /usr/bin/chromedriver).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing: ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -69,6 +73,11 @@ fi
 if ! python3 -c "import dkim, nacl" 2>/dev/null; then
     echo "== installing dkimpy"
     pip_install dkimpy pynacl
+fi
+
+if ! python3 -c "import selenium.webdriver.chrome.service" 2>/dev/null; then
+    echo "== installing selenium"
+    pip_install selenium
 fi
 
 echo "== cargo build"

@@ -596,10 +596,14 @@ MAILFLOW_VARIANTS = {
     "mailflow-old": (None, [], None),
     "mailflow-rules": ("rules", [], "Bench"),
     "mailflow-rules-kv": ("kv", ["kv"], "Bench"),
+    # the rules with decision traces off (they are on by default): what recording costs
+    "mailflow-rules-notrace": ("rules", [], "Bench"),
 }
+# Extra config of a variant.
+MAILFLOW_EXTRA = {"mailflow-rules-notrace": '[web]\ntrace_retention = "0s"\n'}
 HARAKA_VARIANTS = ("haraka", "haraka-maildir")
 DEFAULT_SERVERS = ["smtp-sink", "durable-sink", "postfix", *HARAKA_VARIANTS,
-                   *(v for v in MAILFLOW_VARIANTS if v != "mailflow-old")]
+                   *(v for v in MAILFLOW_VARIANTS if v not in ("mailflow-old", "mailflow-rules-notrace"))]
 
 
 class Mailflow(Server):
@@ -642,7 +646,7 @@ dir = "{self.dir}/data/state"
 
 [plugins]
 enabled = [{plugins}]
-""")
+""" + MAILFLOW_EXTRA.get(self.name, ""))
             # Receipt checks (SPF, DKIM, DMARC) have their own rows (bench/auth.py): off here,
             # so that these rows compare with older binaries, which have no [auth] section.
             if self.knows_auth_section(config):

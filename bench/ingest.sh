@@ -10,6 +10,7 @@
 #   BENCH_SESSIONS="1 5 20 50" smtp-source -s values
 #   BENCH_REPEAT=3          runs per server and session count (median, min-max)
 #   BENCH_SERVERS="smtp-sink durable-sink postfix haraka haraka-maildir mailflow mailflow-rules mailflow-rules-kv"
+#                           (also: mailflow-rules-notrace, the rules with decision traces off)
 #   BENCH_TIMEOUT=5400      seconds for the whole measurement; runs past it are skipped
 #   MAILFLOW_BIN=path       use this binary instead of building target/release/mailflow
 #   DURABLE_SINK_BIN=path   use this durable-sink instead of building bench/loadclient

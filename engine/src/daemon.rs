@@ -39,6 +39,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         tracing::info!(addr = %addr, "metrics listening at /metrics");
     }
     let store = crate::state::open(&config.state.dir)?;
+    let trace_store = start_traces(&config)?;
     let extend = crate::plugins::hook_for(&config, store.clone())?;
     let scripts = match ScriptHost::load(config.scripts.clone(), extend) {
         Ok(host) => Arc::new(host),
@@ -122,6 +123,19 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         srs,
         verifier,
     });
+    let web_config = Arc::new(ArcSwap::new(config.clone()));
+    let web = crate::web::WebDeps {
+        config: web_config.clone(),
+        scripts: scripts.clone(),
+        connections: connections.clone(),
+        max_connections: config.smtp.max_connections,
+        queue_dir: queue_dir.clone(),
+        spool_dir: spool_dir.clone(),
+        started: std::time::Instant::now(),
+    };
+    if let Some(addr) = crate::web::start(web).await? {
+        tracing::info!(addr = %addr, "status page listening");
+    }
     let session_threads =
         SessionThreads::start(smtp::runtime::default_count()).context("cannot start the SMTP session threads")?;
     let mut listeners = Vec::new();
@@ -158,6 +172,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                 tracing::info!("SIGHUP: reloading config, scripts and TLS certificate");
                 service::notify(Readiness::Reloading);
                 let running = reload_config(&loaded_source, &shared).await;
+                web_config.store(running.clone());
                 let (host, limits) = (scripts.clone(), running.scripts.clone());
                 let _ = tokio::task::spawn_blocking(move || host.reload_with(&limits)).await;
                 match load_tls(&running) {
@@ -195,8 +210,30 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         tracing::warn!("deliveries still running at exit: they resume from the spool on next start");
     }
     scheduler.abort();
+    if let Some(store) = &trace_store {
+        if let Err(e) = crate::trace::store::flush(store, true) {
+            tracing::warn!(error = %e, "last traces not saved");
+        }
+        let _ = std::fs::remove_file(crate::trace::socket::path(&config.state.dir));
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts recording decision traces unless `[web] trace_retention` is zero: the recorder, its
+/// store writer and the socket `mailflow trace` asks. Returns their store when they run.
+fn start_traces(config: &crate::config::Config) -> anyhow::Result<Option<Arc<redb::Database>>> {
+    if config.web.trace_retention.is_zero() {
+        return Ok(None);
+    }
+    let store = crate::state::open_file(&config.state.dir, crate::state::TRACE_FILE)?;
+    crate::trace::install();
+    crate::trace::store::spawn_writer(store.clone(), config.web.trace_retention)
+        .context("cannot start the trace writer")?;
+    if let Err(e) = crate::trace::socket::serve(&config.state.dir, store.clone()) {
+        tracing::warn!(error = %e, "mailflow trace cannot ask this daemon (it reads the store once the daemon stops)");
+    }
+    Ok(Some(store))
 }
 
 /// The TLS configuration from `tls_cert`/`tls_key`, if set.

@@ -36,4 +36,6 @@ pub mod service;
 pub mod smtp;
 pub mod spool;
 pub mod state;
+pub mod trace;
 pub mod verify;
+pub mod web;

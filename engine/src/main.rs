@@ -28,6 +28,7 @@ fn main() {
         Command::Oauth2 { action: mailflow::cli::Oauth2Action::Authorize { account } } => {
             logged(&|| mailflow::cli::oauth2::run(config, &account))
         }
+        Command::Trace { id, json } => logged(&|| mailflow::cli::trace::run(config, &id, json)),
     };
     std::process::exit(code);
 }

@@ -8,6 +8,7 @@ pub mod oauth2;
 pub mod output;
 pub mod queue;
 pub mod test;
+pub mod trace;
 
 use std::path::PathBuf;
 
@@ -42,7 +43,7 @@ pub enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
-    /// Read a password on stdin, print a hash for `auth_users`.
+    /// Read a password on stdin, print a hash for `auth_users` or `[web] password_hash`.
     HashPassword,
     /// DKIM signing keys.
     Dkim {
@@ -53,6 +54,14 @@ pub enum Command {
     Oauth2 {
         #[command(subcommand)]
         action: Oauth2Action,
+    },
+    /// What happened to a message: stages, verdicts, actions and their outcomes.
+    Trace {
+        /// A queue id, a Message-ID, or the id of an outbound queue entry the message made.
+        id: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 

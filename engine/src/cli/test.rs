@@ -127,11 +127,30 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
             return 1;
         }
     };
+    match dry_run(&loaded.config, &set, args, raw) {
+        Ok((text, failed)) => {
+            emit(&text);
+            i32::from(failed)
+        }
+        Err(e) => {
+            errln!("{e}");
+            1
+        }
+    }
+}
+
+/// The dry run on `raw` with a compiled set: the report (JSON when `args.json`), and whether a
+/// script failed. Also what the status page's "Try a script" shows.
+pub fn dry_run(
+    config: &crate::config::Config,
+    set: &ScriptSet,
+    args: &TestArgs,
+    raw: Vec<u8>,
+) -> Result<(String, bool), String> {
     let fetched = args.stage == Stage::Fetched;
     let view = MessageView::with_flags(Arc::new(raw.clone()), if fetched { args.flags.clone() } else { Vec::new() });
     let only_fetched = |value: &String| if fetched { value.clone() } else { String::new() };
     // A message mailflow received carries its verdicts: replay them (docs/authentication.md).
-    let config = &loaded.config;
     let (iprev, spf) = match replayed_results(&raw, config.auth.authserv_id_or(&config.smtp.hostname)) {
         Some((iprev, spf, auth)) if !fetched => {
             view.set_auth(auth);
@@ -181,7 +200,7 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
     }
     let edited = apply::message_edits(&raw, &all_actions);
     let edited_view = MessageView::new(Arc::new(edited.clone()));
-    let own = crate::deliver::own_addresses(&loaded.config.smtp.hostname, &loaded.config.smtp.local_domains);
+    let own = crate::deliver::own_addresses(&config.smtp.hostname, &config.smtp.local_domains);
     let outbound = outbound_preview(&view, &args.from, recipients.first().map(String::as_str), &all_actions, &own);
     let report = Report {
         outbound,
@@ -200,17 +219,11 @@ pub fn run(config: Option<&Path>, args: &TestArgs) -> i32 {
     };
     let failed = report.runs.iter().any(|r| r.error.is_some());
     if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => emit(&format!("{text}\n")),
-            Err(e) => {
-                errln!("cannot print JSON: {e}");
-                return 1;
-            }
-        }
+        let text = serde_json::to_string_pretty(&report).map_err(|e| format!("cannot print JSON: {e}"))?;
+        Ok((format!("{text}\n"), failed))
     } else {
-        print_text(&report);
+        Ok((text_of(&report), failed))
     }
-    i32::from(failed)
 }
 
 /// What the daemon would do with each outbound action, with the same suppression checks (the
@@ -261,8 +274,8 @@ fn report(rcpt: Option<String>, stage: Stage, decision: Decision) -> RunReport {
     }
 }
 
-/// Writes the report as text; a closed pipe (`| head`) ends the output quietly.
-fn print_text(report: &Report) {
+/// The report as text.
+fn text_of(report: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "stage: {}", report.stage);
@@ -305,7 +318,7 @@ fn print_text(report: &Report) {
     for (name, value) in &report.headers {
         let _ = writeln!(out, "  {name}: {value}");
     }
-    emit(&out);
+    out
 }
 
 /// Prints to stdout; a reader that went away ends the command quietly.

@@ -161,6 +161,14 @@ fn validate(config: &Config) -> Result<(), String> {
         return Err(format!("[log] filters: {module:?} is not a module name"));
     }
     config.auth.validate()?;
+    let web = &config.web;
+    if !web.listen.trim().is_empty() && web.listen.trim().parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!("[web] listen {:?} is not an address:port", web.listen));
+    }
+    if !web.password_hash.is_empty() {
+        check_password_hash(&web.password_hash)
+            .map_err(|e| format!("[web] password_hash: {e}; make one with `mailflow hash-password`"))?;
+    }
     if config.scripts.timeout_ms == 0 {
         return Err("[scripts] timeout_ms must be > 0".into());
     }

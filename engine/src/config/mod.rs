@@ -14,6 +14,7 @@ pub mod oauth2;
 pub mod relay;
 pub mod reload;
 pub mod signing;
+pub mod web;
 
 pub use listeners::{AuthUser, ListenerConfig, ListenerRole, ListenerTls};
 pub use load::{check_password_hash, load_str, ConfigError, LoadedConfig};
@@ -47,6 +48,7 @@ pub struct Config {
     /// `[srs]`: present means forwards are sent with SRS envelope senders.
     pub srs: Option<SrsConfig>,
     pub auth: auth::AuthConfig,
+    pub web: web::WebConfig,
 }
 
 /// `[smtp]`: the receiver.

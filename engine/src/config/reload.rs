@@ -48,8 +48,11 @@ pub fn merge(running: &Config, fresh: Config) -> Reloaded {
     check("metrics", differs(&running.metrics, &fresh.metrics));
     check("log", running.log != fresh.log);
     check("auth", differs(&running.auth, &fresh.auth));
+    check("web.listen", running.web.listen != fresh.web.listen);
+    check("web.trace_retention", running.web.trace_retention != fresh.web.trace_retention);
 
     let mut config = running.clone();
+    config.web.password_hash = fresh.web.password_hash.clone();
     let smtp = &mut config.smtp;
     let new = fresh.smtp;
     smtp.max_message_size = new.max_message_size;

@@ -71,8 +71,15 @@ pub fn carry_out(deliverer: &Deliverer, message: &Outgoing<'_>, view: &MessageVi
     let mut queue =
         |kind: EntryKind, sender: &str, rcpts: &[String], parts: &[&[u8]], tail: Option<&Tail>, seal: Seal| {
             match deliverer.outbound.enqueue_parts(kind, sender, rcpts, parts, tail, message.id, seal) {
-                Ok(_) => outcome.queued += 1,
+                Ok(id) => {
+                    outcome.queued += 1;
+                    let event =
+                        if matches!(kind, EntryKind::Forward | EntryKind::Redirect) { "forwarded" } else { "queued" };
+                    let what = format!("{:?}", kind).to_lowercase();
+                    crate::trace::event(message.id, event, format!("{what} to {} queued", rcpts.join(", ")), &id);
+                }
                 Err(e) => {
+                    crate::trace::event(message.id, "error", format!("cannot queue {kind:?} (will retry): {e}"), "");
                     tracing::error!(error = %e, kind = ?kind, "cannot queue outbound mail; will retry");
                     outcome.queued_ok = false;
                 }
@@ -106,6 +113,12 @@ pub fn carry_out(deliverer: &Deliverer, message: &Outgoing<'_>, view: &MessageVi
                     if matches!(action, Action::Forward { .. }) { EntryKind::Forward } else { EntryKind::Redirect };
                 if looped() {
                     tracing::warn!(action = %action, reason = "mail loop: X-Loop names this host", "forward suppressed");
+                    crate::trace::event(
+                        message.id,
+                        "suppressed",
+                        format!("{action}: mail loop (X-Loop names this host)"),
+                        "",
+                    );
                     redirect_suppressed |= kind == EntryKind::Redirect;
                     continue;
                 }
@@ -117,7 +130,7 @@ pub fn carry_out(deliverer: &Deliverer, message: &Outgoing<'_>, view: &MessageVi
             Action::Reply(spec) => {
                 let Some(rcpt) = first_local.as_deref() else { continue };
                 match autoreply::check_reply(view, sender, own) {
-                    Err(reason) => log_suppressed("reply", &reason),
+                    Err(reason) => log_suppressed(message.id, "reply", &reason),
                     Ok(()) => {
                         let from = autoreply::reply_from(spec, rcpt);
                         match autoreply::build(view, &from, sender, spec.subject.as_deref(), &spec.body) {
@@ -143,7 +156,7 @@ pub fn carry_out(deliverer: &Deliverer, message: &Outgoing<'_>, view: &MessageVi
                     }
                 });
                 match checked {
-                    Err(reason) => log_suppressed("vacation", &reason),
+                    Err(reason) => log_suppressed(message.id, "vacation", &reason),
                     Ok(()) => {
                         let from = spec.from.clone().unwrap_or_else(|| rcpt.to_string());
                         match autoreply::build(view, &from, sender, spec.subject.as_deref(), &spec.body) {
@@ -162,6 +175,7 @@ pub fn carry_out(deliverer: &Deliverer, message: &Outgoing<'_>, view: &MessageVi
     outcome
 }
 
-fn log_suppressed(action: &str, reason: &Suppressed) {
+fn log_suppressed(id: &str, action: &str, reason: &Suppressed) {
     tracing::info!(action, reason = %reason, "auto-reply suppressed");
+    crate::trace::event(id, "suppressed", format!("{action} not sent: {reason}"), "");
 }

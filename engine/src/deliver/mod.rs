@@ -264,9 +264,14 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mu
             &flags,
             pending,
         ) {
-            Ok(paths) => delivered.extend(paths),
+            Ok(paths) => {
+                delivered.extend(paths);
+                let into = if folders.is_empty() { "INBOX".to_string() } else { folders.join(", ") };
+                crate::trace::event(&record.id, "delivered", format!("to {rcpt} in {into}"), "");
+            }
             Err(e) => {
                 all_ok = false;
+                crate::trace::event(&record.id, "error", format!("delivery to {rcpt} failed (will retry): {e}"), "");
                 tracing::error!(rcpt = %rcpt, error = %e, "delivery failed; will retry");
             }
         }

@@ -159,6 +159,7 @@ async fn run_imap(deps: FetchDeps, account: AccountConfig, mailbox: String, mut 
                 }
                 let wait = backoff.failed();
                 tracing::warn!(error = %short_error(&e), retry_in = ?wait, "IMAP connection failed; reconnecting");
+                backing_off(&account.name, &e, wait);
                 wait
             }
         };
@@ -190,18 +191,33 @@ async fn run_pop3(deps: FetchDeps, account: AccountConfig, mut stop: watch::Rece
         let wait = match result {
             Ok(_) => {
                 backoff.reset();
+                crate::trace::account(&account.name, |s| {
+                    s.state = crate::trace::AccountState::Idle;
+                    s.last_poll = crate::spool::unix_now();
+                });
                 account.poll_interval
             }
             Err(e) => {
                 let wait = backoff.failed();
                 tracing::warn!(error = %short_error(&e), retry_in = ?wait, "POP3 round failed; retrying");
-                jitter(wait).min(account.poll_interval.max(BACKOFF_START))
+                let wait = jitter(wait).min(account.poll_interval.max(BACKOFF_START));
+                backing_off(&account.name, &e, wait);
+                wait
             }
         };
         if wait_or_stop(wait, &mut stop).await {
             return;
         }
     }
+}
+
+/// The status page's view of a failed connection (see [`crate::trace::account`]).
+fn backing_off(account: &str, error: &str, wait: Duration) {
+    crate::trace::account(account, |s| {
+        s.state = crate::trace::AccountState::BackingOff;
+        s.last_error = short_error(error);
+        s.next_retry = crate::spool::unix_now() + wait.as_secs();
+    });
 }
 
 /// Sleeps `wait`; true when asked to stop meanwhile.

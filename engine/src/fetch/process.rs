@@ -53,11 +53,44 @@ pub fn hook(
         ..Context::default()
     });
     let id = format!("{}/{}/{}", account.name, mailbox, uid);
+    let started = std::time::Instant::now();
     let decision = set.call_blocking(Stage::Fetched, &ctx, Some(view), &id);
+    record(account, uid, &ctx, view, &decision, started.elapsed());
     if failed(&decision) {
         return Err(decision.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "tempfail".into()));
     }
     Ok(decision)
+}
+
+/// The message's trace (see [`crate::trace`]): its id is `account:uid`, as for its outbound mail.
+fn record(
+    account: &AccountConfig,
+    uid: &str,
+    ctx: &ScriptCtx,
+    view: &MessageView,
+    decision: &Decision,
+    elapsed: std::time::Duration,
+) {
+    if crate::trace::installed().is_none() {
+        return;
+    }
+    let id = format!("{}:{}", account.name, uid);
+    crate::trace::stage(&id, decision.trace_step(Stage::Fetched, elapsed));
+    let context = &ctx.0;
+    let summary = crate::trace::Summary {
+        source: &format!("fetched {}", account.name),
+        sender: &context.sender,
+        recipients: &context.recipients,
+        head: view.head(),
+        size: view.size() as u64,
+    };
+    match &decision.verdict {
+        Some(Verdict::Tempfail { .. }) => crate::trace::refused(&id, None, &summary, "retry next round"),
+        Some(Verdict::Discard) => crate::trace::refused(&id, None, &summary, "discarded"),
+        Some(Verdict::Reject { .. }) => crate::trace::refused(&id, None, &summary, "rejected"),
+        _ => crate::trace::received(&id, None, &summary),
+    }
+    crate::trace::account(&account.name, |s| s.processed_today += 1);
 }
 
 /// The local effects of a decision the hook made (see [`local_effects`]); `view` must be the
@@ -160,6 +193,8 @@ pub fn local_effects(
         let folders = apply::folders(&decision.actions);
         copies = stage_copies(&deliverer.target.hostname, &root, &folders, &body, tail.as_ref(), &flags)
             .map_err(|e| format!("local copy: {e}"))?;
+        let into = if folders.is_empty() { "INBOX".to_string() } else { folders.join(", ") };
+        crate::trace::event(&format!("{}:{}", account.name, uid), "delivered", format!("copy in {into}"), "");
     }
     let outbound: Vec<Action> = decision.actions.iter().filter(|a| a.is_outbound()).cloned().collect();
     if !outbound.is_empty() {

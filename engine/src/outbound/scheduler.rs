@@ -117,18 +117,26 @@ async fn attempt(outbound: &Outbound, transport: &Transport, settings: &Settings
                 state.status = RcptStatus::Sent;
                 state.last_error.clear();
                 tracing::info!(rcpt = %rcpt, outcome = "sent", "message sent");
+                crate::trace::event(
+                    &entry.origin,
+                    "sent",
+                    format!("{:?} to {rcpt} sent", entry.kind).to_lowercase(),
+                    &entry.id,
+                );
                 crate::prometheus::outbound("sent");
             }
             Err(e) if e.permanent => {
                 state.status = RcptStatus::Failed;
                 state.last_error = e.message.clone();
                 tracing::warn!(rcpt = %rcpt, error = %e.message, outcome = "failed", "permanent failure");
+                crate::trace::event(&entry.origin, "failed", format!("to {rcpt}: {}", e.message), &entry.id);
                 crate::prometheus::outbound("failed");
             }
             Err(e) => {
                 state.last_error = e.message.clone();
                 entry.last_error = e.message.clone();
                 tracing::info!(rcpt = %rcpt, error = %e.message, outcome = "deferred", "temporary failure; will retry");
+                crate::trace::event(&entry.origin, "deferred", format!("to {rcpt}: {}", e.message), &entry.id);
                 crate::prometheus::outbound("deferred");
             }
         }
@@ -205,7 +213,12 @@ async fn bounce(outbound: &Outbound, settings: &Settings, entry: &QueueEntry, or
     let queued =
         tokio::task::spawn_blocking(move || outbound.enqueue(EntryKind::Bounce, "", &[sender], &report, &origin)).await;
     match queued {
-        Ok(Ok(_)) => true,
+        Ok(Ok(bounce_id)) => {
+            let to = failed.iter().map(|r| r.addr.as_str()).collect::<Vec<_>>().join(", ");
+            let detail = format!("bounce to {} for {to} queued", entry.sender);
+            crate::trace::event(&entry.origin, "bounced", detail, &bounce_id);
+            true
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot queue the bounce; will try again");
             false

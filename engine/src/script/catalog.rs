@@ -12,11 +12,12 @@
 //! build). Security: the functions referenced here are `api`'s, which check every value a
 //! script hands them.
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, NativeCallContext};
 
 use super::api::{self, FnResult};
 use super::context::{Context, ScriptCtx};
 use super::decision::Verdict;
+use super::sandbox;
 use crate::message::MessageView;
 
 /// What a call is made on.
@@ -294,14 +295,24 @@ impl Entry {
             Imp::MsgAction2(f) => {
                 engine.register_fn(name, f);
             }
+            // Verdicts note their line: the trace says which line of the file decided.
             Imp::Verdict0(f) => {
-                engine.register_fn(name, f);
+                engine.register_fn(name, move |call: NativeCallContext| {
+                    sandbox::note_verdict_line(call.call_position().line().unwrap_or(0));
+                    f()
+                });
             }
             Imp::Verdict1(f) => {
-                engine.register_fn(name, f);
+                engine.register_fn(name, move |call: NativeCallContext, text: &str| {
+                    sandbox::note_verdict_line(call.call_position().line().unwrap_or(0));
+                    f(text)
+                });
             }
             Imp::Verdict2(f) => {
-                engine.register_fn(name, f);
+                engine.register_fn(name, move |call: NativeCallContext, code: i64, text: &str| {
+                    sandbox::note_verdict_line(call.call_position().line().unwrap_or(0));
+                    f(code, text)
+                });
             }
             Imp::Log(f) => {
                 engine.register_fn(name, f);

@@ -251,8 +251,12 @@ impl std::fmt::Display for ScriptError {
 pub struct Decision {
     /// `None`: no file decided, the stage's default (accept) applies.
     pub verdict: Option<Verdict>,
-    /// `file:line` of the verdict's source, when a script decided.
+    /// The file whose stage function gave the verdict, when a script decided.
     pub decided_by: Option<String>,
+    /// The line of the verdict call in that file (`reject(...)`), when known; for a script
+    /// error, the error's line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<usize>,
     pub actions: Vec<Action>,
     pub logs: Vec<LogLine>,
     /// Set when a script failed; `verdict` then holds what `on_error` made of it.
@@ -274,6 +278,28 @@ impl Decision {
                 Some(Reply::new(421, status.clone(), text.clone()))
             }
             _ => self.refusal(),
+        }
+    }
+}
+
+impl Decision {
+    /// This decision as a step of the message's trace (see [`crate::trace`]).
+    pub fn trace_step(&self, stage: Stage, elapsed: std::time::Duration) -> crate::trace::Step {
+        crate::trace::Step {
+            stage: stage.name().to_string(),
+            verdict: self.verdict.as_ref().map_or_else(|| "none".to_string(), |v| crate::trace::cut(&v.to_string())),
+            decided_by: match (&self.decided_by, self.decided_at) {
+                (Some(file), Some(line)) => Some(format!("{file}:{line}")),
+                (file, _) => file.clone(),
+            },
+            error: self.error.as_ref().map(|e| crate::trace::cut(&e.to_string())),
+            actions: self
+                .actions
+                .iter()
+                .take(crate::trace::MAX_EVENTS)
+                .map(|a| crate::trace::cut(&a.to_string()))
+                .collect(),
+            micros: elapsed.as_micros() as u64,
         }
     }
 }

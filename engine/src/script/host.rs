@@ -22,6 +22,19 @@ pub struct ScriptHost {
     /// One reload at a time: the watcher's and SIGHUP's could otherwise interleave, and a set
     /// compiled under the old limits be stored after one compiled under the new.
     reloading: std::sync::Mutex<()>,
+    /// What the status page shows: when the live set was loaded, the last reload's result.
+    status: std::sync::Mutex<ReloadStatus>,
+}
+
+/// The live set's load time and the last reload attempt's result.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    /// Unix milliseconds when the live set was compiled.
+    pub loaded_at: u64,
+    /// Unix milliseconds of the last reload attempt (0: none since the start).
+    pub attempted_at: u64,
+    /// The last attempt's errors; empty when it succeeded (or none was made).
+    pub errors: Vec<ScriptError>,
 }
 
 impl ScriptHost {
@@ -33,6 +46,10 @@ impl ScriptHost {
             config: ArcSwap::from_pointee(config),
             extend,
             reloading: std::sync::Mutex::new(()),
+            status: std::sync::Mutex::new(ReloadStatus {
+                loaded_at: crate::trace::now_ms(),
+                ..ReloadStatus::default()
+            }),
         })
     }
 
@@ -55,7 +72,26 @@ impl ScriptHost {
         self.compile_and_swap(config)
     }
 
+    /// When the live set was loaded and how the last reload went.
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn compile_and_swap(&self, config: &ScriptsConfig) -> Result<(), Vec<ScriptError>> {
+        let result = self.compile_and_swap_inner(config);
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.attempted_at = crate::trace::now_ms();
+        match &result {
+            Ok(()) => {
+                status.loaded_at = status.attempted_at;
+                status.errors.clear();
+            }
+            Err(errors) => status.errors = errors.clone(),
+        }
+        result
+    }
+
+    fn compile_and_swap_inner(&self, config: &ScriptsConfig) -> Result<(), Vec<ScriptError>> {
         match ScriptSet::compile(config, self.extend.as_deref()) {
             Ok(set) => {
                 let files = set.file_names().join(", ");

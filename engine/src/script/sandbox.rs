@@ -28,6 +28,8 @@ pub struct CallState {
     pub timed_out: bool,
     /// Set by the progress callback when it stopped the call at its leash.
     pub preempted: bool,
+    /// Line of the last verdict function called (`accept()`, `reject(...)`...); 0: none.
+    pub verdict_line: usize,
 }
 
 thread_local! {
@@ -61,7 +63,13 @@ pub fn forget_collected() {
     with(|s| {
         s.actions.clear();
         s.logs.clear();
+        s.verdict_line = 0;
     });
+}
+
+/// Notes where a verdict function was called: the trace names that line.
+pub fn note_verdict_line(line: usize) {
+    with(|s| s.verdict_line = line);
 }
 
 /// Records an action for the current call.

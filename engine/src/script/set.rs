@@ -122,6 +122,7 @@ impl ScriptSet {
                 timed_out: false,
                 leash: None,
                 preempted: false,
+                verdict_line: 0,
             });
             let compiled = engine.compile_into_self_contained(&Scope::new(), &source);
             let timed_out = sandbox::end().is_some_and(|s| s.timed_out);
@@ -311,6 +312,7 @@ impl ScriptSet {
                 logs: Vec::new(),
                 timed_out: false,
                 preempted: false,
+                verdict_line: 0,
             });
             let result = match (stage.arity(), msg) {
                 (2, None) => Err("internal: stage needs a message".into()),
@@ -327,7 +329,8 @@ impl ScriptSet {
             if state.as_ref().is_some_and(|s| s.preempted) {
                 return None;
             }
-            let (actions, logs, timed_out) = state.map(|s| (s.actions, s.logs, s.timed_out)).unwrap_or_default();
+            let (actions, logs, timed_out, verdict_line) =
+                state.map(|s| (s.actions, s.logs, s.timed_out, s.verdict_line)).unwrap_or_default();
             decision.logs.extend(logs);
             let outcome = match result {
                 Ok(value) if value.is::<Verdict>() => Ok(value.try_cast::<Verdict>()),
@@ -349,6 +352,7 @@ impl ScriptSet {
                     decision.actions.extend(actions);
                     decision.verdict = Some(verdict);
                     decision.decided_by = Some(file.name.to_string());
+                    decision.decided_at = (verdict_line > 0).then_some(verdict_line);
                     break;
                 }
                 Err(error) => {
@@ -364,6 +368,7 @@ impl ScriptSet {
                         OnError::Accept => None,
                     };
                     decision.decided_by = Some(file.name.to_string());
+                    decision.decided_at = (error.line > 0 && *error.file == *file.name).then_some(error.line);
                     decision.error = Some(error);
                     break;
                 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::*;
 use crate::script::context::Context;
@@ -179,5 +180,22 @@ fn same_named_helpers_stay_apart_across_calls_and_reloads() {
     for _ in 0..3 {
         assert_eq!(folders(&reloaded), ["C", "D"]);
         assert_eq!(folders(&set), ["A", "B"]);
+    }
+}
+
+#[test]
+fn the_decision_names_the_line_of_the_verdict_natively_and_in_rhai() {
+    let native = "fn data(ctx, msg) {\n    if msg.subject == \"y\" { return accept(); }\n    if msg.subject == \"x\" {\n        return reject(\"5.7.1 no\");\n    }\n}\n";
+    let rhai_only = "fn data(ctx, msg) {\n    for i in 0..2 { log(\"x\"); }\n    tempfail();\n}\n";
+    for (source, line) in [(native, 4), (rhai_only, 3)] {
+        let dir = folder(&[("10-a.rhai", source)]);
+        let native_set = ScriptSet::compile(&config(dir.path()), None).unwrap();
+        let rhai_set = ScriptSet::compile(&config(dir.path()), None).unwrap().rhai_only();
+        for set in [&native_set, &rhai_set] {
+            let decision = data(set);
+            assert_eq!((decision.decided_by.as_deref(), decision.decided_at), (Some("10-a.rhai"), Some(line)));
+            let step = decision.trace_step(Stage::Data, Duration::ZERO);
+            assert_eq!(step.decided_by, Some(format!("10-a.rhai:{line}")));
+        }
     }
 }

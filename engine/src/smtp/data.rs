@@ -261,10 +261,20 @@ impl<S: SessionStream> Session<S> {
         context.sender = tx.sender.clone();
         context.recipients = tx.recipients.clone();
         let decision = self.run_stage_for(Stage::Data, context, Some(&view), &id).await;
+        let trace_head = view.head().clone();
+        let summary = crate::trace::Summary {
+            source: "smtp",
+            sender: &tx.sender,
+            recipients: &tx.recipients,
+            head: &trace_head,
+            size: view.size() as u64,
+        };
         if let Some(reply) = decision.refusal() {
+            crate::trace::refused(&id, Some(&self.id), &summary, "rejected");
             return reply;
         }
         if decision.verdict == Some(Verdict::Discard) {
+            crate::trace::refused(&id, Some(&self.id), &summary, "discarded");
             tracing::info!(sender = %tx.sender, recipients = %tx.recipients.join(","), decided_by = ?decision.decided_by, outcome = "discarded", "message discarded by script");
             return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
         }
@@ -310,6 +320,7 @@ impl<S: SessionStream> Session<S> {
                     file.keep();
                 }
                 tracing::info!(sender = %tx.sender, recipients = %recipients.join(","), size, outcome = "queued", "message accepted");
+                crate::trace::received(&id, Some(&self.id), &summary);
                 Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
             }
             Err(e) => not_stored("spool failed", &e),

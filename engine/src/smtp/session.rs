@@ -488,7 +488,11 @@ impl<S: SessionStream> Session<S> {
             return Decision::default();
         }
         let ctx = ScriptCtx::new(context);
+        let started = std::time::Instant::now();
         let decision = self.scripts.call_awaited(stage, &ctx, msg, id).await;
+        if crate::trace::installed().is_some() {
+            crate::trace::stage(id, decision.trace_step(stage, started.elapsed()));
+        }
         if let Some(error) = &decision.error {
             tracing::warn!(stage = %stage, error = %error, "script error");
         }

@@ -18,9 +18,28 @@ pub enum StateError {
 
 /// Opens (or creates) the store in `dir`. Only one process may hold it.
 pub fn open(dir: &Path) -> Result<Arc<redb::Database>, StateError> {
+    open_file(dir, STORE_FILE)
+}
+
+/// File name of the decision traces' store inside `[state] dir`: a file of its own, so their
+/// steady writes never wait for (or make wait) the kv, vacation and poller tables, and an I/O
+/// error while writing them (a full disk) cannot leave the main store needing a restart.
+pub const TRACE_FILE: &str = "traces.redb";
+
+/// Page cache of the traces' store: they are written once and read rarely, and redb's default
+/// cache (up to 1 GiB) would keep every page written in memory.
+pub const TRACE_CACHE: usize = 4 * 1024 * 1024;
+
+/// Opens (or creates) the store `file` in `dir`. Only one process may hold it.
+pub fn open_file(dir: &Path, file: &str) -> Result<Arc<redb::Database>, StateError> {
     std::fs::create_dir_all(dir).map_err(|source| StateError::Io { path: dir.display().to_string(), source })?;
-    let path = dir.join(STORE_FILE);
-    redb::Database::create(&path)
+    let path = dir.join(file);
+    let mut builder = redb::Database::builder();
+    if file == TRACE_FILE {
+        builder.set_cache_size(TRACE_CACHE);
+    }
+    builder
+        .create(&path)
         .map(Arc::new)
         .map_err(|e| StateError::Db { path: path.display().to_string(), message: e.to_string() })
 }

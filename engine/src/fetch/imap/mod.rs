@@ -172,6 +172,11 @@ pub async fn session(
         drain();
         let selected = timed(COMMAND_TIMEOUT, session.select(&poller.server_mailbox)).await?;
         poller.process_new(&mut session, &selected, shutdown).await?;
+        crate::trace::account(&account.name, |s| {
+            s.state = crate::trace::AccountState::Connected;
+            s.last_poll = crate::spool::unix_now();
+            s.uidvalidity.insert(mailbox.to_string(), selected.uid_validity.unwrap_or(0));
+        });
         // Only now is the session good: a missing folder, or a server that answers the login
         // and then garbage, keeps backing off like a bad login.
         *good_round = true;
@@ -192,6 +197,7 @@ pub async fn session(
         if account.idle && has_idle {
             let mut idle = session.idle();
             timed(COMMAND_TIMEOUT, idle.init()).await?;
+            crate::trace::account(&account.name, |s| s.state = crate::trace::AccountState::Idle);
             // An EXISTS sent right at the start of IDLE is routed to the channel, not to wait().
             let early = drain();
             let stopped = if early {

@@ -229,9 +229,16 @@ impl<'a> Run<'a> {
         let done = |r: Result<(), _>| r.ok().map(|()| Val::Unit);
         let decided = |r: Result<_, _>| r.ok().map(Val::Verdict);
         match call {
-            Call::Verdict0(f) => decided(f()),
-            Call::Verdict1(f, t) => decided(f(&self.str(t)?)),
-            Call::Verdict2(f, code, t) => {
+            Call::Verdict0(f, line) => {
+                crate::script::sandbox::note_verdict_line(*line);
+                decided(f())
+            }
+            Call::Verdict1(f, t, line) => {
+                crate::script::sandbox::note_verdict_line(*line);
+                decided(f(&self.str(t)?))
+            }
+            Call::Verdict2(f, code, t, line) => {
+                crate::script::sandbox::note_verdict_line(*line);
                 let code = self.int(code)?;
                 decided(f(code, &self.str(t)?))
             }

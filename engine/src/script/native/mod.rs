@@ -112,8 +112,9 @@ enum Call {
     Msg0(fn(&mut MessageView) -> FnResult<()>),
     Msg1(fn(&mut MessageView, &str) -> FnResult<()>, Box<Expr>),
     Msg2(fn(&mut MessageView, &str, &str) -> FnResult<()>, Box<Expr>, Box<Expr>),
-    Verdict0(fn() -> FnResult<Verdict>),
-    Verdict1(fn(&str) -> FnResult<Verdict>, Box<Expr>),
-    Verdict2(fn(i64, &str) -> FnResult<Verdict>, Box<Expr>, Box<Expr>),
+    /// Verdicts carry the line of their call (see [`crate::script::sandbox::note_verdict_line`]).
+    Verdict0(fn() -> FnResult<Verdict>, usize),
+    Verdict1(fn(&str) -> FnResult<Verdict>, Box<Expr>, usize),
+    Verdict2(fn(i64, &str) -> FnResult<Verdict>, Box<Expr>, Box<Expr>, usize),
     Log(fn(ImmutableString), Box<Expr>),
 }
