@@ -214,7 +214,11 @@ fn bounce(deliverer: &Deliverer, message: &SpooledMessage, failed: &[(&Unit<'_>,
     for (unit, error) in failed {
         // One line per recipient even when several of its folders failed.
         if !rcpts.iter().any(|r| r.addr.eq_ignore_ascii_case(unit.rcpt)) {
-            rcpts.push(RcptState { addr: unit.rcpt.to_string(), status: RcptStatus::Failed, last_error: error.clone() });
+            rcpts.push(RcptState {
+                addr: unit.rcpt.to_string(),
+                status: RcptStatus::Failed,
+                last_error: error.clone(),
+            });
         }
     }
     let original = match &record.tail {

@@ -172,8 +172,7 @@ impl Client {
             Ok(()) => String::new(),
             Err(e) => e.to_string(),
         };
-        let outcomes =
-            outcomes.into_iter().map(|o| o.unwrap_or_else(|| Outcome::Deferred(reason.clone()))).collect();
+        let outcomes = outcomes.into_iter().map(|o| o.unwrap_or_else(|| Outcome::Deferred(reason.clone()))).collect();
         (outcomes, result)
     }
 
@@ -240,8 +239,11 @@ impl Client {
             }
             if sent != tail.len {
                 // Cut the connection rather than end a truncated message with a dot.
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message file shorter than recorded")
-                    .into());
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "message file shorter than recorded",
+                )
+                .into());
             }
         }
         body.finish()?.flush()?;
@@ -257,6 +259,20 @@ impl Client {
     pub fn quit(mut self) {
         let _ = self.send("QUIT");
     }
+}
+
+/// One message to one recipient on a connection of its own (the outbound queue's local
+/// copies: bounces and forwards to local addresses). Blocking.
+pub fn deliver_one(endpoint: &LmtpEndpoint, hostname: &str, sender: &str, rcpt: &str, body: &[u8]) -> Outcome {
+    let mut client = match Client::connect(endpoint, hostname) {
+        Ok(client) => client,
+        Err(e) => return Outcome::Deferred(e.to_string()),
+    };
+    let (mut outcomes, result) = client.deliver(sender, &[rcpt.to_string()], &[body], None);
+    if result.is_ok() {
+        client.quit();
+    }
+    outcomes.pop().unwrap_or_else(|| Outcome::Deferred("no reply".into()))
 }
 
 fn connect_tcp(addr: &str) -> std::io::Result<TcpStream> {
@@ -289,7 +305,8 @@ pub fn detail_address(rcpt: &str, folder: Option<&str>) -> String {
     if is_dot_atom(&detailed) {
         format!("{detailed}{at}")
     } else {
-        let quoted: String = detailed.chars().flat_map(|c| if matches!(c, '"' | '\\') { vec!['\\', c] } else { vec![c] }).collect();
+        let quoted: String =
+            detailed.chars().flat_map(|c| if matches!(c, '"' | '\\') { vec!['\\', c] } else { vec![c] }).collect();
         format!("\"{quoted}\"{at}")
     }
 }
