@@ -21,6 +21,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 [ -x /usr/lib/dovecot/pop3 ] || need_apt+=(dovecot-pop3d)
 # Its submission service: the relay that accepts AUTH XOAUTH2 in the OAuth2 tests.
 [ -x /usr/lib/dovecot/submission ] || need_apt+=(dovecot-submissiond)
+# Its LMTP service: the mail store the LMTP delivery tests deliver into.
+[ -x /usr/lib/dovecot/lmtp ] || need_apt+=(dovecot-lmtpd)
 # Spam scanners for the rspamd/spamd plugin tests (private instances on loopback): rspamd,
 # Redis for its Bayes statistics, SpamAssassin's spamd with its rules.
 [ -x /usr/bin/rspamd ] && [ -f /etc/rspamd/rspamd.conf ] || need_apt+=(rspamd)

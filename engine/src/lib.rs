@@ -6,7 +6,8 @@
 //! - decide: [`script`] (rhai host, stages, verdicts, actions, hot reload)
 //! - keep: [`spool`] (durable handoff before the 250)
 //! - act: [`deliver`] (spooled messages into Maildir++), [`outbound`] (queue → relay | MX;
-//!   replies, bounces), both writing through [`maildir`]
+//!   replies, bounces), both writing through [`maildir`] (or, for the deliverer in `lmtp`
+//!   mode, handing local mail to a mail store with the [`lmtp`] client)
 //! - powers for scripts: [`plugins`] (crates under `plugins/`), on the [`state`] store
 //!
 //! Leaves, used by every stage and using none: [`config`] (`mailflow.toml` as plain types),
@@ -23,6 +24,7 @@ pub mod deliver;
 pub mod fetch;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod lmtp;
 pub mod logline;
 pub mod maildir;
 pub mod message;

@@ -82,7 +82,9 @@ class PortTaken(Exception):
 class Dovecot:
     """One private Dovecot instance. `users` maps user name → password."""
 
-    def __init__(self, users=None, imap_connections=50, oauth2_url=None, submission_relay=None, cert=None, apop=False):
+    def __init__(
+        self, users=None, imap_connections=50, oauth2_url=None, submission_relay=None, cert=None, apop=False, lmtp=False
+    ):
         if not os.path.exists(DOVECOT):
             pytest.fail("dovecot is missing: run test.sh, which installs dovecot-imapd and dovecot-pop3d")
         self.login_user, self.uid, self.gid = _account()
@@ -106,6 +108,10 @@ class Dovecot:
         # to; None: no submission service.
         self.submission_relay = submission_relay
         self.submission_port = free_port() if submission_relay else None
+        # With `lmtp`: an LMTP service on a Unix socket (`lmtp_socket`) and on a loopback port
+        # (`lmtp_port`), filing `user+Folder` into Folder (lmtp_save_to_detail_mailbox).
+        self.lmtp = lmtp
+        self.lmtp_port = free_port() if lmtp else None
         self.instance = f"mfdv-{self.dir.name}"
         self.config_path = self.dir / "dovecot.conf"
         self.log_path = self.dir / "dovecot.log"
@@ -157,7 +163,7 @@ class Dovecot:
         d = self.dir
         ssl = "yes" if self.cert else "no"
         mechanisms = "plain login" + (" apop" if self.apop else "") + (" xoauth2 oauthbearer" if self.oauth2_url else "")
-        protocols = "imap pop3" + (" submission" if self.submission_relay else "")
+        protocols = "imap pop3" + (" submission" if self.submission_relay else "") + (" lmtp" if self.lmtp else "")
         self.config_path.write_text(textwrap.dedent(f"""\
             base_dir = {d}/run
             state_dir = {d}/state
@@ -217,6 +223,7 @@ class Dovecot:
             }}
             """).replace("{oauth2_passdb}", self._oauth2_passdb())
             + self._submission()
+            + self._lmtp()
             + (f"ssl_cert = <{self.cert.cert}\nssl_key = <{self.cert.key}\n" if self.cert else ""))
 
     def _submission(self):
@@ -233,6 +240,33 @@ class Dovecot:
                 address = 127.0.0.1
                 port = {self.submission_port}
               }}
+            }}
+            """)
+
+    @property
+    def lmtp_socket(self):
+        return self.dir / "run" / "lmtp-mf"
+
+    def _lmtp(self):
+        if not self.lmtp:
+            return ""
+        # The passdb/userdb know users by bare name: the domain of the recipient is dropped.
+        return textwrap.dedent(f"""\
+            recipient_delimiter = +
+            lmtp_save_to_detail_mailbox = yes
+            lda_mailbox_autocreate = yes
+            lda_mailbox_autosubscribe = yes
+            service lmtp {{
+              unix_listener {self.lmtp_socket} {{
+                mode = 0666
+              }}
+              inet_listener lmtp {{
+                address = 127.0.0.1
+                port = {self.lmtp_port}
+              }}
+            }}
+            protocol lmtp {{
+              auth_username_format = %Ln
             }}
             """)
 
@@ -257,6 +291,8 @@ class Dovecot:
                 self.imap_port, self.pop3_port = free_port(), free_port()
                 if self.submission_port:
                     self.submission_port = free_port()
+                if self.lmtp_port:
+                    self.lmtp_port = free_port()
                 if self.cert:
                     self.imaps_port, self.pop3s_port = free_port(), free_port()
                 self._write_config()
@@ -267,7 +303,7 @@ class Dovecot:
             [DOVECOT, "-F", "-c", str(self.config_path)], stdout=self.log_file, stderr=subprocess.STDOUT
         )
         deadline = time.time() + timeout
-        for port in (self.imap_port, self.pop3_port, self.submission_port):
+        for port in (self.imap_port, self.pop3_port, self.submission_port, self.lmtp_port):
             while port is not None:
                 if self.proc.poll() is not None:
                     self.log_file.close()
@@ -314,7 +350,7 @@ class Dovecot:
                     pass
             time.sleep(0.05)
         # The master is gone; wait until the ports are really free for a restart.
-        for port in (self.imap_port, self.pop3_port, self.imaps_port, self.pop3s_port):
+        for port in (self.imap_port, self.pop3_port, self.imaps_port, self.pop3s_port, self.lmtp_port):
             if not port:
                 continue
             deadline = time.time() + timeout
@@ -488,15 +524,16 @@ def quote(mailbox):
 @pytest.fixture
 def dovecot():
     """Factory: dovecot(users={"me": "secret", ...}, imap_connections=50, oauth2_url=None,
-    submission_relay=None, cert=None, apop=False) → a started private instance, stopped and
-    removed after the test. With `oauth2_url` (a token introspection endpoint) it also accepts
+    submission_relay=None, cert=None, apop=False, lmtp=False) → a started private instance, stopped
+    and removed after the test. With `oauth2_url` (a token introspection endpoint) it also accepts
     XOAUTH2 and OAUTHBEARER; with `submission_relay` (an SMTP port) it also runs a submission
     service relaying there (`submission_port`); with `cert` (testca.Cert) STARTTLS/STLS on the
-    plain ports and implicit TLS on two more; with `apop`, APOP."""
+    plain ports and implicit TLS on two more; with `apop`, APOP; with `lmtp`, an LMTP service on
+    `lmtp_socket` and `lmtp_port` that files `user+Folder@domain` into Folder."""
     made = []
 
-    def factory(users=None, imap_connections=50, oauth2_url=None, submission_relay=None, cert=None, apop=False):
-        d = Dovecot(users, imap_connections, oauth2_url, submission_relay, cert=cert, apop=apop)
+    def factory(users=None, imap_connections=50, oauth2_url=None, submission_relay=None, cert=None, apop=False, lmtp=False):
+        d = Dovecot(users, imap_connections, oauth2_url, submission_relay, cert=cert, apop=apop, lmtp=lmtp)
         made.append(d)
         return d.start()
 

@@ -101,6 +101,7 @@ fn validate(config: &Config) -> Result<(), String> {
     let smtp = &config.smtp;
     super::listeners::validate(smtp)?;
     super::signing::validate(config)?;
+    super::delivery::validate(&config.delivery)?;
     if smtp.hostname.trim().is_empty() {
         return Err("[smtp] hostname is empty".into());
     }

@@ -6,6 +6,7 @@
 //! so the rest of the daemon only ever sees absolute paths.
 
 pub mod auth;
+pub mod delivery;
 pub mod duration;
 pub mod listeners;
 mod load;
@@ -16,6 +17,7 @@ pub mod reload;
 pub mod signing;
 pub mod web;
 
+pub use delivery::{DeliveryConfig, DeliveryMode, LmtpEndpoint};
 pub use listeners::{AuthUser, ListenerConfig, ListenerRole, ListenerTls};
 pub use load::{check_password_hash, load_str, ConfigError, LoadedConfig};
 pub use oauth2::{AuthMethod, OAuth2Config, Provider};
@@ -152,20 +154,6 @@ impl Default for ScriptsConfig {
             timeout_ms: 1000,
             on_error: OnError::Tempfail,
         }
-    }
-}
-
-/// `[delivery]`: local Maildir++ delivery.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeliveryConfig {
-    /// Maildir++ root per local recipient; `{local}` and `{domain}` are lower-cased.
-    pub maildir: String,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        DeliveryConfig { maildir: "data/mail/{local}@{domain}".to_string() }
     }
 }
 

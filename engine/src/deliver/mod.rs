@@ -1,12 +1,15 @@
-//! act: local delivery of spooled messages into Maildir++.
+//! act: local delivery of spooled messages into Maildir++ or, in `lmtp` mode, to a mail
+//! store's LMTP server ([`lmtp`]).
 //!
 //! Input: durable spool segments from the spool writer (and, on start, those a previous run
 //! left). For each message and local recipient: `Return-Path:` in front, the stored bytes
 //! after it, into the recipient's Maildir (the folders scripts chose with `file_into`, with the
 //! flags they set). A segment is retired only when all its messages are delivered; on a
-//! failure (disk full, permissions) the undelivered rest is retried later, never dropped.
+//! failure (disk full, permissions, a 4xx from the LMTP server) the undelivered rest is
+//! retried later, never dropped.
 
 pub mod actions;
+pub mod lmtp;
 
 pub use crate::maildir::writer as maildir;
 pub use crate::maildir::{deliver_copies, DeliveryTarget};
@@ -17,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, DeliveryMode};
 use crate::outbound::Outbound;
 use crate::script::apply;
 use crate::spool::{Segment, SpooledMessage};
@@ -54,6 +57,8 @@ pub struct Deliverer {
     pub own: Vec<String>,
     /// `[srs]`: forwards of foreign senders go out with an SRS envelope sender.
     pub srs: Option<Arc<crate::proto::srs::Srs>>,
+    /// `[delivery] mode = "lmtp"`: local recipients go to this server instead of Maildir.
+    pub lmtp: Option<Arc<lmtp::LmtpTarget>>,
 }
 
 impl Deliverer {
@@ -64,7 +69,18 @@ impl Deliverer {
         };
         let target = DeliveryTarget::from_config(config);
         let own = own_addresses(&target.hostname, &target.local_domains);
-        Deliverer { target, outbound, store, forward_sender, own, srs: None }
+        let lmtp = match config.delivery.mode {
+            DeliveryMode::Maildir => None,
+            // Checked when the config was loaded; an error here cannot happen.
+            DeliveryMode::Lmtp => match crate::config::delivery::parse_lmtp(&config.delivery.lmtp) {
+                Ok(endpoint) => Some(Arc::new(lmtp::LmtpTarget::new(endpoint, config.outbound.max_age))),
+                Err(e) => {
+                    tracing::error!(error = %e, "LMTP delivery not possible; delivering into Maildir");
+                    None
+                }
+            },
+        };
+        Deliverer { target, outbound, store, forward_sender, own, srs: None, lmtp }
     }
 
     /// With the SRS codec forwards use.
@@ -185,17 +201,27 @@ fn run_worker(
     }
 }
 
+/// Where a batch's local copies go: Maildir files made durable together at the end, or one
+/// LMTP connection (the server's 2xx after the dot means it stored the copy durably).
+enum Local<'a> {
+    Maildir(maildir::SyncBatch),
+    Lmtp(lmtp::Session<'a>),
+}
+
 /// Delivers every message of the segments, makes the whole batch durable with one sync (see
 /// [`maildir::SyncBatch`]), then retires each segment whose messages all succeeded.
 /// Returns the undelivered rest of the others.
 fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
-    let mut pending = maildir::SyncBatch::deferred();
+    let mut local = match &target.lmtp {
+        Some(lmtp) => Local::Lmtp(lmtp::Session::new(lmtp, &target.target.hostname)),
+        None => Local::Maildir(maildir::SyncBatch::deferred()),
+    };
     let mut results = Vec::with_capacity(segments.len());
     for segment in segments {
         let (mut done, mut failed) = (Vec::new(), Vec::new());
         for message in segment.messages {
             let span = tracing::info_span!("message", id = %message.record.id);
-            if span.in_scope(|| deliver_message(target, &message, &mut pending)) {
+            if span.in_scope(|| deliver_message(target, &message, &mut local)) {
                 done.push(message);
             } else {
                 failed.push(message);
@@ -203,6 +229,9 @@ fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
         }
         results.push((segment.origin, done, failed));
     }
+    let Local::Maildir(mut pending) = local else {
+        return retire(results);
+    };
     if let Err(e) = pending.sync() {
         // The files may not survive a crash: keep every segment (a retry may duplicate a
         // message, which beats losing one).
@@ -212,6 +241,11 @@ fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
             failed.append(done);
         }
     }
+    retire(results)
+}
+
+/// Retires each segment whose messages are all delivered (and durable); returns the rest.
+fn retire(results: Vec<(crate::spool::Origin, Vec<SpooledMessage>, Vec<SpooledMessage>)>) -> Vec<Segment> {
     let mut rests = Vec::new();
     for (origin, done, failed) in results {
         // Delivered and synced: a large message's file is no longer needed (a replay of the
@@ -232,7 +266,7 @@ fn deliver_batch(target: &Deliverer, segments: Vec<Segment>) -> Vec<Segment> {
 }
 
 /// True when every local recipient got the message and every outbound copy is queued.
-fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mut maildir::SyncBatch) -> bool {
+fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, local: &mut Local<'_>) -> bool {
     let target = &deliverer.target;
     let record = &message.record;
     if let Some(tail) = record.tail.as_ref().filter(|t| crate::spool::large::is_gone(t)) {
@@ -249,7 +283,27 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mu
     }
     let deliver_locally = record.deliver_locally || outcome.redirect_suppressed;
     let return_path = format!("Return-Path: <{}>\r\n", record.envelope.sender);
-    let mut delivered = Vec::new();
+    let mut delivered = 0;
+    let pending = match local {
+        Local::Maildir(pending) => pending,
+        Local::Lmtp(session) => {
+            if !flags.is_empty() {
+                // LMTP has no way to pass flags (see docs/delivery.md).
+                tracing::debug!(flags = %flags, "flags are not carried over LMTP");
+            }
+            if deliver_locally {
+                let done = lmtp::deliver_local(deliverer, session, message, &folders);
+                all_ok &= done.complete;
+                delivered = done.stored;
+                let what = if done.complete { "delivered" } else { "error" };
+                let text = format!("{} recipient(s) stored over LMTP; all done: {}", done.stored, done.complete);
+                crate::trace::event(&record.id, what, text, "");
+            }
+            crate::prometheus::delivered(all_ok);
+            log_delivered(message, all_ok, delivered, outcome.queued);
+            return all_ok;
+        }
+    };
     for rcpt in record.envelope.recipients.iter().filter(|r| target.is_local(r)) {
         if !deliver_locally {
             continue;
@@ -265,7 +319,7 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mu
             pending,
         ) {
             Ok(paths) => {
-                delivered.extend(paths);
+                delivered += paths.len();
                 let into = if folders.is_empty() { "INBOX".to_string() } else { folders.join(", ") };
                 crate::trace::event(&record.id, "delivered", format!("to {rcpt} in {into}"), "");
             }
@@ -277,18 +331,24 @@ fn deliver_message(deliverer: &Deliverer, message: &SpooledMessage, pending: &mu
         }
     }
     crate::prometheus::delivered(all_ok);
+    log_delivered(message, all_ok, delivered, outcome.queued);
+    all_ok
+}
+
+/// The one line per delivered message (`files`: the copies stored locally).
+fn log_delivered(message: &SpooledMessage, all_ok: bool, files: usize, queued: usize) {
     if all_ok {
+        let envelope = &message.record.envelope;
         tracing::info!(
-            sender = %record.envelope.sender,
-            recipients = %record.envelope.recipients.join(","),
+            sender = %envelope.sender,
+            recipients = %envelope.recipients.join(","),
             size = message.size(),
-            files = delivered.len(),
-            queued = outcome.queued,
+            files,
+            queued,
             outcome = "delivered",
             "message delivered"
         );
     }
-    all_ok
 }
 
 /// Spawns delivery of the segments a previous run left in the spool.

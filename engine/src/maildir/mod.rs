@@ -2,7 +2,8 @@
 //! (local recipients of forwards and bounces) and the pollers' local copies.
 //!
 //! Input: message bytes (and, for a large message, the file they continue in) and a
-//! recipient. Output: files in `tmp/`, renamed into `new/`/`cur/` once durable ([`writer`]).
+//! recipient. In `[delivery] mode = "lmtp"` the outbound queue's local copies go to the LMTP
+//! server instead ([`DeliveryTarget::deliver_local`]); the pollers' copies stay Maildir. Output: files in `tmp/`, renamed into `new/`/`cur/` once durable ([`writer`]).
 //! A leaf of the message path: it knows the config's delivery settings and nothing of the
 //! stages around it.
 //!
@@ -13,7 +14,8 @@ pub mod writer;
 
 use std::path::PathBuf;
 
-use crate::config::Config;
+use crate::config::{Config, DeliveryMode, LmtpEndpoint};
+use crate::lmtp::Outcome;
 use crate::message::stored::Tail;
 
 /// Local Maildir delivery: what the deliverer and the outbound queue (for local recipients
@@ -23,6 +25,27 @@ pub struct DeliveryTarget {
     pub maildir_template: String,
     pub hostname: String,
     pub local_domains: Vec<String>,
+    /// `[delivery] mode = "lmtp"`: where [`DeliveryTarget::deliver_local`] delivers.
+    pub lmtp: Option<LmtpEndpoint>,
+}
+
+/// Why [`DeliveryTarget::deliver_local`] did not deliver.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The LMTP server refused the recipient for good (5xx).
+    #[error("permanent error ({code}): {text}")]
+    Refused { code: u16, text: String },
+    /// The LMTP server said 4xx, or could not be reached.
+    #[error("{0}")]
+    Deferred(String),
+}
+
+impl LocalError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, LocalError::Refused { .. })
+    }
 }
 
 impl DeliveryTarget {
@@ -31,6 +54,10 @@ impl DeliveryTarget {
             maildir_template: config.delivery.maildir.clone(),
             hostname: config.smtp.hostname.clone(),
             local_domains: config.smtp.local_domains.clone(),
+            lmtp: match config.delivery.mode {
+                DeliveryMode::Maildir => None,
+                DeliveryMode::Lmtp => crate::config::delivery::parse_lmtp(&config.delivery.lmtp).ok(),
+            },
         }
     }
 
@@ -39,14 +66,22 @@ impl DeliveryTarget {
         self.local_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
 
-    /// Delivers `body` to `rcpt`'s INBOX with a `Return-Path:` of `sender`. Blocking.
-    pub fn deliver_local(&self, rcpt: &str, sender: &str, body: &[u8]) -> std::io::Result<PathBuf> {
+    /// Delivers `body` to `rcpt`'s INBOX with a `Return-Path:` of `sender`: into its Maildir,
+    /// or to the LMTP server (which adds the `Return-Path:` itself). Blocking.
+    pub fn deliver_local(&self, rcpt: &str, sender: &str, body: &[u8]) -> Result<(), LocalError> {
+        if let Some(endpoint) = &self.lmtp {
+            return match crate::lmtp::deliver_one(endpoint, &self.hostname, sender, rcpt, body) {
+                Outcome::Delivered(_) => Ok(()),
+                Outcome::Deferred(reason) => Err(LocalError::Deferred(format!("LMTP: {reason}"))),
+                Outcome::Failed(reply) => Err(LocalError::Refused { code: reply.code, text: reply.text }),
+            };
+        }
         let root = writer::root_for(&self.maildir_template, rcpt);
         let return_path = format!("Return-Path: <{sender}>\r\n");
         let mut pending = writer::SyncBatch::default();
-        let mut paths = deliver_copies(self, &root, &[], &[return_path.as_bytes(), body], None, "", &mut pending)?;
+        deliver_copies(self, &root, &[], &[return_path.as_bytes(), body], None, "", &mut pending)?;
         pending.sync()?;
-        Ok(paths.pop().unwrap_or(root))
+        Ok(())
     }
 }
 

@@ -103,9 +103,10 @@ async fn attempt(outbound: &Outbound, transport: &Transport, settings: &Settings
             let rcpt2 = rcpt.clone();
             match tokio::task::spawn_blocking(move || local.deliver_local(&rcpt2, &sender, body.bytes())).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => {
-                    Err(super::transport::SendError { permanent: false, message: format!("local delivery: {e}") })
-                }
+                Ok(Err(e)) => Err(super::transport::SendError {
+                    permanent: e.is_permanent(),
+                    message: format!("local delivery: {e}"),
+                }),
                 Err(e) => Err(super::transport::SendError { permanent: false, message: e.to_string() }),
             }
         } else {
