@@ -65,18 +65,14 @@ if ! python3 -c "import dnslib" 2>/dev/null; then
     pip_install dnslib
 fi
 # dkimpy (with PyNaCl for ed25519 and authres for ARC): the independent DKIM/ARC signer whose
-# messages the authentication tests verify mailflow against.
+# messages the authentication tests verify mailflow against, and the verifier of mailflow's
+# own signatures and seals.
 if ! python3 -c "import dkim, nacl.signing, authres" 2>/dev/null; then
     echo "== installing dkimpy pynacl authres"
     pip_install dkimpy pynacl authres
 fi
 
-# dkimpy (+ PyNaCl for ed25519): the independent DKIM/ARC verifier of mailflow's signatures.
-if ! python3 -c "import dkim, nacl" 2>/dev/null; then
-    echo "== installing dkimpy"
-    pip_install dkimpy pynacl
-fi
-
+# Selenium: drives the Debian Chromium in the status page's browser tests.
 if ! python3 -c "import selenium.webdriver.chrome.service" 2>/dev/null; then
     echo "== installing selenium"
     pip_install selenium
