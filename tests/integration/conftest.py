@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("MAILFLOW_BIN", REPO / "target" / "debug" / "mailflow"))
+# The binary test.sh built: where cargo put it (CARGO_TARGET_DIR, as cargo honours it), unless
+# MAILFLOW_BIN names another.
+BIN = Path(os.environ.get("MAILFLOW_BIN", Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug" / "mailflow"))
 
 
 def free_port():
